@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random-init BERT encoders with a vocab written here, small DPR-format files."""
+import csv
+import json
+import os
+import string
+import sys
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+MINI_NQ = os.path.join(ROOT, "..", "shared", "mini_nq")
+
+from utils.models import save_encoder  # noqa: E402
+
+
+def write_vocab(path):
+    """Character-level WordPiece vocab: every lower-case word tokenizes, no download needed."""
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    words = ["the", "of", "and", "is", "who", "what", "capital", "river", "city", "king"]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + words
+    with open(path, "w") as f:
+        f.write("\n".join(tokens) + "\n")
+    return path
+
+
+def make_tiny_bert(out_dir, seed=0, role=None, **config):
+    """A 2-layer BERT saved as a plain HF dir (with our role file when `role` is given)."""
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer = BertTokenizerFast(vocab_file=write_vocab(os.path.join(out_dir, "vocab.txt")), do_lower_case=True)
+    cfg = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=512, type_vocab_size=2)
+    cfg.update(config)
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**cfg), add_pooling_layer=False)
+    if role:
+        save_encoder(model, tokenizer, out_dir, role)
+    else:
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture
+def tiny_bert(tmp_path):
+    return make_tiny_bert(str(tmp_path / "tiny_bert"))
+
+
+def write_passages_tsv(path, rows):
+    """rows: [(id, text, title)] written as DPR does (text always quoted)."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("id\ttext\ttitle\n")
+        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        for pid, text, title in rows:
+            f.write(f"{pid}\t\"{text.replace(chr(34), chr(34) * 2)}\"\t")
+            w.writerow([title])
+    return path
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    return path
+
+
+def mini_nq_or_skip():
+    if not os.path.isdir(MINI_NQ):
+        pytest.skip(f"real-data check: {MINI_NQ} is absent (mini-NQ is not shipped with the repo)")
+    return MINI_NQ

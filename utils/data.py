@@ -1,0 +1,383 @@
+"""DPR's file formats: passages TSV, biencoder JSON, qas CSV, retrieval results JSON.
+
+Everything streams: the 21M-row passage file and the multi-GB training JSON are never held whole.
+Malformed input raises DataError naming the file and the line (TSV/CSV) or record (JSON).
+"""
+import ast
+import contextlib
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+csv.field_size_limit(sys.maxsize)
+
+
+class DataError(ValueError):
+    """Bad input file; the message names the file and the line or record."""
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w"):
+    """Write to `path.tmp`, rename into place only on success: no half-written file looks complete."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text as DPR sees it
+
+
+def normalize_question(question):
+    """DPR's normalize_question (biencoder_data.py), applied to every query at train and test."""
+    return question.replace("\u2019", "'")
+
+
+def tokenize_passages(tokenizer, titles, texts, max_length):
+    """Token ids as DPR's BertTensorizer builds them: `[CLS] title [SEP] text [SEP]`, or
+    `[CLS] text [SEP]` when the title is empty; text stripped; longest-first truncation.
+    Unpadded: batches are padded per batch (pad_batch)."""
+    texts = [t.strip() for t in texts]
+    ids = [None] * len(texts)
+    with_title = [i for i, t in enumerate(titles) if t]
+    without = [i for i, t in enumerate(titles) if not t]
+    kw = dict(truncation=True, max_length=max_length, add_special_tokens=True)
+    if with_title:
+        enc = tokenizer([titles[i] for i in with_title], [texts[i] for i in with_title], **kw)
+        for i, x in zip(with_title, enc["input_ids"]):
+            ids[i] = x
+    if without:
+        enc = tokenizer([texts[i] for i in without], **kw)
+        for i, x in zip(without, enc["input_ids"]):
+            ids[i] = x
+    return ids
+
+
+def tokenize_questions(tokenizer, questions, max_length):
+    questions = [normalize_question(q) for q in questions]
+    return tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
+
+
+def pad_batch(ids, pad_token_id):
+    """Pad to the longest sequence in the batch. token_type_ids are all zero: DPR trains and
+    encodes that way (HF tokenizers would give the second segment 1s)."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        attention_mask[i, : len(x)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Passages TSV (psgs_w100.tsv): header `id<TAB>text<TAB>title`, one passage per line
+
+
+def parse_passage_line(line, path, line_no):
+    """(id, text, title) from one raw line, as DPR's CsvCtxSrc reads it (csv field, '"' stripped)."""
+    row = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"), [])
+    if len(row) != 3:
+        raise DataError(f"{path}:{line_no}: expected 3 tab-separated columns (id, text, title), got {len(row)}")
+    try:
+        pid = int(row[0])
+    except ValueError:
+        raise DataError(f"{path}:{line_no}: passage id {row[0]!r} is not an integer") from None
+    return pid, row[1].strip('"'), row[2]
+
+
+def _check_header(f, path):
+    header = f.readline()
+    if header.rstrip(b"\r\n").split(b"\t")[:1] != [b"id"]:
+        raise DataError(f"{path}:1: expected the header 'id<TAB>text<TAB>title', got {header[:80]!r}")
+
+
+def iter_passages(path, start=None, end=None):
+    """Yield (line_no, id, text, title) for the rows whose line starts in byte range [start, end).
+
+    With no range, the whole file after the header. A range lets each process stream its own
+    contiguous shard; line numbers are only computed (by counting) when asked for a range.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: passage file not found")
+    with open(path, "rb") as f:
+        _check_header(f, path)
+        line_no = 2
+        if start is not None and start > f.tell():
+            line_no += count_lines(path, f.tell(), start)
+            f.seek(start)
+        pos = f.tell()
+        while end is None or pos < end:
+            raw = f.readline()
+            if not raw:
+                break
+            pos += len(raw)
+            if raw.strip():
+                yield (line_no, *parse_passage_line(raw.decode("utf-8"), path, line_no))
+            line_no += 1
+
+
+def count_lines(path, start=0, end=None):
+    """Newlines in byte range [start, end), read in 16 MB blocks."""
+    n = 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = (end - start) if end is not None else None
+        while left is None or left > 0:
+            block = f.read(1 << 24 if left is None else min(1 << 24, left))
+            if not block:
+                break
+            n += block.count(b"\n")
+            if left is not None:
+                left -= len(block)
+    return n
+
+
+def shard_byte_range(path, rank, world_size):
+    """Contiguous byte range of the data rows for one process, cut at line starts."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        _check_header(f, path)
+        body = f.tell()
+        cuts = [body]
+        for r in range(1, world_size):
+            f.seek(body + (size - body) * r // world_size)
+            f.readline()  # move to the next line start
+            cuts.append(max(f.tell(), cuts[-1]))
+        cuts.append(size)
+    return cuts[rank], cuts[rank + 1]
+
+
+class PassageStore:
+    """Random access to passages by id through a byte-offset index, without loading the corpus.
+
+    The index is built once (one streaming pass) and saved as `<index_path>` (.npz). When ids are
+    consecutive in file order (psgs_w100: 1..21,015,324) only the offsets are stored: 8 bytes/row;
+    otherwise ids (uint32 when they fit) sorted with their offsets: 12 bytes/row.
+    """
+
+    def __init__(self, path, index_path=None):
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: passage file not found")
+        self.path = path
+        self.index_path = index_path or path + ".offsets.npz"
+        stamp = np.array([os.path.getsize(path), int(os.path.getmtime(path))], dtype=np.int64)
+        if os.path.exists(self.index_path):
+            z = np.load(self.index_path)
+            if np.array_equal(z["stamp"], stamp):
+                self.first_id, self.ids, self.offsets = int(z["first_id"]), z["ids"], z["offsets"]
+                return
+        self._build(stamp)
+
+    def _build(self, stamp):
+        ids, offsets = _Growable(np.int64), _Growable(np.int64)
+        with open(self.path, "rb") as f:
+            _check_header(f, self.path)
+            pos, line_no = f.tell(), 2
+            for raw in f:
+                if raw.strip():
+                    tab = raw.find(b"\t")
+                    try:
+                        ids.append(int(raw[:tab]))
+                    except ValueError:
+                        raise DataError(f"{self.path}:{line_no}: passage id {raw[:tab][:40]!r} is not an integer") from None
+                    offsets.append(pos)
+                pos += len(raw)
+                line_no += 1
+        ids, offsets = ids.array(), offsets.array()
+        if len(ids) and np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+            self.first_id, self.ids, self.offsets = int(ids[0]), np.zeros(0, np.int64), offsets
+        else:
+            order = np.argsort(ids, kind="stable")
+            ids, offsets = ids[order], offsets[order]
+            if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
+                dup = ids[1:][ids[1:] == ids[:-1]][0]
+                raise DataError(f"{self.path}: passage id {dup} occurs more than once")
+            fits32 = len(ids) == 0 or (ids[0] >= 0 and ids[-1] < 2**32)
+            self.first_id, self.ids, self.offsets = -1, ids.astype(np.uint32 if fits32 else np.int64), offsets
+        with atomic_write(self.index_path, "wb") as f:
+            np.savez(f, stamp=stamp, first_id=self.first_id, ids=self.ids, offsets=self.offsets)
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def _rows(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.first_id >= 0:
+            rows = ids - self.first_id
+            found = (rows >= 0) & (rows < len(self.offsets))
+        else:
+            rows = np.searchsorted(self.ids, ids).clip(0, max(len(self.ids) - 1, 0))
+            found = (self.ids[rows] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+        if not found.all():
+            missing = ids[~found][:5].tolist()
+            raise DataError(f"{self.path}: passage id(s) {missing} not found ({(~found).sum()} missing)")
+        return rows
+
+    def get_passages(self, ids):
+        """[(id, text, title)] for `ids`, in the order asked; reads only those rows (seeks in file order)."""
+        rows = self._rows(ids)
+        offsets = self.offsets[rows]
+        out = [None] * len(rows)
+        with open(self.path, "rb") as f:
+            for i in np.argsort(offsets, kind="stable"):
+                f.seek(int(offsets[i]))
+                raw = f.readline().decode("utf-8")
+                out[i] = parse_passage_line(raw, self.path, f"byte {int(offsets[i])}")
+        return out
+
+
+class _Growable:
+    """Append-only numpy buffer: a 21M-row index without 21M Python ints."""
+
+    def __init__(self, dtype):
+        self.buf, self.n = np.empty(1 << 16, dtype), 0
+
+    def append(self, x):
+        if self.n == len(self.buf):
+            self.buf = np.resize(self.buf, 2 * len(self.buf))
+        self.buf[self.n] = x
+        self.n += 1
+
+    def array(self):
+        return self.buf[: self.n].copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Biencoder JSON (biencoder-nq-*.json): a JSON list of question records
+
+
+def iter_json_list(path, block_size=1 << 22):
+    """Yield the items of a top-level JSON list one at a time (a streaming json.load)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as f:
+        buf, pos, index, started, eof = "", 0, 0, False, False
+
+        def fill():
+            nonlocal buf, pos, eof
+            chunk = f.read(block_size)
+            eof = not chunk
+            buf, pos = buf[pos:] + chunk, 0
+
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                if buf[pos] == "," and not started:
+                    break
+                pos += 1
+            if pos >= len(buf):
+                if eof:
+                    raise DataError(f"{path}: record {index}: unexpected end of file (missing ']')")
+                fill()
+                continue
+            ch = buf[pos]
+            if not started:
+                if ch != "[":
+                    raise DataError(f"{path}: expected a JSON list, found {ch!r}")
+                started, pos = True, pos + 1
+                continue
+            if ch == "]":
+                return
+            while True:
+                try:
+                    item, end = decoder.raw_decode(buf, pos)
+                    break
+                except json.JSONDecodeError as e:
+                    if eof:
+                        raise DataError(f"{path}: record {index}: invalid JSON ({e.msg})") from None
+                    fill()
+            if end == len(buf) and not eof:  # a number may continue in the next block
+                fill()
+                continue
+            yield item
+            index += 1
+            pos = end
+
+
+def _ctx(ctx, path, index):
+    if not isinstance(ctx, dict) or "text" not in ctx:
+        raise DataError(f"{path}: record {index}: every ctx needs a 'text' key")
+    return {"title": ctx.get("title") or "", "text": ctx["text"]}
+
+
+def iter_biencoder(path, stats=None):
+    """Yield {question, answers, positive_ctxs, negative_ctxs, hard_negative_ctxs} records, ctxs
+    reduced to {title, text}. Records with no positive ctx are skipped (as DPR does) and counted
+    in stats['skipped']."""
+    stats = stats if stats is not None else {}
+    stats.setdefault("skipped", 0)
+    for index, rec in enumerate(iter_json_list(path)):
+        if not isinstance(rec, dict) or "question" not in rec or "positive_ctxs" not in rec:
+            raise DataError(f"{path}: record {index}: needs 'question' and 'positive_ctxs' keys")
+        if not rec["positive_ctxs"]:
+            stats["skipped"] += 1
+            continue
+        yield {
+            "question": normalize_question(rec["question"]),
+            "answers": rec.get("answers", []),
+            **{k: [_ctx(c, path, index) for c in rec.get(k) or []] for k in ("positive_ctxs", "negative_ctxs", "hard_negative_ctxs")},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# qas CSV (nq-test.qa.csv): `question<TAB>['answer', ...]`, no header
+
+
+def read_qas(path):
+    """[(question, answers)]; the answer list is parsed with ast.literal_eval, never eval."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: qa file not found")
+    qas = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for line_no, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise DataError(f"{path}:{line_no}: expected 'question<TAB>answers', got {len(row)} columns")
+            try:
+                answers = ast.literal_eval(row[1])
+            except (ValueError, SyntaxError):
+                raise DataError(f"{path}:{line_no}: answers {row[1][:60]!r} is not a Python list literal") from None
+            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+                raise DataError(f"{path}:{line_no}: answers must be a list of strings")
+            qas.append((row[0], answers))
+    if not qas:
+        raise DataError(f"{path}: no questions in qa file")
+    return qas
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval results JSON, DPR's dense_retriever output:
+# [{question, answers, ctxs: [{id, title, text, score, has_answer}]}]
+
+
+def write_results(path, results):
+    with atomic_write(path) as f:
+        json.dump(results, f, ensure_ascii=False, indent=1)
+
+
+def read_results(path):
+    records = list(iter_json_list(path))
+    for index, rec in enumerate(records):
+        for key in ("question", "answers", "ctxs"):
+            if key not in rec:
+                raise DataError(f"{path}: record {index}: missing key {key!r}")
+        for ctx in rec["ctxs"]:
+            missing = {"id", "title", "text", "score", "has_answer"} - set(ctx)
+            if missing:
+                raise DataError(f"{path}: record {index}: ctx missing {sorted(missing)}")
+    return records
