@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 import torch
@@ -88,7 +89,12 @@ def pad_batch(ids, pad_token_id):
 
 
 def parse_passage_line(line, path, line_no):
-    """(id, text, title) from one raw line, as DPR's CsvCtxSrc reads it (csv field, '"' stripped)."""
+    """(id, text, title) from one raw line (str or bytes), as DPR's CsvCtxSrc reads it (csv field, '"' stripped)."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{line_no}: not UTF-8 ({e.reason} at byte {e.start})") from None
     row = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"), [])
     if len(row) != 3:
         raise DataError(f"{path}:{line_no}: expected 3 tab-separated columns (id, text, title), got {len(row)}")
@@ -115,10 +121,12 @@ def iter_passages(path, start=None, end=None):
         raise DataError(f"{path}: passage file not found")
     with open(path, "rb") as f:
         _check_header(f, path)
-        line_no = 2
-        if start is not None and start > f.tell():
-            line_no += count_lines(path, f.tell(), start)
-            f.seek(start)
+        line_no, body = 2, f.tell()
+        if start is not None and start > body:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # start is inside a line: that row belongs to the range before
+            line_no += count_lines(path, body, f.tell())
         pos = f.tell()
         while end is None or pos < end:
             raw = f.readline()
@@ -126,7 +134,7 @@ def iter_passages(path, start=None, end=None):
                 break
             pos += len(raw)
             if raw.strip():
-                yield (line_no, *parse_passage_line(raw.decode("utf-8"), path, line_no))
+                yield (line_no, *parse_passage_line(raw, path, line_no))
             line_no += 1
 
 
@@ -166,7 +174,8 @@ class PassageStore:
 
     The index is built once (one streaming pass) and saved as `<index_path>` (.npz). When ids are
     consecutive in file order (psgs_w100: 1..21,015,324) only the offsets are stored: 8 bytes/row;
-    otherwise ids (uint32 when they fit) sorted with their offsets: 12 bytes/row.
+    otherwise ids (uint32 when they fit) sorted with their offsets: 12 bytes/row. Building peaks
+    at ~24 bytes/row (~0.5 GB for psgs_w100).
     """
 
     def __init__(self, path, index_path=None):
@@ -174,22 +183,29 @@ class PassageStore:
             raise DataError(f"{path}: passage file not found")
         self.path = path
         self.index_path = index_path or path + ".offsets.npz"
-        stamp = np.array([os.path.getsize(path), int(os.path.getmtime(path))], dtype=np.int64)
+        st = os.stat(path)
+        # nanosecond mtime: a file rewritten within the same second must not reuse a stale index
+        stamp = np.array([st.st_size, st.st_mtime_ns], dtype=np.int64)
         if os.path.exists(self.index_path):
-            z = np.load(self.index_path)
-            if np.array_equal(z["stamp"], stamp):
-                self.first_id, self.ids, self.offsets = int(z["first_id"]), z["ids"], z["offsets"]
-                return
+            try:
+                with np.load(self.index_path) as z:
+                    if np.array_equal(z["stamp"], stamp):
+                        self.first_id, self.ids, self.offsets = int(z["first_id"]), z["ids"], z["offsets"]
+                        return
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                pass  # unreadable index (e.g. killed mid-write by an older version): rebuild it
         self._build(stamp)
 
     def _build(self, stamp):
-        ids, offsets = _Growable(np.int64), _Growable(np.int64)
+        ids, offsets = _Column(), _Column()
         with open(self.path, "rb") as f:
             _check_header(f, self.path)
             pos, line_no = f.tell(), 2
             for raw in f:
                 if raw.strip():
                     tab = raw.find(b"\t")
+                    if tab < 0:
+                        raise DataError(f"{self.path}:{line_no}: expected 3 tab-separated columns (id, text, title), got 1")
                     try:
                         ids.append(int(raw[:tab]))
                     except ValueError:
@@ -197,17 +213,20 @@ class PassageStore:
                     offsets.append(pos)
                 pos += len(raw)
                 line_no += 1
-        ids, offsets = ids.array(), offsets.array()
-        if len(ids) and np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+        offsets = offsets.array()  # one column at a time keeps the peak at ~24 bytes/row
+        ids = ids.array()
+        if _is_range(ids):
             self.first_id, self.ids, self.offsets = int(ids[0]), np.zeros(0, np.int64), offsets
         else:
             order = np.argsort(ids, kind="stable")
-            ids, offsets = ids[order], offsets[order]
+            offsets = offsets[order]
+            del order
+            ids.sort()
             if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
                 dup = ids[1:][ids[1:] == ids[:-1]][0]
                 raise DataError(f"{self.path}: passage id {dup} occurs more than once")
             fits32 = len(ids) == 0 or (ids[0] >= 0 and ids[-1] < 2**32)
-            self.first_id, self.ids, self.offsets = -1, ids.astype(np.uint32 if fits32 else np.int64), offsets
+            self.first_id, self.ids, self.offsets = -1, ids.astype(np.uint32) if fits32 else ids, offsets
         with atomic_write(self.index_path, "wb") as f:
             np.savez(f, stamp=stamp, first_id=self.first_id, ids=self.ids, offsets=self.offsets)
 
@@ -215,7 +234,7 @@ class PassageStore:
         return len(self.offsets)
 
     def _rows(self, ids):
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if self.first_id >= 0:
             rows = ids - self.first_id
             found = (rows >= 0) & (rows < len(self.offsets))
@@ -231,29 +250,46 @@ class PassageStore:
         """[(id, text, title)] for `ids`, in the order asked; reads only those rows (seeks in file order)."""
         rows = self._rows(ids)
         offsets = self.offsets[rows]
+        want = np.asarray(ids, dtype=np.int64).reshape(-1)
         out = [None] * len(rows)
         with open(self.path, "rb") as f:
             for i in np.argsort(offsets, kind="stable"):
                 f.seek(int(offsets[i]))
-                raw = f.readline().decode("utf-8")
-                out[i] = parse_passage_line(raw, self.path, f"byte {int(offsets[i])}")
+                out[i] = parse_passage_line(f.readline(), self.path, f"byte {int(offsets[i])}")
+                if out[i][0] != want[i]:  # the file changed under an index with a matching stamp
+                    raise DataError(f"{self.path}: index {self.index_path} is stale (id {int(want[i])} "
+                                    f"points at a row with id {out[i][0]}); delete the index to rebuild it")
         return out
 
 
-class _Growable:
-    """Append-only numpy buffer: a 21M-row index without 21M Python ints."""
+def _is_range(ids):
+    """ids == first, first+1, ... (first >= 0), checked in blocks: no 21M-entry temporary."""
+    if len(ids) == 0 or ids[0] < 0 or ids[-1] - ids[0] != len(ids) - 1:
+        return False
+    step = 1 << 20
+    return all(np.array_equal(ids[i : i + step], np.arange(ids[0] + i, ids[0] + min(i + step, len(ids))))
+               for i in range(0, len(ids), step))
 
-    def __init__(self, dtype):
-        self.buf, self.n = np.empty(1 << 16, dtype), 0
+
+class _Column:
+    """Append-only int64 column kept in 64K-entry numpy blocks: a 21M-row index without 21M Python
+    ints and without the doubling copies of a growing array."""
+
+    def __init__(self):
+        self.blocks, self.block, self.n = [], np.empty(1 << 16, np.int64), 0
 
     def append(self, x):
-        if self.n == len(self.buf):
-            self.buf = np.resize(self.buf, 2 * len(self.buf))
-        self.buf[self.n] = x
+        if self.n == len(self.block):
+            self.blocks.append(self.block)
+            self.block, self.n = np.empty(1 << 16, np.int64), 0
+        self.block[self.n] = x
         self.n += 1
 
     def array(self):
-        return self.buf[: self.n].copy()
+        """The column as one array; the blocks are released."""
+        blocks, self.blocks = self.blocks + [self.block[: self.n]], []
+        self.block = None
+        return np.concatenate(blocks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,51 +297,67 @@ class _Growable:
 
 
 def iter_json_list(path, block_size=1 << 22):
-    """Yield the items of a top-level JSON list one at a time (a streaming json.load)."""
+    """Yield the items of a top-level JSON list one at a time (a streaming json.load).
+
+    Reads `block_size` characters at a time. An item counts as decoded only once the buffer also
+    holds the ',' or ']' after it, so an item cut by a block boundary (`1.` | `5`) is never mis-read.
+    """
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
-        buf, pos, index, started, eof = "", 0, 0, False, False
+        buf, pos = "", 0
 
-        def fill():
-            nonlocal buf, pos, eof
-            chunk = f.read(block_size)
-            eof = not chunk
+        def more():  # append the next block; False at end of file
+            nonlocal buf, pos
+            try:
+                chunk = f.read(block_size)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not UTF-8 ({e.reason})") from None
             buf, pos = buf[pos:] + chunk, 0
+            return bool(chunk)
 
-        while True:
-            while pos < len(buf) and buf[pos] in " \t\r\n,":
-                if buf[pos] == "," and not started:
-                    break
-                pos += 1
-            if pos >= len(buf):
-                if eof:
-                    raise DataError(f"{path}: record {index}: unexpected end of file (missing ']')")
-                fill()
-                continue
-            ch = buf[pos]
-            if not started:
-                if ch != "[":
-                    raise DataError(f"{path}: expected a JSON list, found {ch!r}")
-                started, pos = True, pos + 1
-                continue
-            if ch == "]":
-                return
+        def next_char():  # the next non-whitespace character, None at end of file
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf):
+                    return buf[pos]
+                if not more():
+                    return None
+
+        def decode(index):  # (item, position of the ',' or ']' after it)
             while True:
                 try:
-                    item, end = decoder.raw_decode(buf, pos)
-                    break
+                    item, after = decoder.raw_decode(buf, pos)
+                    while after < len(buf) and buf[after] in " \t\r\n":
+                        after += 1
+                    if after < len(buf) and buf[after] in ",]":
+                        return item, after
+                    error = "expected ',' or ']' after it" if after < len(buf) else "unexpected end of file"
                 except json.JSONDecodeError as e:
-                    if eof:
-                        raise DataError(f"{path}: record {index}: invalid JSON ({e.msg})") from None
-                    fill()
-            if end == len(buf) and not eof:  # a number may continue in the next block
-                fill()
-                continue
-            yield item
-            index += 1
-            pos = end
+                    error = f"invalid JSON ({e.msg})"
+                if not more():  # else the item may just continue in the next block
+                    raise DataError(f"{path}: record {index}: {error}")
+
+        ch = next_char()
+        if ch != "[":
+            raise DataError(f"{path}: expected a JSON list, found {'end of file' if ch is None else repr(buf[pos:pos + 20])}")
+        pos += 1
+        if next_char() == "]":
+            pos += 1
+        else:
+            index = 0
+            while True:
+                next_char()  # skip the whitespace after ',' (indented files): raw_decode does not
+                item, after = decode(index)
+                yield item
+                index, pos = index + 1, after + 1
+                if buf[after] == "]":
+                    break
+        if next_char() is not None:
+            raise DataError(f"{path}: unexpected data after the closing ']': {buf[pos:pos + 20]!r}")
 
 
 def _ctx(ctx, path, index):
@@ -343,21 +395,32 @@ def read_qas(path):
         raise DataError(f"{path}: qa file not found")
     qas = []
     with open(path, encoding="utf-8", newline="") as f:
-        for line_no, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
-            if not row:
-                continue
-            if len(row) != 2:
-                raise DataError(f"{path}:{line_no}: expected 'question<TAB>answers', got {len(row)} columns")
-            try:
-                answers = ast.literal_eval(row[1])
-            except (ValueError, SyntaxError):
-                raise DataError(f"{path}:{line_no}: answers {row[1][:60]!r} is not a Python list literal") from None
-            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-                raise DataError(f"{path}:{line_no}: answers must be a list of strings")
-            qas.append((row[0], answers))
+        reader = csv.reader(f, delimiter="\t")
+        line_no = 1  # physical line where the current row starts (a quoted field may span lines)
+        try:
+            for row in reader:
+                if row:
+                    qas.append((row[0], _parse_answers(row, path, line_no)))
+                line_no = reader.line_num + 1
+        except csv.Error as e:
+            raise DataError(f"{path}:{line_no}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{line_no}: not UTF-8 ({e.reason})") from None
     if not qas:
         raise DataError(f"{path}: no questions in qa file")
     return qas
+
+
+def _parse_answers(row, path, line_no):
+    if len(row) != 2:
+        raise DataError(f"{path}:{line_no}: expected 'question<TAB>answers', got {len(row)} columns")
+    try:
+        answers = ast.literal_eval(row[1])
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise DataError(f"{path}:{line_no}: answers {row[1][:60]!r} is not a Python list literal") from None
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise DataError(f"{path}:{line_no}: answers must be a list of strings, got {row[1][:60]!r}")
+    return answers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,11 +436,13 @@ def write_results(path, results):
 def read_results(path):
     records = list(iter_json_list(path))
     for index, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: record {index}: expected an object, got {type(rec).__name__}")
         for key in ("question", "answers", "ctxs"):
             if key not in rec:
                 raise DataError(f"{path}: record {index}: missing key {key!r}")
         for ctx in rec["ctxs"]:
-            missing = {"id", "title", "text", "score", "has_answer"} - set(ctx)
+            missing = {"id", "title", "text", "score", "has_answer"} - set(ctx if isinstance(ctx, dict) else ())
             if missing:
                 raise DataError(f"{path}: record {index}: ctx missing {sorted(missing)}")
     return records
