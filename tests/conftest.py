@@ -29,7 +29,9 @@ def write_vocab(path):
 def make_tiny_bert(out_dir, seed=0, role=None, **config):
     """A 2-layer BERT saved as a plain HF dir (with our role file when `role` is given)."""
     os.makedirs(out_dir, exist_ok=True)
-    tokenizer = BertTokenizerFast(vocab_file=write_vocab(os.path.join(out_dir, "vocab.txt")), do_lower_case=True)
+    write_vocab(os.path.join(out_dir, "vocab.txt"))
+    # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5 ignores vocab_file and keeps 5 tokens
+    tokenizer = BertTokenizerFast.from_pretrained(out_dir, do_lower_case=True)
     cfg = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                intermediate_size=64, max_position_embeddings=512, type_vocab_size=2)
     cfg.update(config)

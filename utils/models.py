@@ -4,19 +4,38 @@ Accepted: our checkpoint dirs (query_encoder/, doc_encoder/), any HF BERT dir or
 Hugging Face DPR encoders (facebook/dpr-*, any config with model_type "dpr"), and raw DPR
 training checkpoints (*.cp, see utils/dpr_checkpoint.py).
 """
+import contextlib
 import json
 import os
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder
+from transformers.utils import logging as hf_logging
 
 ROLES = ("question", "passage")
 ROLE_FILE = "nanodpr.json"  # written next to our checkpoints: which tower and how to pool
 _DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
+# weights a BERT dir may lack without harm: we never use BERT's pooler (DPR pools the [CLS] hidden state)
+_UNUSED = ("pooler.",)
 
 
 class EncoderError(ValueError):
     """The model path is not an encoder of the requested role; the message says why."""
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers prints a load report (the unused pooler shows up as missing) and progress bars on
+    every load/save; we check the loaded keys ourselves, so keep only its errors."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_encoder(path, role, tokenizer=None):
@@ -24,35 +43,62 @@ def load_encoder(path, role, tokenizer=None):
 
     pooling is "cls" (last hidden state at [CLS], DPR's choice) or "pooler_output" (HF DPR
     models: CLS passed through their optional projection, so also right when projection_dim > 0).
+    `tokenizer` (a name or dir) overrides the tokenizer stored with the model.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    if os.path.isfile(path):
-        from utils.dpr_checkpoint import load_dpr_checkpoint_encoder
+    with quiet_transformers():
+        if os.path.isfile(path):
+            from utils.dpr_checkpoint import load_dpr_checkpoint_encoder
 
-        return load_dpr_checkpoint_encoder(path, role, tokenizer)
+            return load_dpr_checkpoint_encoder(path, role, tokenizer)
+        return _load_dir(path, role, tokenizer)
 
+
+def _load_dir(path, role, tokenizer):
     saved = os.path.join(path, ROLE_FILE)
     if os.path.isfile(saved):
-        with open(saved) as f:
-            meta = json.load(f)
+        try:
+            with open(saved) as f:
+                meta = json.load(f)
+        except ValueError as e:
+            raise EncoderError(f"{saved}: not valid JSON ({e})") from None
         if meta.get("role") != role:
             raise EncoderError(f"{path} is a {meta.get('role')} encoder, but a {role} encoder is needed")
     try:
         config = AutoConfig.from_pretrained(path)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise EncoderError(f"{path}: not a model dir, hub name or DPR checkpoint file ({e})") from None
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
     if config.model_type == "dpr":
         arch = (config.architectures or [""])[0]
         wanted = _DPR_CLASSES[role]
         if arch != wanted.__name__:
-            raise EncoderError(f"{path} is a {arch or 'DPR model of unknown kind'}, but the {role} role needs a {wanted.__name__}")
-        model = wanted.from_pretrained(path, attn_implementation="sdpa")
-        return model.eval(), tokenizer, "pooler_output"
-    model = AutoModel.from_pretrained(path, add_pooling_layer=False, attn_implementation="sdpa")
-    return model.eval(), tokenizer, "cls"
+            raise EncoderError(f"{path} is a {arch or 'DPR model of unknown kind'}, "
+                               f"but the {role} role needs a {wanted.__name__}")
+        model = _from_pretrained(wanted, path, attn_implementation="sdpa")
+        pooling = "pooler_output"
+    else:
+        model = _from_pretrained(AutoModel, path, add_pooling_layer=False, attn_implementation="sdpa")
+        pooling = "cls"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
+    except (OSError, ValueError) as e:
+        raise EncoderError(f"{path}: cannot load tokenizer {tokenizer or path!r} ({e})") from None
+    return model.eval(), tokenizer, pooling
+
+
+def _from_pretrained(cls, path, **kwargs):
+    """from_pretrained, but weights the encoder needs and the files lack are an error, not random init."""
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise EncoderError(f"{path}: cannot load {cls.__name__} weights ({type(e).__name__}: {e})") from None
+    missing = sorted(k for k in info["missing_keys"] if not any(u in k for u in _UNUSED))
+    if missing or info.get("mismatched_keys"):
+        raise EncoderError(f"{path}: weights do not match the {type(model).__name__} config: missing {missing[:5]}, "
+                           f"wrong shape {sorted(info.get('mismatched_keys') or [])[:5]}")
+    return model
 
 
 def embed(model, pooling, batch):
@@ -62,12 +108,15 @@ def embed(model, pooling, batch):
 
 
 def save_encoder(model, tokenizer, out_dir, role, **extra):
-    """A plain HF dir (BertModel.from_pretrained works on it) plus nanodpr.json naming role and pooling."""
+    """A plain HF dir (BertModel.from_pretrained works on it; DPRQuestionEncoder/DPRContextEncoder.from_pretrained
+    for HF DPR models) plus nanodpr.json naming role and pooling."""
     os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with quiet_transformers():
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    pooling = "pooler_output" if model.config.model_type == "dpr" else "cls"
     with open(os.path.join(out_dir, ROLE_FILE), "w") as f:
-        json.dump({"role": role, "pooling": "cls", **extra}, f, indent=1)
+        json.dump({"role": role, "pooling": pooling, **extra}, f, indent=1)
 
 
 def device_dtype(device):
