@@ -1,0 +1,214 @@
+"""Evaluate a DPR retriever: encode the questions, search the passage embeddings, report top-k accuracy.
+
+python test_dpr.py --embedding_dir D --pretrained_model_path P [--qa_file nq-test.csv] [--top_k 100]
+
+Exact inner-product search (DPR's IndexFlatIP) over the embeddings doc2embedding.py wrote to D, on
+CPU faiss or a GPU. A retrieved passage is a hit when its text holds an answer under DPR's has_answer
+rule; top-k accuracy is the share of questions with a hit among their first k passages. Optionally
+writes DPR's results JSON (what DPR's reader, FiD and pyserini's evaluation read) and a top-k curve.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.data import DataError, PassageStore, atomic_write, normalize_question, pad_batch, read_qas, tokenize_questions, write_results
+from utils.embeddings import load_embeddings, read_meta
+from utils.index import build_index
+from utils.models import EncoderError, device_dtype, embed, load_encoder
+from utils.qa import score_passages, top_k_accuracy
+
+REPORT_KS = (1, 5, 10, 20, 50, 100)
+MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches pad only to their longest
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Top-k retrieval accuracy of a DPR question encoder over passage embeddings.")
+    p.add_argument("--embedding_dir", required=True, help="passage embeddings written by doc2embedding.py")
+    p.add_argument("--pretrained_model_path", required=True,
+                   help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")
+    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="the passages the embeddings were made from")
+    p.add_argument("--qa_file", "--nq_test_file", dest="qa_file", default="downloads/data/retriever/qas/nq-test.csv",
+                   help="questions with answers: question<TAB>['answer', ...]")
+    p.add_argument("--top_k", type=int, default=100, help="passages retrieved per question")
+    p.add_argument("--match", choices=["string", "regex"], default="string",
+                   help="has_answer rule: DPR's token match, or answers as regular expressions (CuratedTREC)")
+    p.add_argument("--output_file", help="write DPR's results JSON here, and the top-k curve next to it (.topk.csv, .topk.png)")
+    p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto", help="auto: gpu when CUDA is available")
+    p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
+    p.add_argument("--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error("--top_k must be at least 1")
+    return args
+
+
+@torch.inference_mode()
+def encode_questions(model, tokenizer, pooling, questions, batch_size, device):
+    """(num_questions, dim) float32. Questions are batched by length and padded to each batch's longest."""
+    ids = tokenize_questions(tokenizer, questions, MAX_LENGTH)  # normalizes as DPR does
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    dtype = device_dtype(device)
+    out = None
+    for start in tqdm(range(0, len(order), batch_size), desc="encode questions"):
+        rows = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in rows], tokenizer.pad_token_id).items()}
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            vectors = embed(model, pooling, batch).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
+        out[rows] = vectors
+    return out
+
+
+def fetch_and_score(store, ids, answers, match, num_workers):
+    """{id: (text, title)} of the retrieved passages, read by id from the TSV, and hits[i][j] =
+    has_answer(answers[i], text of ids[i][j]) (text only, as DPR)."""
+    passages = {pid: (text, title) for pid, text, title in store.get_passages(np.unique(ids))}
+    texts = [[passages[pid][0] for pid in row] for row in ids.tolist()]
+    return passages, score_passages(answers, texts, match, num_workers)
+
+
+def make_results(questions, answers, ids, scores, passages, hits):
+    """DPR's dense_retriever results: ids and scores as strings, as DPR writes them."""
+    return [
+        {
+            "question": question,
+            "answers": answer,
+            "ctxs": [
+                {"id": str(pid), "title": passages[pid][1], "text": passages[pid][0], "score": str(score), "has_answer": hit}
+                for pid, score, hit in zip(row_ids, row_scores, row_hits)
+            ],
+        }
+        for question, answer, row_ids, row_scores, row_hits in zip(questions, answers, ids.tolist(), scores, hits)
+    ]
+
+
+def write_curve(stem, curve, title):
+    """Top-k accuracy for k = 1..top_k: CSV always, PNG when matplotlib is installed. Returns the paths written."""
+    paths = [stem + ".topk.csv"]
+    with atomic_write(paths[0]) as f:
+        f.write("k,accuracy_percent\n")
+        f.writelines(f"{k},{100 * acc:.4f}\n" for k, acc in curve.items())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return paths
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(list(curve), [100 * a for a in curve.values()])
+    ax.set(xlabel="k (passages retrieved)", ylabel="top-k accuracy (%)", title=title, xscale="log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(stem + ".topk.png")
+    with atomic_write(paths[1], "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def format_table(header, rows):
+    """A Markdown table: first column left-aligned, the others right-aligned, padded to line up."""
+    rows = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+
+    rule = "|" + "|".join((":" + "-" * (w + 1)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(rows[0]), rule] + [line(r) for r in rows[1:]])
+
+
+def run(args):
+    timings = {}
+    t0 = tick = time.perf_counter()
+
+    def lap(name):
+        nonlocal tick
+        now = time.perf_counter()
+        timings[name] = now - tick
+        tick = now
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    index_device = args.index_device if args.index_device != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+
+    qas = read_qas(args.qa_file)
+    questions, answers = [normalize_question(q) for q, _ in qas], [a for _, a in qas]
+    meta = read_meta(args.embedding_dir)
+    source_size = (meta.get("source") or {}).get("size")
+    if source_size is not None and os.path.isfile(args.wikipedia_path) and os.path.getsize(args.wikipedia_path) != source_size:
+        print(f"warning: {args.wikipedia_path} has {os.path.getsize(args.wikipedia_path)} bytes, but the embeddings "
+              f"were made from a {source_size}-byte file ({meta['source'].get('path')})")
+    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question")
+    model.to(device)
+    print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
+    lap("load questions + encoder")
+
+    q = encode_questions(model, tokenizer, pooling, questions, args.batch_size, device)
+    if q.shape[1] != meta["dim"]:
+        raise DataError(f"{args.embedding_dir}: passage embeddings are {meta['dim']}-d, but the question encoder "
+                        f"{args.pretrained_model_path} gives {q.shape[1]}-d vectors (embed the passages with the matching passage encoder)")
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # hand the encoder's memory back for the index
+    lap("encode questions")
+
+    ids, emb = load_embeddings(args.embedding_dir, mmap=True)
+    k = min(args.top_k, len(ids))
+    if k < args.top_k:
+        print(f"only {len(ids)} passages in {args.embedding_dir}: retrieving top {k}")
+    index = build_index(emb, index_device)
+    print(f"index: {len(ids):,} passages x {emb.shape[1]} ({emb.dtype} on disk), {index.name}")
+    lap("load + build index")
+
+    scores, rows = index.search(q, k)
+    retrieved = ids[rows]
+    del index, emb
+    lap("search")
+
+    offsets = os.path.join(args.embedding_dir, "passages.offsets.npz")
+    if not os.path.exists(offsets):
+        print(f"indexing passage offsets of {args.wikipedia_path} into {offsets} (one pass, once)")
+    store = PassageStore(args.wikipedia_path, offsets)
+    passages, hits = fetch_and_score(store, retrieved, answers, args.match, args.num_workers)
+    curve = top_k_accuracy(hits, range(1, k + 1))
+    lap("fetch + score")
+
+    written = []
+    if args.output_file:
+        if os.path.dirname(args.output_file):
+            os.makedirs(os.path.dirname(args.output_file), exist_ok=True)
+        write_results(args.output_file, make_results(questions, answers, retrieved, scores, passages, hits))
+        written = [args.output_file] + write_curve(os.path.splitext(args.output_file)[0], curve, os.path.basename(args.qa_file))
+        lap("write outputs")
+    timings["total"] = time.perf_counter() - t0
+
+    print(f"\nTop-k accuracy, {len(questions)} questions, {args.match} match ({args.qa_file}):")
+    print(format_table(["top-k", "accuracy (%)"], [[f"Top-{n}", f"{100 * curve[n]:.2f}"] for n in REPORT_KS if n <= k]))
+    print("\nTimings:")
+    print(format_table(["step", "seconds"], [[name, f"{s:.2f}"] for name, s in timings.items()]))
+    for path in written:
+        print(f"wrote {path}")
+    if not args.output_file:
+        print("no --output_file: results not written")
+    return curve
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.index_device == "gpu" and not torch.cuda.is_available():
+        sys.exit("error: --index_device gpu, but torch sees no CUDA device")
+    try:
+        return run(args)
+    except (DataError, EncoderError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Exact inner-product top-k over passage embeddings (DPR's IndexFlatIP), on CPU or GPU.
+
+Every backend returns the same rows as CPU faiss up to score ties:
+  FaissIndex(emb)            faiss.IndexFlatIP on CPU, all cores, float32: DPR's index
+  FaissIndex(emb, gpu=True)  faiss's GPU flat index, sharded over all visible GPUs (faiss built with GPU support)
+  TorchIndex(emb, devices)   chunked matmul + top-k in torch: the GPU path when faiss has no GPU support
+build_index picks one for test_dpr.py's --index_device. search() returns (scores, rows) with rows
+the positions in `emb`, best first.
+"""
+import os
+
+import numpy as np
+import torch
+
+COPY_ROWS = 1 << 18  # rows converted/copied at a time while building: never a full-size temporary
+
+
+def _import_faiss():
+    """faiss, with its bundled OpenBLAS told the CPU's kernel family. The faiss-cpu wheel's OpenBLAS
+    (0.3.15) does not know recent Xeons by model and falls back to its generic 'Prescott' kernels:
+    measured 4.5x slower search on this project's CPU box. Only when OPENBLAS_CORETYPE is unset."""
+    if "OPENBLAS_CORETYPE" not in os.environ and os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(flags):
+            os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+        elif {"avx2", "fma"} <= set(flags):
+            os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+    import faiss
+
+    return faiss
+
+
+def faiss_gpu_count():
+    """GPUs faiss can use: 0 for faiss-cpu builds and when faiss is not installed (the torch path needs no faiss)."""
+    try:
+        faiss = _import_faiss()
+    except ImportError:
+        return 0
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _float32_fits(n, d, devices):
+    """Whether a float32 copy of the corpus, split evenly over `devices`, fits in 80% of their free memory."""
+    per_device = n * d * 4 / len(devices)
+    return all(per_device < 0.8 * torch.cuda.mem_get_info(dev)[0] for dev in devices)
+
+
+def _device(x):
+    """torch.device with the CUDA index filled in ("cuda" and "cuda:0" must compare equal)."""
+    dev = torch.device(x)
+    return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
+
+
+def _rows(emb, start, end):
+    """Rows [start, end) as a torch tensor; numpy rows are copied (memmapped shards are read-only)."""
+    return emb[start:end] if torch.is_tensor(emb) else torch.from_numpy(np.array(emb[start:end]))
+
+
+class FaissIndex:
+    def __init__(self, emb, gpu=False):
+        faiss = _import_faiss()
+        n, d = emb.shape
+        if not gpu:
+            self.index = faiss.IndexFlatIP(d)
+            # Size the index once and fill it chunk by chunk: no float32 copy of a float16 corpus and
+            # no reallocation while it grows (at 21M x 768 the index alone is 64 GB).
+            self.index.codes.resize(n * d * 4)
+            xb = faiss.rev_swig_ptr(self.index.get_xb(), n * d).reshape(n, d)
+            for i in range(0, n, COPY_ROWS):
+                xb[i : i + COPY_ROWS] = emb[i : i + COPY_ROWS]
+            self.index.ntotal = n
+            self.name = f"faiss IndexFlatIP, CPU float32, {faiss.omp_get_max_threads()} threads, OpenBLAS core {os.environ.get('OPENBLAS_CORETYPE', 'auto')}"
+            return
+        # One contiguous slice per GPU, filled chunk by chunk, then joined: IndexShards numbers the
+        # rows of shard g after those of shards < g (adding through IndexShards would interleave them).
+        num_gpus = faiss.get_num_gpus()
+        # float16 storage also rounds the queries to float16 inside faiss, so use it only when needed.
+        float16 = not _float32_fits(n, d, [torch.device("cuda", g) for g in range(num_gpus)])
+        self.index = faiss.IndexShards(d, True, True)  # threaded, successive ids
+        self._keep = []  # the GPU resources must outlive the shards
+        for g in range(num_gpus):
+            lo, hi = n * g // num_gpus, n * (g + 1) // num_gpus
+            res = faiss.StandardGpuResources()
+            cfg = faiss.GpuIndexFlatConfig()
+            cfg.device, cfg.useFloat16 = g, float16
+            shard = faiss.GpuIndexFlatIP(res, d, cfg)
+            shard.reserveMemory(hi - lo)
+            for i in range(lo, hi, COPY_ROWS):
+                shard.add(np.ascontiguousarray(emb[i : min(i + COPY_ROWS, hi)], dtype=np.float32))
+            self.index.add_shard(shard)
+            self._keep += [res, shard]
+        self.name = f"faiss GPU flat IP, {num_gpus} GPU(s), {'float16' if float16 else 'float32'} storage"
+
+    def search(self, queries, k):
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+class TorchIndex:
+    """Exact top-k by chunked matmul + top-k in torch.
+
+    The corpus is split into contiguous shards, one per device, kept resident in `dtype` (float16:
+    32 GB at 21M x 768). Each chunk is upcast to float32 for the product, so scores are float32
+    inner products of the stored vectors, as in faiss; each chunk's top-k is merged into a running
+    top-k per shard, and the shards' top-k at the end.
+    """
+
+    def __init__(self, emb, devices, dtype=None, chunk_rows=1 << 16):
+        n, d = emb.shape
+        self.devices = [_device(x) for x in devices]
+        if dtype is None:  # the embeddings' own dtype (float16 is lossless for float16 files), while float32 fits
+            dtype = torch.float32 if str(emb.dtype).endswith("float32") else torch.float16
+            if dtype == torch.float32 and self.devices[0].type == "cuda" and not _float32_fits(n, d, self.devices):
+                dtype = torch.float16
+        self.chunk_rows = chunk_rows
+        self.shards, self.starts = [], []
+        for g, dev in enumerate(self.devices):
+            lo, hi = n * g // len(self.devices), n * (g + 1) // len(self.devices)
+            if torch.is_tensor(emb) and _device(emb.device) == dev and emb.dtype == dtype and len(self.devices) == 1:
+                shard = emb  # already resident (bench_search generates the corpus on the GPU)
+            else:
+                shard = torch.empty((hi - lo, d), dtype=dtype, device=dev)
+                for i in range(lo, hi, COPY_ROWS):
+                    shard[i - lo : min(i + COPY_ROWS, hi) - lo] = _rows(emb, i, min(i + COPY_ROWS, hi)).to(dev)
+            self.shards.append(shard)
+            self.starts.append(lo)
+        kinds = sorted({str(dev) for dev in self.devices})
+        self.name = f"torch matmul+topk, {len(self.devices)} shard(s) on {', '.join(kinds)}, {str(dtype).split('.')[-1]} storage"
+
+    @torch.inference_mode()
+    def search(self, queries, k, batch_size=4096):
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")  # no TF32: scores must be float32-exact
+        try:
+            scores, rows = zip(*(self._search_batch(queries[i : i + batch_size], k) for i in range(0, len(queries), batch_size)))
+        finally:
+            torch.set_float32_matmul_precision(precision)
+        return np.concatenate(scores), np.concatenate(rows)
+
+    def _search_batch(self, queries, k):
+        queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
+        q = [queries.to(dev) for dev in self.devices]
+        best = [None] * len(self.shards)
+        # Chunks interleaved over the shards: kernels queue on every GPU at once.
+        for start in range(0, max(len(s) for s in self.shards), self.chunk_rows):
+            for g, shard in enumerate(self.shards):
+                if start >= len(shard):
+                    continue
+                scores = q[g] @ shard[start : start + self.chunk_rows].float().T
+                top = scores.topk(min(k, scores.shape[1]), dim=1)
+                found = (top.values, top.indices + (self.starts[g] + start))
+                best[g] = found if best[g] is None else _merge(best[g], found, k)
+        result = None
+        for found in best:
+            found = (found[0].cpu(), found[1].cpu())
+            result = found if result is None else _merge(result, found, k)
+        return result[0].numpy(), result[1].numpy()
+
+
+def _merge(a, b, k):
+    """Top-k of two (scores, rows) candidate lists, per query."""
+    scores, rows = torch.cat([a[0], b[0]], dim=1), torch.cat([a[1], b[1]], dim=1)
+    scores, pick = scores.topk(min(k, scores.shape[1]), dim=1)
+    return scores, rows.gather(1, pick)
+
+
+def build_index(emb, device):
+    """device "cpu": faiss on CPU. "gpu": faiss's GPU index when faiss has GPU support, else the torch path on every visible GPU."""
+    if device == "cpu":
+        return FaissIndex(emb)
+    if faiss_gpu_count() > 0:
+        return FaissIndex(emb, gpu=True)
+    return TorchIndex(emb, [f"cuda:{g}" for g in range(torch.cuda.device_count())])
