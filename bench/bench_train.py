@@ -1,0 +1,157 @@
+"""Training-step throughput: a nanoDPR-style step vs train_dpr.py's step, same device, one run.
+
+    python bench/bench_train.py                      # GPU: bert-base config, batch 128 (+1 hard negative each)
+    python bench/bench_train.py --device cpu         # CPU: a small BERT, batch 8
+    python bench/bench_train.py --json OUT.json      # also write the results (bench/run_all.py reads them)
+
+Random-init weights and random token ids (the speed of a step does not depend on them), lengths drawn
+like NQ's: questions 10-20 tokens, passages 150-200. Variants, each a full optimizer step (forward,
+backward, clip, AdamW) through train_dpr.forward_backward:
+  nanodpr  fp32, eager attention, every sequence padded to 256, no gradient cache
+  ours     bf16 autocast on GPU (fp32 on CPU), SDPA, padded per batch (on CPU in 4 length groups)
+  ours_gc  ours + gradient cache (chunks of --chunk questions)
+examples/s = questions per second; peak memory = torch.cuda.max_memory_allocated (GPU only).
+If a variant runs out of memory at --batch_size it is retried at half the batch (reported).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from transformers import BertConfig, BertModel
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from train_dpr import BiEncoder, forward_backward, make_chunk, passage_groups, to_device  # noqa: E402
+from utils.data import pad_batch  # noqa: E402
+
+SIZES = {  # hidden, layers, heads, intermediate
+    "base": (768, 12, 12, 3072),  # bert-base-uncased, DPR's encoder
+    "small": (256, 2, 4, 1024),
+}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", choices=SIZES, default=None, help="default: base on GPU, small on CPU")
+    p.add_argument("--batch_size", type=int, default=None, help="questions per step; default 128 on GPU, 8 on CPU")
+    p.add_argument("--chunk", type=int, default=None, help="gradient-cache chunk (questions); default 32 GPU, 4 CPU")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant; default 10 GPU, 2 CPU")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--json", default=None, help="write results to this file")
+    args = p.parse_args()
+    gpu = args.device.startswith("cuda")
+    args.model = args.model or ("base" if gpu else "small")
+    args.batch_size = args.batch_size or (128 if gpu else 8)
+    args.chunk = args.chunk or (32 if gpu else 4)
+    args.steps = args.steps or (10 if gpu else 2)
+    return args
+
+
+def make_batches(n, batch_size, chunk, pad_to, seed, groups=1):
+    """n synthetic micro-batches as train_dpr's Collate builds them (per question [positive, hard
+    negative]); pad_to: nanoDPR-style, every sequence padded to that length, no length groups."""
+    g = torch.Generator().manual_seed(seed)
+
+    def seqs(count, lo, hi):
+        lengths = torch.randint(lo, hi + 1, (count,), generator=g).tolist()
+        return [[101] + torch.randint(1000, 30000, (k - 2,), generator=g).tolist() + [102] for k in lengths]
+
+    def pad(ids):  # to pad_to: a row at full width joins the batch, then is dropped
+        return {k: v[:-1] for k, v in pad_batch(ids + [[0] * pad_to], 0).items()}
+
+    batches = []
+    for _ in range(n):
+        questions, passages = seqs(batch_size, 10, 20), seqs(2 * batch_size, 150, 200)
+        chunks = []
+        for s in range(0, batch_size, chunk):
+            q, p = questions[s: s + chunk], passages[2 * s: 2 * (s + chunk)]
+            chunks.append({"question": pad(q), "passages": [pad(p)], "passage_order": torch.arange(len(p))} if pad_to
+                          else make_chunk(q, p, 0, 0, groups))
+        batches.append({"chunks": chunks, "positives": torch.arange(0, 2 * batch_size, 2)})
+    return batches
+
+
+def run_variant(name, args, device, batch_size):
+    hidden, layers, heads, inter = SIZES[args.model]
+    gpu = device.type == "cuda"
+    nano = name == "nanodpr"
+    config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
+                        attn_implementation="eager" if nano else "sdpa")
+    torch.manual_seed(0)
+    model = BiEncoder(BertModel(config, add_pooling_layer=False), BertModel(config, add_pooling_layer=False)).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, fused=gpu)
+    bf16 = gpu and not nano
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if bf16 else torch.float32, enabled=bf16)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    grad_cache = name == "ours_gc"
+    chunk = args.chunk if grad_cache else batch_size
+    batches = [to_device(b, device) for b in make_batches(4, batch_size, chunk, 256 if nano else None, 1, passage_groups(device))]
+
+    def step(i):
+        loss = forward_backward(model, batches[i % len(batches)], grad_cache=grad_cache, autocast=autocast, scaler=scaler,
+                                loss_weight=1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(args.warmup):
+        step(i)
+    sync()
+    start = time.perf_counter()
+    for i in range(args.steps):
+        loss = step(i)
+    loss = loss.item()
+    elapsed = time.perf_counter() - start
+    result = {"variant": name, "batch_size": batch_size, "examples_per_s": batch_size * args.steps / elapsed,
+              "steps_per_s": args.steps / elapsed, "loss": loss,
+              "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None}
+    del model, optimizer, batches
+    if gpu:
+        torch.cuda.empty_cache()
+    return result
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device {name}, model {args.model} {SIZES[args.model]}, batch {args.batch_size} questions x 2 passages, "
+          f"{args.steps} timed steps")
+    results = []
+    for variant in ("nanodpr", "ours", "ours_gc"):
+        batch_size = args.batch_size
+        while True:
+            try:
+                r = run_variant(variant, args, device, batch_size)
+                break
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                print(f"{variant}: out of memory at batch {batch_size}")
+                batch_size //= 2
+                if batch_size < 1:
+                    raise
+        r["oom_at_requested_batch"] = batch_size != args.batch_size
+        results.append(r)
+        mem = f", peak {r['peak_mem_gb']:.1f} GiB" if r["peak_mem_gb"] is not None else ""
+        print(f"{variant:8s} batch {batch_size:4d}: {r['examples_per_s']:8.1f} examples/s, {r['steps_per_s']:.3f} steps/s{mem}")
+    base = results[0]["examples_per_s"]
+    for r in results[1:]:
+        r["speedup_vs_nanodpr"] = r["examples_per_s"] / base
+        print(f"{r['variant']} / nanodpr: {r['speedup_vs_nanodpr']:.2f}x examples/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"bench": "train", "device": name, "model": args.model, "batch_size": args.batch_size,
+                       "chunk": args.chunk, "steps": args.steps, "results": results}, f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

