@@ -125,6 +125,10 @@ def _typed(key, value, where):
 def parse_args(argv=None):
     """Config from `--config_file FILE` (YAML) and `--key value` / `--key=value` overrides, in that order."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        keys = "\n".join(f"  --{k} (default: {v})" for k, v in DEFAULTS.items())
+        print(f"{__doc__.strip()}\n\nusage: train_dpr.py --config_file FILE [--key value ...]\n\nconfig keys:\n{keys}")
+        sys.exit(0)
     pairs, i = [], 0
     while i < len(argv):
         if not argv[i].startswith("--") or len(argv[i]) == 2:

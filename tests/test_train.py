@@ -286,3 +286,10 @@ def test_multi_file_batches_never_mix_files(setup, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
     other = train_dpr.epoch_batches(data, epoch=1, seed=3, batch_size=4)
     assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
+
+
+def test_help_lists_every_config_key():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "train_dpr.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for key in ("train_file", "train_batch_size", "grad_cache_chunk_size", "resume_from_checkpoint"):
+        assert f"--{key} " in out.stdout
