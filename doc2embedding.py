@@ -12,7 +12,6 @@ resumed run writes the same files as an uninterrupted one. meta.json is written 
 finished dir (layout in utils/embeddings.py; read it back with utils.embeddings.load_embeddings).
 """
 import argparse
-import contextlib
 import datetime
 import glob
 import json
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from utils.data import DataError, atomic_write, count_lines, pad_batch, parse_passage_line, shard_byte_range, tokenize_passages
 from utils.embeddings import META, read_meta, shard_paths, write_meta
-from utils.models import EncoderError, device_dtype, embed, load_encoder
+from utils.models import EncoderError, embed, inference_autocast, load_encoder
 
 RUN_FILE = "run.json"  # the arguments that produced the chunks: a relaunch must match them to resume
 KILL_AFTER_CHUNK = "NANODPR_KILL_AFTER_CHUNK"  # test hook: SIGKILL this process once chunk k is committed
@@ -169,11 +168,10 @@ def encode_batches(model, pooling, batches, n, device):
     Results stay on the device until the window is done, so padding the next batch on the
     CPU overlaps with the GPU's work.
     """
-    amp = device_dtype(device)
     out = None
     for rows, batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+        with inference_autocast(device):
             emb = embed(model, pooling, batch).float()
         if out is None:
             out = torch.empty(n, emb.shape[1], device=device)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from utils.data import DataError, PassageStore, atomic_write, normalize_question, pad_batch, read_qas, tokenize_questions, write_results
 from utils.embeddings import load_embeddings, read_meta
 from utils.index import build_index
-from utils.models import EncoderError, device_dtype, embed, load_encoder
+from utils.models import EncoderError, embed, inference_autocast, load_encoder
 from utils.qa import score_passages, top_k_accuracy
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)
@@ -52,12 +52,11 @@ def encode_questions(model, tokenizer, pooling, questions, batch_size, device):
     """(num_questions, dim) float32. Questions are batched by length and padded to each batch's longest."""
     ids = tokenize_questions(tokenizer, questions, MAX_LENGTH)  # normalizes as DPR does
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    dtype = device_dtype(device)
     out = None
     for start in tqdm(range(0, len(order), batch_size), desc="encode questions"):
         rows = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in rows], tokenizer.pad_token_id).items()}
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with inference_autocast(device):
             vectors = embed(model, pooling, batch).float().cpu().numpy()
         if out is None:
             out = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)

@@ -119,8 +119,8 @@ def save_encoder(model, tokenizer, out_dir, role, **extra):
         json.dump({"role": role, "pooling": pooling, **extra}, f, indent=1)
 
 
-def device_dtype(device):
-    """Autocast dtype for inference: bf16 where the GPU has it, else fp16 on GPU, fp32 on CPU."""
+def inference_autocast(device):
+    """Autocast for encoding: bf16 where the GPU has it, else fp16 on GPU; a no-op (fp32) on CPU."""
     if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
