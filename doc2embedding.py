@@ -90,7 +90,7 @@ class PassageWindows(torch.utils.data.IterableDataset):
     """Windows of this process's passages, each parsed, tokenized and cut into padded batches.
 
     Yields {window, ids, batches: [(rows, padded batch)], next: [byte offset, line number] after
-    the window}. With W DataLoader workers, worker w prepares windows w, w+W, ... and only reads
+    the window, prepare_s: the worker's seconds for it}. With W DataLoader workers, worker w prepares windows w, w+W, ... and only reads
     past the others, so the DataLoader's round robin delivers them in file order.
     """
 
@@ -106,7 +106,9 @@ class PassageWindows(torch.utils.data.IterableDataset):
         try:
             for k, lines, next_offset, next_line in self.read_windows():
                 if (k - self.first_window) % num_workers == worker:
-                    yield {"window": k, **self.prepare(lines), "next": torch.tensor([next_offset, next_line])}
+                    t = time.perf_counter()
+                    item = self.prepare(lines)
+                    yield {"window": k, **item, "next": torch.tensor([next_offset, next_line]), "prepare_s": time.perf_counter() - t}
         except DataError as e:  # a message, not a traceback wrapped by the DataLoader
             yield {"error": str(e)}
 
@@ -175,7 +177,7 @@ def encode_batches(model, pooling, batches, n, device):
             emb = embed(model, pooling, batch).float()
         if out is None:
             out = torch.empty(n, emb.shape[1], device=device)
-        out[rows.to(device)] = emb
+        out[rows.to(device, non_blocking=True)] = emb  # a blocking copy would wait for this batch's forward
     return out.cpu().numpy()
 
 
@@ -246,7 +248,8 @@ def write_shard(out_dir, rank, chunks, dim, dtype):
 
 
 def main(argv=None):
-    """Returns {passages, encoded (this launch), seconds, first_window_s, passages_per_s_per_process, output_dir}."""
+    """Returns {passages, encoded (this launch), seconds, passages_per_s_per_process, output_dir} and rank 0's
+    time split: model_s, waited_s (first_window_s of it), tokenize_per_worker_per_s, num_workers."""
     args = parse_args(argv)
     # Workers tokenize in parallel processes; the tokenizer's own threads would be disabled in them anyway, with a warning.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -311,15 +314,22 @@ def run(args, state, rank, world_size, device):
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
                                          prefetch_factor=1 if num_workers else None)  # each worker: one window ready, one in the making
     kill_after = int(os.environ.get(KILL_AFTER_CHUNK, -1))
-    t0, encoded, first = time.time(), 0, None
+    # Where the time goes, for the report: in the model (the .cpu() at the end of each window waits for the GPU),
+    # waiting for the workers' tokenized windows (the first one is the pipeline fill), and the workers' own time.
+    t0, encoded, first, in_model, waited, tokenizing = time.time(), 0, None, 0.0, 0.0, 0.0
+    ready = time.perf_counter()
     with tqdm(total=total, initial=done, unit="passage", disable=not state.is_main_process, smoothing=0.1) as bar:
         for item in loader:
             if "error" in item:
                 raise DataError(item["error"])
+            waited += time.perf_counter() - ready
+            first = waited if first is None else first
             k, ids = item["window"], item["ids"].numpy()
-            first = first or time.time() - t0  # pipeline fill: the first window's parsing and tokenizing
             assert k == len(chunks), f"window {k} arrived, {len(chunks)} expected"
+            t = time.perf_counter()
             emb = encode_batches(model, pooling, item["batches"], len(ids), device)
+            in_model += time.perf_counter() - t
+            tokenizing += item["prepare_s"]
             chunks.append(chunk_path(args.output_dir, rank, k))
             with atomic_write(chunks[-1], "wb") as f:
                 np.savez(f, ids=ids, embeddings=emb.astype(out_dtype), next=item["next"].numpy())
@@ -327,6 +337,7 @@ def run(args, state, rank, world_size, device):
                 os.kill(os.getpid(), signal.SIGKILL)
             encoded += len(ids)
             bar.update(len(ids))
+            ready = time.perf_counter()
 
     n = write_shard(args.output_dir, rank, chunks, dim, out_dtype)
     counts, encoded_all = gather_object([n]), gather_object([encoded])
@@ -340,12 +351,17 @@ def run(args, state, rank, world_size, device):
         })
         shutil.rmtree(os.path.join(args.output_dir, "chunks"))
     rate = sum(encoded_all) / seconds / world_size
-    state.print(f"encoded {sum(encoded_all)} passages in {seconds:.1f}s: {rate:.1f} passages/s per process ({world_size} processes, {device.type}; "
-                f"first window ready after {first or 0:.1f}s)"
+    state.print(f"encoded {sum(encoded_all)} passages in {seconds:.1f}s: {rate:.1f} passages/s per process ({world_size} processes, {device.type})"
                 + (f"; {sum(counts) - sum(encoded_all)} came from committed chunks" if sum(counts) != sum(encoded_all) else ""))
+    if encoded:
+        state.print(f"rank 0 time: model {in_model:.1f}s ({encoded / in_model:.0f} passages/s while encoding), waiting for tokenized "
+                    f"windows {waited:.1f}s (first window {first:.1f}s); tokenizing {encoded / tokenizing:.0f} passages/s per worker x {num_workers or 1}")
+        if waited - first > 0.2 * seconds:
+            state.print("tokenization held the model back: more --num_workers (CPU cores) would raise the rate")
     state.print(f"wrote {sum(counts)} x {dim} {args.dtype} embeddings to {args.output_dir}/embeddings_shard_*.npy, ids to ids_shard_*.npy, meta.json")
     return {"passages": sum(counts), "encoded": sum(encoded_all), "seconds": seconds, "first_window_s": first or 0.0,
-            "passages_per_s_per_process": rate, "output_dir": args.output_dir}
+            "passages_per_s_per_process": rate, "output_dir": args.output_dir, "model_s": in_model, "waited_s": waited,
+            "tokenize_per_worker_per_s": encoded / tokenizing if encoded else None, "num_workers": num_workers or 1}
 
 
 if __name__ == "__main__":

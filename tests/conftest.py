@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import socket
 import string
 import sys
 
@@ -14,6 +15,13 @@ sys.path.insert(0, ROOT)
 MINI_NQ = os.path.join(ROOT, "..", "shared", "mini_nq")
 
 from utils.models import save_encoder  # noqa: E402
+
+
+def free_port():
+    """For torchrun's --master_port: a fixed port collides with another torchrun or one in TIME_WAIT."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
 
 
 def write_vocab(path):

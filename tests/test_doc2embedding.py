@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertModel, DPRConfig, DPRContextEncoder
 
-from conftest import ROOT, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
+from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
 
 import doc2embedding
 from utils.data import DataError, tokenize_passages
@@ -89,6 +89,10 @@ def test_embeddings_equal_direct_forward(tmp_path, corpus):
     assert (meta["num_passages"], meta["dim"], meta["max_length"], meta["role"], meta["pooling"]) == (60, 32, 32, "passage", "cls")
     assert meta["source"]["size"] == os.path.getsize(tsv) and stats["encoded"] == 60
     assert not os.path.exists(tmp_path / "out" / "chunks")
+    # The reported time split is a split: model and waiting are parts of the run, the first wait part of all waits.
+    assert stats["num_workers"] == 2 and stats["tokenize_per_worker_per_s"] > 0
+    assert 0 < stats["first_window_s"] <= stats["waited_s"] and 0 < stats["model_s"]
+    assert stats["model_s"] + stats["waited_s"] <= stats["seconds"]
 
     # Two tokenizing workers deliver windows in file order: same files as no worker process.
     encode(model, tsv, tmp_path / "out0", "--max_length", 32, "--window", 16, "--max_tokens_per_batch", 96,
@@ -148,7 +152,7 @@ def test_two_processes_equal_one(tmp_path, corpus):
     model, rows, tsv = corpus
     args = ["--max_length", 32, "--window", 8, "--max_tokens_per_batch", 96, "--dtype", "float32"]
     encode(model, tsv, tmp_path / "one", *args)
-    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(),
            os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model, "--wikipedia_path", str(tsv),
            "--output_dir", str(tmp_path / "two"), *map(str, args)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT}

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ import torch
 import yaml
 from transformers import BertModel
 
-from conftest import ROOT, make_tiny_bert, write_json
+from conftest import ROOT, free_port, make_tiny_bert, write_json
 
 import train_dpr
 from utils.data import pad_batch, tokenize_passages, tokenize_questions
@@ -134,10 +133,7 @@ def test_two_processes_equal_one(setup, tmp_path):
     common = dict(dropout=0.0, max_train_steps=3, eval_steps=3, train_batch_size=8, max_train_epochs=1, lr=1.0,
                   adam_eps=1.0, mixed_precision="no", gradient_accumulation_steps=2)
     env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    with socket.socket() as sock:  # a free port: other test files may run torchrun at the same time
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            os.path.join(ROOT, "train_dpr.py")] + argv(setup, tmp_path / "two", grad_cache_chunk_size=1, **common)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -51,7 +51,7 @@ def tokenize_passages(tokenizer, titles, texts, max_length):
     ids = [None] * len(texts)
     with_title = [i for i, t in enumerate(titles) if t]
     without = [i for i, t in enumerate(titles) if not t]
-    kw = dict(truncation=True, max_length=max_length, add_special_tokens=True)
+    kw = dict(truncation=True, max_length=max_length, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
     if with_title:
         enc = tokenizer([titles[i] for i in with_title], [texts[i] for i in with_title], **kw)
         for i, x in zip(with_title, enc["input_ids"]):
