@@ -289,3 +289,16 @@ def test_help_lists_every_config_key():
     assert out.returncode == 0, out.stderr
     for key in ("train_file", "train_batch_size", "grad_cache_chunk_size", "resume_from_checkpoint"):
         assert f"--{key} " in out.stdout
+
+
+@pytest.mark.parametrize("name", ["train_dpr_nq.yaml", "train_dpr_nq_adv_hn.yaml", "train_mini_nq.yaml", "train_demo.yaml"])
+def test_shipped_configs_parse(name):
+    cfg = train_dpr.parse_args(["--config_file", os.path.join(ROOT, "config", name)])
+    assert set(cfg) == set(train_dpr.DEFAULTS)
+    if name.startswith("train_dpr_nq"):
+        # DPR's biencoder_nq.yaml on 8 GPUs: batch 16 per GPU, lr 2e-5, warm-up 1237, 40 epochs, one hard negative;
+        # its clipping (2.0) and Adam eps (1e-8) acted on DDP's average, 1/8 of the gradient we compute.
+        dpr_gpus = 8
+        assert cfg["train_batch_size"] == 16 * dpr_gpus and cfg["lr"] == 2e-5 and cfg["warmup_steps"] == 1237
+        assert cfg["max_train_epochs"] == 40 and cfg["num_hard_negatives"] == 1 and cfg["dropout"] == 0.1
+        assert cfg["max_grad_norm"] == 2.0 * dpr_gpus and cfg["adam_eps"] == pytest.approx(1e-8 * dpr_gpus, rel=1e-12)
