@@ -800,8 +800,11 @@ def train(cfg):
         path = state_dir(cfg)
         state = load_state(path, raw, optimizer, scheduler, scaler, cfg, accelerator)
         log(f"resumed from {path}: step {state['step']}, epoch {state['epoch']}, batch {state['batch_in_epoch']}")
-    if cfg["report_to"] != "none":
-        accelerator.init_trackers("nanodpr", config={k: v if isinstance(v, (int, float, str)) else str(v) for k, v in cfg.items()})
+    if cfg["report_to"] != "none":  # both write under output_dir: tensorboard to nanodpr/, wandb (also offline runs) to wandb/
+        accelerator.init_trackers("nanodpr", config={k: v if isinstance(v, (int, float, str)) else str(v) for k, v in cfg.items()},
+                                  init_kwargs={"wandb": {"dir": out}})
+        log(f"{cfg['report_to']} logs: {os.path.join(out, 'nanodpr' if cfg['report_to'] == 'tensorboard' else 'wandb')}"
+            + (" (offline: `wandb sync` them)" if os.environ.get("WANDB_MODE") == "offline" else ""))
     log(f"{world} process(es) on {device.type}, precision {precision}, {per_epoch} steps/epoch, {total_steps} steps, "
         f"batch {batch} questions x {1 + h + o} passages, grad cache "
         f"{'chunks of %d questions' % cfg['grad_cache_chunk_size'] if cfg['grad_cache_chunk_size'] else 'off'}")

@@ -302,3 +302,35 @@ def test_shipped_configs_parse(name):
         assert cfg["train_batch_size"] == 16 * dpr_gpus and cfg["lr"] == 2e-5 and cfg["warmup_steps"] == 1237
         assert cfg["max_train_epochs"] == 40 and cfg["num_hard_negatives"] == 1 and cfg["dropout"] == 0.1
         assert cfg["max_grad_norm"] == 2.0 * dpr_gpus and cfg["adam_eps"] == pytest.approx(1e-8 * dpr_gpus, rel=1e-12)
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
+def test_report_to_trackers(setup, tmp_path, tracker):
+    """The metrics of train_log.jsonl reach tensorboard / wandb, under output_dir. No wandb login: the run goes
+    offline instead of prompting (stdin closed, HOME without a .netrc)."""
+    pytest.importorskip("tensorboard" if tracker == "tensorboard" else "wandb")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, os.path.join(ROOT, "train_dpr.py")] + argv(setup, out, max_train_steps=3, eval_steps=3, report_to=tracker)
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = read_log(out)
+    train_steps = [r for r in log if "loss" in r]
+    dev = next(r for r in log if "dev_nll" in r)
+    assert [r["step"] for r in train_steps] == [1, 2, 3]
+    if tracker == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(out / "nanodpr")).Reload()
+        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars("loss")] == \
+               [(r["step"], r["loss"]) for r in train_steps]
+        assert [(e.step, e.value) for e in events.Scalars("dev_avg_rank")] == [(3, pytest.approx(dev["dev_avg_rank"], rel=1e-6))]
+    else:
+        assert "offline" in result.stdout + result.stderr
+        (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+        raw = run_file.read_bytes()  # wandb's record file: the logged values are stored as JSON text
+        for r in train_steps + [dev]:
+            for k, v in r.items():
+                if k not in ("step", "epoch", "examples_per_s"):
+                    assert k.encode() in raw and json.dumps(v).encode() in raw, (k, v)
