@@ -163,6 +163,11 @@ def make_batches(lengths, batch_size=None, max_tokens=None):
     return batches
 
 
+def default_max_tokens(device):
+    """Token budget per batch. CPU: bigger batches thrash the cache, smaller ones keep the threads waiting on each other."""
+    return 65536 if device.type == "cuda" else min(65536, 4096 * torch.get_num_threads())
+
+
 @torch.inference_mode()
 def encode_batches(model, pooling, batches, n, device):
     """(n, dim) float32 embeddings, row r from the batch that holds r: file order again.
@@ -274,8 +279,7 @@ def run(args, state, rank, world_size, device):
     dim = encode_batches(model, pooling, probe, 1, device).shape[1]
     out_dtype = np.dtype(args.dtype)
     if args.batch_size is None and args.max_tokens_per_batch is None:
-        # CPU: bigger batches thrash the cache, smaller ones keep the threads waiting on each other
-        args.max_tokens_per_batch = 65536 if device.type == "cuda" else min(65536, 4096 * torch.get_num_threads())
+        args.max_tokens_per_batch = default_max_tokens(device)
 
     signature = run_signature(args, world_size)
     os.makedirs(args.output_dir, exist_ok=True)
