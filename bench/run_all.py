@@ -73,7 +73,8 @@ def rows_for(name, f):
         nq = f"{hours(NQ_PASSAGES / projected)} for 21M at {projected:.0f} p/s (extrapolated: min of model and tokenizing rates)"
         return [(f"encode {f['model']} ({f['n']} psgs)", f"{f['nanodpr_passages_per_s']:.1f} p/s",
                  f"{f['ours_passages_per_s']:.1f} p/s whole run; model {f['ours_model_passages_per_s']:.1f} p/s, "
-                 f"tokenizing {f['tokenize_passages_per_s_per_worker']:.0f} p/s x {f['num_workers']} workers",
+                 f"tokenizing {f['tokenize_passages_per_s_per_worker']:.0f} p/s x {f['num_workers']} workers; "
+                 f"model alone {f['model_alone_passages_per_s']:.1f} p/s",
                  f["ratio"], f["device"], nq)]
     if name == "search":
         res = {r["path"]: r for r in f["results"]}
