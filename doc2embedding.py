@@ -12,10 +12,12 @@ resumed run writes the same files as an uninterrupted one. meta.json is written 
 finished dir (layout in utils/embeddings.py; read it back with utils.embeddings.load_embeddings).
 """
 import argparse
+import ctypes
 import datetime
 import glob
 import json
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -31,6 +33,10 @@ from utils.data import DataError, atomic_write, count_lines, pad_batch, parse_pa
 from utils.embeddings import META, read_meta, shard_paths, write_meta
 from utils.models import EncoderError, embed, inference_autocast, load_encoder
 
+try:  # glibc: hand freed heap pages back to the OS once per window (see the main loop)
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # another libc: nothing to do
+    _malloc_trim = lambda pad: 0  # noqa: E731
 RUN_FILE = "run.json"  # the arguments that produced the chunks: a relaunch must match them to resume
 KILL_AFTER_CHUNK = "NANODPR_KILL_AFTER_CHUNK"  # test hook: SIGKILL this process once chunk k is committed
 
@@ -254,7 +260,8 @@ def write_shard(out_dir, rank, chunks, dim, dtype):
 
 def main(argv=None):
     """Returns {passages, encoded (this launch), seconds, passages_per_s_per_process, output_dir} and rank 0's
-    time split: model_s, waited_s (first_window_s of it), tokenize_per_worker_per_s, num_workers."""
+    time split: model_s, waited_s (first_window_s of it), tokenize_per_worker_per_s, num_workers; and its
+    peak_rss_gib, worker_peak_rss_gib."""
     args = parse_args(argv)
     # Workers tokenize in parallel processes; the tokenizer's own threads would be disabled in them anyway, with a warning.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -341,6 +348,9 @@ def run(args, state, rank, world_size, device):
                 os.kill(os.getpid(), signal.SIGKILL)
             encoded += len(ids)
             bar.update(len(ids))
+            # Each window's arrays differ in size; glibc keeps freed ones in a fragmented heap and RSS crept up
+            # window after window (0.96 GiB at 20k passages, 1.41 GiB at 200k); trimming keeps it flat.
+            _malloc_trim(0)
             ready = time.perf_counter()
 
     n = write_shard(args.output_dir, rank, chunks, dim, out_dtype)
@@ -362,10 +372,14 @@ def run(args, state, rank, world_size, device):
                     f"windows {waited:.1f}s (first window {first:.1f}s); tokenizing {encoded / tokenizing:.0f} passages/s per worker x {num_workers or 1}")
         if waited - first > 0.2 * seconds:
             state.print("tokenization held the model back: more --num_workers (CPU cores) would raise the rate")
+    # Linux reports KiB. Workers: the largest finished child of this process (the tokenizing workers).
+    peak_rss, worker_rss = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    state.print(f"peak memory (RSS) of rank 0: {peak_rss:.2f} GiB" + (f", of its largest tokenizing worker {worker_rss:.2f} GiB" if num_workers else ""))
     state.print(f"wrote {sum(counts)} x {dim} {args.dtype} embeddings to {args.output_dir}/embeddings_shard_*.npy, ids to ids_shard_*.npy, meta.json")
     return {"passages": sum(counts), "encoded": sum(encoded_all), "seconds": seconds, "first_window_s": first or 0.0,
             "passages_per_s_per_process": rate, "output_dir": args.output_dir, "model_s": in_model, "waited_s": waited,
-            "tokenize_per_worker_per_s": encoded / tokenizing if encoded else None, "num_workers": num_workers or 1}
+            "tokenize_per_worker_per_s": encoded / tokenizing if encoded else None, "num_workers": num_workers or 1,
+            "peak_rss_gib": peak_rss, "worker_peak_rss_gib": worker_rss if num_workers else None}
 
 
 if __name__ == "__main__":
