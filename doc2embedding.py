@@ -149,9 +149,7 @@ class PassageWindows(torch.utils.data.IterableDataset):
             except UnicodeDecodeError:
                 raise DataError(f"{self.path}:{line_no}: not valid UTF-8") from None
         tokens = tokenize_passages(self.tokenizer, [r[2] for r in rows], [r[1] for r in rows], self.max_length)
-        lengths = np.array([len(t) for t in tokens])
-        batches = [(torch.from_numpy(b), pad_batch([tokens[i] for i in b], self.tokenizer.pad_token_id))
-                   for b in make_batches(lengths, self.batch_size, self.max_tokens)]
+        batches = padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size, self.max_tokens)
         return {"ids": torch.tensor([r[0] for r in rows], dtype=torch.int64), "batches": batches}
 
 
@@ -168,6 +166,12 @@ def make_batches(lengths, batch_size=None, max_tokens=None):
         batches.append(order[i : i + n])
         i += n
     return batches
+
+
+def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None):
+    """[(row indices, padded batch)] for a window's token ids, batched by make_batches."""
+    lengths = np.array([len(t) for t in tokens])
+    return [(torch.from_numpy(b), pad_batch([tokens[i] for i in b], pad_token_id)) for b in make_batches(lengths, batch_size, max_tokens)]
 
 
 def default_max_tokens(device):
