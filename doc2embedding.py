@@ -29,9 +29,10 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm import tqdm
 
-from utils.data import DataError, atomic_write, count_lines, pad_batch, parse_passage_line, shard_byte_range, tokenize_passages
+from utils.data import atomic_write, count_lines, parse_passage_line, shard_byte_range
 from utils.embeddings import META, read_meta, shard_paths, write_meta
-from utils.models import EncoderError, embed, inference_autocast, load_encoder
+from utils.errors import DataError, EncoderError
+from utils.models import encode_batches, load_encoder, pad_batch, padded_batches, tokenize_passages
 
 try:  # glibc: hand freed heap pages back to the OS once per window (see the main loop)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
@@ -153,48 +154,9 @@ class PassageWindows(torch.utils.data.IterableDataset):
         return {"ids": torch.tensor([r[0] for r in rows], dtype=torch.int64), "batches": batches}
 
 
-def make_batches(lengths, batch_size=None, max_tokens=None):
-    """Row indices per batch, longest passages first (an out-of-memory batch shows at once).
-
-    Neighbours in length order share a batch, so padding is nearly zero. A batch holds batch_size
-    passages, or as many as fit max_tokens counting padding (at least one).
-    """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches, i = [], 0
-    while i < len(order):
-        n = batch_size or max(1, max_tokens // int(lengths[order[i]]))
-        batches.append(order[i : i + n])
-        i += n
-    return batches
-
-
-def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None):
-    """[(row indices, padded batch)] for a window's token ids, batched by make_batches."""
-    lengths = np.array([len(t) for t in tokens])
-    return [(torch.from_numpy(b), pad_batch([tokens[i] for i in b], pad_token_id)) for b in make_batches(lengths, batch_size, max_tokens)]
-
-
 def default_max_tokens(device):
     """Token budget per batch. CPU: bigger batches thrash the cache, smaller ones keep the threads waiting on each other."""
     return 65536 if device.type == "cuda" else min(65536, 4096 * torch.get_num_threads())
-
-
-@torch.inference_mode()
-def encode_batches(model, pooling, batches, n, device):
-    """(n, dim) float32 embeddings, row r from the batch that holds r: file order again.
-
-    Results stay on the device until the window is done, so padding the next batch on the
-    CPU overlaps with the GPU's work.
-    """
-    out = None
-    for rows, batch in batches:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with inference_autocast(device):
-            emb = embed(model, pooling, batch).float()
-        if out is None:
-            out = torch.empty(n, emb.shape[1], device=device)
-        out[rows.to(device, non_blocking=True)] = emb  # a blocking copy would wait for this batch's forward
-    return out.cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.data import DataError, PassageStore, atomic_write, normalize_question, pad_batch, read_qas, tokenize_questions, write_results
+from utils.data import PassageStore, atomic_write, normalize_question, read_qas, write_results
 from utils.embeddings import load_embeddings, read_meta
 from utils.index import build_index
-from utils.models import EncoderError, embed, inference_autocast, load_encoder
+from utils.errors import DataError, EncoderError
+from utils.models import embed, inference_autocast, load_encoder, pad_batch, tokenize_questions
 from utils.qa import score_passages, top_k_accuracy
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from utils.data import DataError, iter_biencoder, pad_batch, tokenize_passages, tokenize_questions
-from utils.models import EncoderError, embed, load_encoder, save_encoder
+from utils.data import iter_biencoder
+from utils.errors import ConfigError, DataError, EncoderError
+from utils.models import embed, load_encoder, pad_batch, save_encoder, tokenize_passages, tokenize_questions
 
 # ---------------------------------------------------------------------------------------------
 # Config: defaults are DPR's NQ recipe (sources in config/train_dpr_nq.yaml); a YAML file and then
@@ -79,10 +80,6 @@ MIN_VALUE = {"train_batch_size": 1, "gradient_accumulation_steps": 1, "max_train
              "grad_cache_chunk_size": 1, "eval_steps": 1, "val_av_rank_start_epoch": 0, "val_av_rank_hard_neg": 0,
              "val_av_rank_other_neg": 0, "eval_batch_size": 1, "save_total_limit": 0, "log_steps": 1, "num_workers": 0,
              "lr": 0.0, "adam_eps": 0.0, "weight_decay": 0.0, "max_grad_norm": 0.0, "dropout": 0.0}
-
-
-class ConfigError(ValueError):
-    """Unknown config key or a value of the wrong type; the message names where it came from."""
 
 
 def _typed(key, value, where):

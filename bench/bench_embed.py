@@ -36,7 +36,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import doc2embedding  # noqa: E402
-from utils.data import iter_passages, tokenize_passages  # noqa: E402
+from utils.data import iter_passages
+from utils.models import encode_batches, padded_batches, tokenize_passages  # noqa: E402
 from utils.models import load_encoder, save_encoder  # noqa: E402
 
 MODELS = {
@@ -149,10 +150,10 @@ def main():
     # for (b); if (b)'s model rate is far below it, the time goes to the loop, not to BERT.
     budget = args.max_tokens_per_batch or doc2embedding.default_max_tokens(device)
     batches = [(rows, {k: v.to(device) for k, v in batch.items()})
-               for rows, batch in doc2embedding.padded_batches(sample_tokens, tokenizer.pad_token_id, max_tokens=budget)]
-    doc2embedding.encode_batches(model, "cls", batches[:1], len(sample), device)  # warm-up
+               for rows, batch in padded_batches(sample_tokens, tokenizer.pad_token_id, max_tokens=budget)]
+    encode_batches(model, "cls", batches[:1], len(sample), device)  # warm-up
     t = time.time()
-    doc2embedding.encode_batches(model, "cls", batches, len(sample), device)  # ends with a copy to the host: synced
+    encode_batches(model, "cls", batches, len(sample), device)  # ends with a copy to the host: synced
     rate_c = len(sample) / (time.time() - t)
     del model, batches
 

@@ -24,7 +24,7 @@ from transformers import BertConfig, BertModel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train_dpr import BiEncoder, forward_backward, make_chunk, passage_groups, to_device  # noqa: E402
-from utils.data import pad_batch  # noqa: E402
+from utils.models import pad_batch  # noqa: E402
 
 SIZES = {  # hidden, layers, heads, intermediate
     "base": (768, 12, 12, 3072),  # bert-base-uncased, DPR's encoder

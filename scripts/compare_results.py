@@ -4,7 +4,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.data import DataError, read_results  # noqa: E402
+from utils.data import read_results
+from utils.errors import DataError  # noqa: E402
 from utils.qa import top_k_accuracy  # noqa: E402
 
 KS = (1, 5, 10, 20, 50, 100)

@@ -15,7 +15,6 @@ from transformers import AutoTokenizer
 
 from conftest import make_tiny_bert, mini_nq_or_skip, write_json, write_passages_tsv
 from utils.data import (
-    DataError,
     PassageStore,
     atomic_write,
     count_lines,
@@ -23,14 +22,13 @@ from utils.data import (
     iter_json_list,
     iter_passages,
     normalize_question,
-    pad_batch,
     read_qas,
     read_results,
     shard_byte_range,
-    tokenize_passages,
-    tokenize_questions,
     write_results,
 )
+from utils.errors import DataError
+from utils.models import pad_batch, tokenize_passages, tokenize_questions
 
 
 def write_raw(path, text, mode="w"):

@@ -14,7 +14,8 @@ from transformers import AutoTokenizer, BertModel, DPRConfig, DPRContextEncoder
 from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
 
 import doc2embedding
-from utils.data import DataError, tokenize_passages
+from utils.errors import DataError
+from utils.models import length_batches, tokenize_passages
 from utils.embeddings import load_embeddings, shard_paths
 
 
@@ -76,7 +77,7 @@ def test_embeddings_equal_direct_forward(tmp_path, corpus):
     lengths = np.array([len(x) for x in tokenize_passages(AutoTokenizer.from_pretrained(model), [r[2] for r in rows],
                                                           [r[1] for r in rows], 32)])
     assert lengths.max() >= 4 * lengths.min()
-    batches = doc2embedding.make_batches(lengths[:16], max_tokens=96)
+    batches = length_batches(lengths[:16], max_tokens=96)
     assert len(batches) > 2 and not np.array_equal(np.concatenate(batches), np.arange(16))
 
     stats = encode(model, tsv, tmp_path / "out", "--max_length", 32, "--window", 16, "--max_tokens_per_batch", 96,

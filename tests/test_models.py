@@ -14,8 +14,8 @@ from conftest import ROOT, make_tiny_bert
 from transformers import (AutoTokenizer, BertConfig, BertModel, DPRConfig, DPRContextEncoder, DPRQuestionEncoder)
 
 from utils.convert_dpr_checkpoint import main as convert
-from utils.data import pad_batch, tokenize_passages, tokenize_questions
-from utils.models import EncoderError, embed, load_encoder, quiet_transformers
+from utils.errors import EncoderError
+from utils.models import embed, load_encoder, pad_batch, quiet_transformers, tokenize_passages, tokenize_questions
 
 QUESTIONS = ["who is the king of the city", "what river?", "capital"]
 PASSAGES = [("the river city", "the king of the river is the capital"), ("", "who and what"), ("king", "of")]

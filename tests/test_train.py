@@ -19,7 +19,7 @@ from transformers import BertModel
 from conftest import ROOT, free_port, make_tiny_bert, write_json
 
 import train_dpr
-from utils.data import pad_batch, tokenize_passages, tokenize_questions
+from utils.models import pad_batch, tokenize_passages, tokenize_questions
 
 torch.set_num_threads(1)  # tiny models: more threads only contend on a shared 2-core machine
 

@@ -12,7 +12,8 @@ import shutil
 import sys
 
 from utils.dpr_checkpoint import checkpoint_tokenizer, describe, encoder_from_state, read_dpr_checkpoint
-from utils.models import EncoderError, quiet_transformers, save_encoder
+from utils.errors import EncoderError
+from utils.models import quiet_transformers, save_encoder
 
 OUT_DIRS = {"question": "query_encoder", "passage": "doc_encoder"}
 

@@ -1,4 +1,4 @@
-"""DPR's file formats: passages TSV, biencoder JSON, qas CSV, retrieval results JSON.
+"""DPR's file formats: passages TSV, biencoder JSON, qas CSV, retrieval results JSON (no torch here).
 
 Everything streams: the 21M-row passage file and the multi-GB training JSON are never held whole.
 Malformed input raises DataError naming the file and the line (TSV/CSV) or record (JSON).
@@ -8,17 +8,15 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import sys
 import zipfile
 
 import numpy as np
-import torch
+
+from utils.errors import DataError
 
 csv.field_size_limit(sys.maxsize)
-
-
-class DataError(ValueError):
-    """Bad input file; the message names the file and the line or record."""
 
 
 @contextlib.contextmanager
@@ -34,54 +32,19 @@ def atomic_write(path, mode="w"):
             os.remove(tmp)
 
 
-# ---------------------------------------------------------------------------------------------
-# Text as DPR sees it
+def replace_dir(tmp, final):
+    """Put a finished temp dir in place; at no moment is a half-written dir at the final name."""
+    old = final + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(final):
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def normalize_question(question):
-    """DPR's normalize_question (biencoder_data.py), applied to every query at train and test."""
+    """DPR's normalize_question (biencoder_data.py), applied to every question at train and test."""
     return question.replace("\u2019", "'")
-
-
-def tokenize_passages(tokenizer, titles, texts, max_length):
-    """Token ids as DPR's BertTensorizer builds them: `[CLS] title [SEP] text [SEP]`, or
-    `[CLS] text [SEP]` when the title is empty; text stripped; longest-first truncation.
-    Unpadded: batches are padded per batch (pad_batch)."""
-    texts = [t.strip() for t in texts]
-    ids = [None] * len(texts)
-    with_title = [i for i, t in enumerate(titles) if t]
-    without = [i for i, t in enumerate(titles) if not t]
-    kw = dict(truncation=True, max_length=max_length, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
-    if with_title:
-        enc = tokenizer([titles[i] for i in with_title], [texts[i] for i in with_title], **kw)
-        for i, x in zip(with_title, enc["input_ids"]):
-            ids[i] = x
-    if without:
-        enc = tokenizer([texts[i] for i in without], **kw)
-        for i, x in zip(without, enc["input_ids"]):
-            ids[i] = x
-    return ids
-
-
-def tokenize_questions(tokenizer, questions, max_length):
-    questions = [normalize_question(q) for q in questions]
-    return tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
-
-
-def pad_batch(ids, pad_token_id):
-    """Pad to the longest sequence in the batch. token_type_ids are all zero: DPR trains and
-    encodes that way (HF tokenizers would give the second segment 1s)."""
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        attention_mask[i, : len(x)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": torch.zeros_like(input_ids),
-    }
 
 
 # ---------------------------------------------------------------------------------------------

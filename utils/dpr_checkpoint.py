@@ -24,7 +24,7 @@ import zipfile
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, DPRConfig, DPRContextEncoder, DPRQuestionEncoder
 
-from utils.models import EncoderError
+from utils.errors import EncoderError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-from utils.data import DataError, atomic_write
+from utils.data import atomic_write
+from utils.errors import DataError
 
 META = "meta.json"
 

@@ -1,6 +1,6 @@
-"""One encoder loader for all three scripts.
+"""One BERT tower as DPR uses it: load and save, tokenize, embed, encode many texts in length order.
 
-Accepted: our checkpoint dirs (query_encoder/, doc_encoder/), any HF BERT dir or hub name,
+Loading accepts our checkpoint dirs (query_encoder/, doc_encoder/), any HF BERT dir or hub name,
 Hugging Face DPR encoders (facebook/dpr-*, any config with model_type "dpr"), and raw DPR
 training checkpoints (*.cp, see utils/dpr_checkpoint.py).
 """
@@ -8,19 +8,19 @@ import contextlib
 import json
 import os
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder
 from transformers.utils import logging as hf_logging
+
+from utils.data import normalize_question
+from utils.errors import EncoderError
 
 ROLES = ("question", "passage")
 ROLE_FILE = "nanodpr.json"  # written next to our checkpoints: which tower and how to pool
 _DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
 # weights a BERT dir may lack without harm: we never use BERT's pooler (DPR pools the [CLS] hidden state)
 _UNUSED = ("pooler.",)
-
-
-class EncoderError(ValueError):
-    """The model path is not an encoder of the requested role; the message says why."""
 
 
 @contextlib.contextmanager
@@ -101,6 +101,55 @@ def _from_pretrained(cls, path, **kwargs):
     return model
 
 
+# ---------------------------------------------------------------------------------------------
+# Text as DPR sees it
+
+
+def tokenize_passages(tokenizer, titles, texts, max_length):
+    """Token ids as DPR's BertTensorizer builds them: `[CLS] title [SEP] text [SEP]`, or
+    `[CLS] text [SEP]` when the title is empty; text stripped; longest-first truncation.
+    Unpadded: batches are padded per batch (pad_batch)."""
+    texts = [t.strip() for t in texts]
+    ids = [None] * len(texts)
+    with_title = [i for i, t in enumerate(titles) if t]
+    without = [i for i, t in enumerate(titles) if not t]
+    kw = dict(truncation=True, max_length=max_length, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
+    if with_title:
+        enc = tokenizer([titles[i] for i in with_title], [texts[i] for i in with_title], **kw)
+        for i, x in zip(with_title, enc["input_ids"]):
+            ids[i] = x
+    if without:
+        enc = tokenizer([texts[i] for i in without], **kw)
+        for i, x in zip(without, enc["input_ids"]):
+            ids[i] = x
+    return ids
+
+
+def tokenize_questions(tokenizer, questions, max_length):
+    questions = [normalize_question(q) for q in questions]
+    return tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
+
+
+def pad_batch(ids, pad_token_id):
+    """Pad to the longest sequence in the batch. token_type_ids are all zero: DPR trains and
+    encodes that way (HF tokenizers would give the second segment 1s)."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        attention_mask[i, : len(x)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectors
+
+
 def embed(model, pooling, batch):
     """Embeddings for a padded batch (utils.data.pad_batch): CLS of the last layer, or DPR's pooler_output."""
     out = model(**batch)
@@ -124,3 +173,43 @@ def inference_autocast(device):
     if device.type != "cuda":
         return torch.autocast("cpu", enabled=False)
     return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def length_batches(lengths, batch_size=None, max_tokens=None):
+    """Row indices per batch, longest first (an out-of-memory batch shows at once).
+
+    Neighbours in length order share a batch, so padding is nearly zero. A batch holds batch_size
+    rows, or as many as fit max_tokens counting padding (at least one).
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, i = [], 0
+    while i < len(order):
+        n = batch_size or max(1, max_tokens // int(lengths[order[i]]))
+        batches.append(order[i : i + n])
+        i += n
+    return batches
+
+
+def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None):
+    """[(row indices, padded batch)] for token id lists, batched by length_batches."""
+    lengths = np.array([len(t) for t in tokens])
+    return [(torch.from_numpy(b), pad_batch([tokens[i] for i in b], pad_token_id))
+            for b in length_batches(lengths, batch_size, max_tokens)]
+
+
+@torch.inference_mode()
+def encode_batches(model, pooling, batches, n, device):
+    """(n, dim) float32 numpy embeddings of padded_batches' output, row r where it was before sorting.
+
+    Results stay on the device until all batches are done, so padding the next batch on the
+    CPU overlaps with the GPU's work.
+    """
+    out = None
+    for rows, batch in batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with inference_autocast(device):
+            emb = embed(model, pooling, batch).float()
+        if out is None:
+            out = torch.empty(n, emb.shape[1], device=device)
+        out[rows.to(device, non_blocking=True)] = emb  # a blocking copy would wait for this batch's forward
+    return out.cpu().numpy()
