@@ -220,6 +220,8 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
     params = []
     for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
         try:
+            if value is None:
+                continue
             space.set_index_parameter(index, name, value)
             params.append(f"{name} {value}")
         except RuntimeError:
@@ -233,7 +235,11 @@ def build_factory_index(emb, spec, seed=TRAIN_SEED):
     faiss = _import_faiss()
     try:
         index = faiss.index_factory(emb.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
-        size = 0 if index.is_trained else min(len(emb), TRAIN_MAX, max(TRAIN_MIN, TRAIN_PER_LIST * _nlist(faiss, index)))
+        ivf = faiss.try_extract_index_ivf(index)
+        inner = faiss.downcast_index(ivf or index)
+        if hasattr(inner, "do_polysemous_training"):  # faiss's default for PQ: it only serves Hamming-filtered
+            inner.do_polysemous_training = False  # search, never used here, and takes minutes; same results without
+        size = 0 if index.is_trained else min(len(emb), TRAIN_MAX, max(TRAIN_MIN, TRAIN_PER_LIST * (ivf.nlist if ivf else 0)))
         if size:
             print(f"training {spec} on {size:,} of {len(emb):,} passages (random, seed {seed})")
             rows = np.sort(np.random.default_rng(seed).choice(len(emb), size, replace=False))
@@ -245,11 +251,6 @@ def build_factory_index(emb, spec, seed=TRAIN_SEED):
             index.add(np.ascontiguousarray(emb[i : i + COPY_ROWS], dtype=np.float32))
             bar.update(min(COPY_ROWS, len(emb) - i))
     return index, size
-
-
-def _nlist(faiss, index):
-    ivf = faiss.try_extract_index_ivf(index)
-    return ivf.nlist if ivf else 0
 
 
 def _faiss_message(e):
