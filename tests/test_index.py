@@ -166,3 +166,11 @@ def test_shard_rows_reads_like_the_concatenation():
         np.testing.assert_array_equal(rows[a:b], whole[a:b])
     pick = np.array([0, 4, 5, 6, 11, 12, 14])
     np.testing.assert_array_equal(rows[pick], whole[pick])
+
+
+def test_unreadable_saved_index_is_one_data_error(saved):
+    emb, path, emb_dir = saved
+    with open(path, "wb") as f:
+        f.write(b"not an index")
+    with pytest.raises(DataError, match="not a readable faiss index"):
+        open_index("HNSW8", emb, "cpu", emb_dir, META, path)

@@ -1,14 +1,11 @@
-"""Top-k inner-product search over passage embeddings: DPR's exact flat index, or a faiss index_factory
-index that fits in less memory (compressed codes) or searches faster (approximate).
-
-open_index(spec, ...) is what test_dpr.py searches; spec "flat" is exact search, every backend
-returning the same rows as CPU faiss up to score ties:
+"""Top-k inner-product search over passage embeddings for test_dpr.py (open_index): exact, or a faiss
+index_factory index that needs less memory or time. search() returns (scores, rows), rows the positions
+in `emb`, best first. Exact ("flat") backends return the same rows as CPU faiss up to score ties:
   FaissIndex(emb)            faiss.IndexFlatIP on CPU, all cores, float32: DPR's index
   FaissIndex(emb, gpu=True)  faiss's GPU flat index, sharded over all visible GPUs (faiss built with GPU support)
   TorchIndex(emb, devices)   chunked matmul + top-k in torch: the GPU path when faiss has no GPU support
-Any other spec ("HNSW32", "SQfp16", "IVF4096,PQ64", ...) is a faiss index_factory string, inner product,
-trained on a seeded random sample, saved to / reused from an index file with a JSON sidecar naming the
-embeddings it holds. search() returns (scores, rows) with rows the positions in `emb`, best first.
+Factory indexes ("HNSW32", "SQfp16", "IVF4096,PQ64", ...) are trained on a seeded random sample and
+saved to / reused from an index file whose JSON sidecar names the embeddings it holds.
 """
 import hashlib
 import json
@@ -278,7 +275,10 @@ def _load(path, record):
     if differ:
         raise DataError(f"{path} was built from other embeddings or with another --index ({'; '.join(differ)}): "
                         "delete it or give another --index_path")
-    return _import_faiss().read_index(path)
+    try:
+        return _import_faiss().read_index(path)
+    except RuntimeError as e:
+        raise DataError(f"{path}: not a readable faiss index ({_faiss_message(e)}); delete it to rebuild it") from None
 
 
 def _save(index, path, record):
