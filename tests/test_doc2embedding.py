@@ -14,9 +14,10 @@ from transformers import AutoTokenizer, BertModel, DPRConfig, DPRContextEncoder
 from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
 
 import doc2embedding
+from utils.data import passage_shard
 from utils.errors import DataError
 from utils.models import length_batches, tokenize_passages
-from utils.embeddings import load_embeddings, shard_paths
+from utils.embeddings import PassageWindows, load_embeddings, shard_paths
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -141,8 +142,8 @@ def test_process_shares_cover_the_file_once(tmp_path, limit):
     for world_size in (1, 2, 3, 5):
         got = []
         for rank in range(world_size):
-            start, end, line_no, count = doc2embedding.shard_rows(str(tsv), rank, world_size, limit)
-            ds = doc2embedding.PassageWindows(str(tsv), start, end, line_no, count, 0, 4, None, 32, None, 64)
+            start, end, line_no, count = passage_shard(str(tsv), rank, world_size, limit)
+            ds = PassageWindows(str(tsv), start, end, line_no, count, 0, 4, None, 32, None, 64)
             for _, lines, _, _ in ds.read_windows():
                 got += [int(raw.split(b"\t")[0]) for n, raw in lines]
                 assert all(raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines)  # line numbers right
@@ -175,9 +176,18 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
     encode(model, tsv, tmp_path / "clean", *args)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model,
+    # SIGKILL this process right after chunk 2 is committed: write_chunk wrapped, the production loop untouched.
+    kill_after_chunk_2 = ("import os, signal, sys, doc2embedding\n"
+                          "write = doc2embedding.write_chunk\n"
+                          "def write_then_die(path, *a):\n"
+                          "    write(path, *a)\n"
+                          "    if path.endswith('_000002.npz'):\n"
+                          "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                          "doc2embedding.write_chunk = write_then_die\n"
+                          "doc2embedding.main(sys.argv[1:])\n")
+    cmd = [sys.executable, "-c", kill_after_chunk_2, "--pretrained_model_path", model,
            "--wikipedia_path", str(tsv), "--output_dir", str(out), *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", doc2embedding.KILL_AFTER_CHUNK: "2"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr[-3000:]
     assert sorted(os.listdir(out / "chunks")) == ["rank0_000000.npz", "rank0_000001.npz", "rank0_000002.npz"]
