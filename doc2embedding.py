@@ -176,7 +176,7 @@ def report(args, state, model, t, counts, seconds):
                 + (f"; {sum(counts) - encoded_all} came from committed chunks" if sum(counts) != encoded_all else ""))
     if enc:
         state.print(f"rank 0: model {t['model_s']:.1f}s ({s['model_passages_per_s']:.0f} passages/s, {s['tflops']:.3g} TFLOP/s, "
-                    f"{args.compute_dtype}); GPU idle {s['idle_s']:.1f}s: waiting for tokenized windows {t['wait_s']:.1f}s "
+                    f"{args.compute_dtype}); {state.device.type} idle {s['idle_s']:.1f}s: waiting for tokenized windows {t['wait_s']:.1f}s "
                     f"(first {t['first_window_s']:.1f}s), host copies {t['copy_s']:.2f}s, chunk writes {t['write_wait_s']:.2f}s; "
                     f"tokenizing {s['tokenize_per_worker_per_s']:.0f} passages/s per worker x {s['num_workers']}")
         if t["wait_s"] - t["first_window_s"] > 0.2 * seconds:
