@@ -143,7 +143,7 @@ def default_num_workers(device):
 
 
 def default_compute_dtype(device):
-    """bf16 weights on GPUs that have it (fp16 on older ones); fp32 on CPU, where half precision is emulated and slow."""
+    """bf16 weights on GPUs that have it (fp16 on older ones); fp32 on CPU, where most chips emulate half precision slowly."""
     if device.type != "cuda":
         return "float32"
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -165,10 +165,11 @@ class LoopClock(collections.Counter):
 def flop_coefficients(model):
     """(a, b) with forward FLOPs ~= a * tokens + b * sum(length^2) over a batch's real (unpadded) passages.
 
-    a = 2 x the parameters of the layers that multiply every token (the embedding tables only look up);
-    b = 4 x layers x hidden: QK^T and attention x V, each 2 x length^2 x hidden per layer.
+    a = 2 x the parameters that multiply every token (not the embedding tables, which only look up, nor
+    a pooler or DPR projection, which see the [CLS] vector alone); b = 4 x layers x hidden: QK^T and
+    attention x V, each 2 x length^2 x hidden per layer.
     """
-    params = sum(p.numel() for name, p in model.named_parameters() if "embeddings." not in name)
+    params = sum(p.numel() for name, p in model.named_parameters() if not any(s in name for s in ("embeddings.", "pooler.", "encode_proj.")))
     cfg = model.config
     return 2 * params, 4 * cfg.num_hidden_layers * cfg.hidden_size
 
