@@ -47,42 +47,46 @@ def opt(default, meaning, min=None):
     return field(default=default, metadata={"help": meaning, "min": min})
 
 
+DOWNLOADS = "downloads/data/retriever/"  # where utils/download_data.py puts DPR's biencoder files
+
+
 @dataclass
 class Config:
     """DPR's NQ bi-encoder recipe ("single" model, in-batch + 1 BM25 hard negative). Sources:
     [paper] Karpukhin et al. 2020, "Dense Passage Retrieval for Open-Domain Question Answering", Sec. 5 (Training)
     [nq] facebookresearch/DPR conf/train/biencoder_nq.yaml     [enc] conf/encoder/hf_bert.yaml
-    [cfg] conf/biencoder_train_cfg.yaml     [code] train_dense_encoder.py, dpr/models/{biencoder,hf_models}.py"""
-    train_file: Union[str, List[str]] = opt("downloads/data/retriever/nq-train.json",
-                                            "biencoder JSON, or a list: DPR's multi-set training, a batch never mixes files")
-    dev_file: Optional[str] = opt("downloads/data/retriever/nq-dev.json", "biencoder JSON for validation; null: none, no best/")
-    base_model: str = opt("bert-base-uncased", "both towers start from it (BERT dir, hub name, DPR .cp, our checkpoint)")  # [enc] pretrained_model_cfg; two towers [code] get_bert_biencoder_components
+    [cfg] conf/biencoder_train_cfg.yaml     [code] train_dense_encoder.py, dpr/models/{biencoder,hf_models}.py
+    x 8: DPR clips and adds Adam's eps to DDP's average over its 8 GPUs of each GPU's share of the global loss's
+    gradient ([code] _calc_loss), 1/8 of the gradient computed here."""
+    train_file: Union[str, List[str]] = opt(DOWNLOADS + "nq-train.json", "biencoder JSON, or a list (a batch never mixes files)")
+    dev_file: Optional[str] = opt(DOWNLOADS + "nq-dev.json", "biencoder JSON for validation; null: none, no best/")
+    base_model: str = opt("bert-base-uncased", "both towers start from it (BERT dir, hub name, DPR .cp, our checkpoint)")  # [enc]
     output_dir: str = opt("outputs/dpr_nq", "checkpoints, last_state/, train_log.jsonl, data_cache/")
-    train_batch_size: int = opt(128, "questions per optimizer step, over all processes and accumulation steps", 1)  # [paper] 128; [nq] 16 per GPU x 8 GPUs, one global batch via all-gather [code] _calc_loss
-    gradient_accumulation_steps: int = opt(1, "micro-batches per step; in-batch negatives only within each (DPR's)", 1)  # [nq]
-    max_train_epochs: int = opt(40, "passes over the training set", 0)  # [paper] "up to 40 epochs for large datasets (NQ, TriviaQA, SQuAD)"; [nq] num_train_epochs
-    max_train_steps: Optional[int] = opt(None, "optional cap on steps; the learning-rate schedule then ends there", 0)  # 40 epochs of 58,880 questions / 128 = 18,400 steps
-    lr: float = opt(2e-5, "peak learning rate", 0.0)  # [nq] learning_rate (the paper's text says 1e-5; the released recipe uses 2e-5)
-    adam_eps: float = opt(8e-8, "AdamW epsilon", 0.0)  # [nq] 1e-8 on 1/8 of the gradient (see max_grad_norm) = 8e-8 on ours; betas: torch's (0.9, 0.999)
-    weight_decay: float = opt(0.0, "AdamW weight decay (never on biases and LayerNorm)", 0.0)  # [nq]; [code] get_hf_model_param_grouping
-    warmup_steps: int = opt(1237, "linear warm-up steps, then linear decay", 0)  # [nq]; [paper], [code] get_schedule_linear
-    max_grad_norm: float = opt(16.0, "gradient clipping norm; 0: no clipping", 0.0)  # [nq] 2.0 on DDP's average over 8 GPUs, 1/8 of our gradient [code] _calc_loss: 2.0 x 8
+    train_batch_size: int = opt(128, "questions per optimizer step, all processes and micro-batches", 1)  # [paper]; [nq] 16 x 8 GPUs
+    gradient_accumulation_steps: int = opt(1, "micro-batches per step; in-batch negatives within each (DPR's)", 1)  # [nq]
+    max_train_epochs: int = opt(40, "passes over the training set", 0)  # [paper] "up to 40 epochs" (NQ); [nq] num_train_epochs
+    max_train_steps: Optional[int] = opt(None, "optional cap on steps; the learning-rate schedule then ends there", 0)
+    lr: float = opt(2e-5, "peak learning rate", 0.0)  # [nq] learning_rate (the paper's text says 1e-5)
+    adam_eps: float = opt(8e-8, "AdamW epsilon; betas are torch's (0.9, 0.999)", 0.0)  # [nq] adam_eps 1e-8 x 8 (see above)
+    weight_decay: float = opt(0.0, "AdamW weight decay (never on biases and LayerNorm)", 0.0)  # [nq]; [code] param grouping
+    warmup_steps: int = opt(1237, "linear warm-up steps, then linear decay", 0)  # [nq]; [paper]; [code] get_schedule_linear
+    max_grad_norm: float = opt(16.0, "gradient clipping norm; 0: no clipping", 0.0)  # [nq] max_grad_norm 2.0 x 8 (see above)
     dropout: float = opt(0.1, "BERT's hidden and attention dropout", 0.0)  # [paper] "dropout rate 0.1"; [enc] dropout
     max_length: int = opt(256, "tokens per question and per passage", 4)  # [enc] sequence_length
-    num_hard_negatives: int = opt(1, "hard (BM25) negatives per question", 0)  # [paper] "one additional BM25 negative passage per question"; [nq] hard_negatives
+    num_hard_negatives: int = opt(1, "hard (BM25) negatives per question", 0)  # [paper] "one additional BM25 negative"; [nq]
     num_other_negatives: int = opt(0, "other (random) negatives per question", 0)  # [nq] other_negatives
     val_av_rank_start_epoch: int = opt(30, "average-rank validation from this epoch on, NLL only before", 0)  # [cfg]
     val_av_rank_hard_neg: int = opt(30, "hard negatives per dev question for the average rank", 0)  # [nq]
     val_av_rank_other_neg: int = opt(30, "other negatives per dev question for the average rank", 0)  # [nq]
-    eval_steps: Optional[int] = opt(None, "validate and checkpoint every N steps; null: after every epoch", 1)  # [nq] eval_per_epoch 1
-    eval_batch_size: int = opt(512, "sequences per forward pass when encoding the dev set (no effect on results)", 1)  # DPR: val_av_rank_bsz 128
+    eval_steps: Optional[int] = opt(None, "validate and checkpoint every N steps; null: every epoch", 1)  # [nq] eval_per_epoch 1
+    eval_batch_size: int = opt(512, "sequences per forward pass encoding the dev set (no effect on results)", 1)  # DPR: 128
     seed: int = opt(12345, "seeds dropout, data order and negatives")  # [cfg]
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt("auto", "auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")  # [cfg] fp16 False: DPR trained in fp32; bf16 for speed
-    grad_cache_chunk_size: Optional[int] = opt(None, "questions per re-encoded chunk (gradient cache); null: plain backward", 1)  # e.g. 32 where batch 128 does not fit the GPU
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt("auto", "auto: bf16 (else fp16) on GPU, fp32 on CPU")  # [cfg] fp32
+    grad_cache_chunk_size: Optional[int] = opt(None, "questions per re-encoded chunk (gradient cache); null: plain backward", 1)
     save_total_limit: int = opt(2, "step-N checkpoints kept", 0)
     log_steps: int = opt(10, "steps between log records", 1)  # [nq] log_batch_step
     num_workers: int = opt(4, "DataLoader workers (tokenization)", 0)
-    report_to: Literal["none", "tensorboard", "wandb"] = opt("none", "also log to tensorboard or wandb (pip install it)")
+    report_to: Literal["none", "tensorboard", "wandb"] = opt("none", "none, or also log to tensorboard or wandb (pip install it)")
     resume_from_checkpoint: Optional[str] = opt(None, "'last' (output_dir/last_state) or a last_state dir")
 
 
@@ -95,25 +99,24 @@ def typed(key, value, where):
     if key not in FIELDS:
         raise ConfigError(f"{where}: unknown config key {key!r}; known keys: {', '.join(FIELDS)}")
     kind, least, choices = TYPES[key], FIELDS[key].metadata["min"], get_args(TYPES[key])
-    if get_origin(kind) is Literal:
-        if value is None or value is False:  # YAML reads a bare `no` as false
-            value = "no" if "no" in choices else "none"
-        if value not in choices:
-            raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}")
-        return value
+    origins = [get_origin(t) for t in (kind, *choices)]
+    if Literal in origins and (value is None or value is False):  # YAML reads a bare `no` as false
+        value = "no" if "no" in choices else "none"
     if value is None and type(None) in choices:
         return None
-    base = list if list in map(get_origin, choices) else next(t for t in choices or [kind] if t is not type(None))
+    base = next(t for t in choices or [kind] if t is not type(None))  # int for Optional[int]
+    base = Literal if Literal in origins else list if list in origins else base
     if base is float and isinstance(value, str):  # YAML reads 2e-5 (no dot) as a string
         with contextlib.suppress(ValueError):
             value = float(value)
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    text = isinstance(value, str)
-    paths = text or isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
-    if not {float: number, int: number and isinstance(value, int), str: number or text, list: paths}[base]:
-        what = {float: "a number", int: "an integer", str: "a string", list: "a path or a list of paths"}[base]
-        raise ConfigError(f"{where}: {key} must be {what}, got {value!r}")
-    value = value if base is list else base(value)
+    paths = isinstance(value, str) or isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
+    ok, expected = {float: (number, "a number"), int: (number and isinstance(value, int), "an integer"),
+                    str: (number or isinstance(value, str), "a string"), list: (paths, "a path or a list of paths"),
+                    Literal: (value in choices, "one of " + ", ".join(map(str, choices)))}[base]
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
+    value = base(value) if base in (float, int, str) else value
     if least is not None and value < least:
         raise ConfigError(f"{where}: {key} must be >= {least}, got {value!r}")
     return value
@@ -126,8 +129,9 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None):
     """Config: the defaults, then `--config_file FILE` (YAML), then `--key value` / `--key=value` overrides."""
-    parser = _Parser(prog="train_dpr.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    parser = _Parser(usage="train_dpr.py [--config_file FILE] [--key value ...]", description=__doc__, allow_abbrev=False,
+                     formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=118),
+                     argument_default=argparse.SUPPRESS)
     parser.add_argument("--config_file", metavar="FILE", help="YAML file of options (those that differ from the defaults)")
     for f in fields(Config):
         default = "null" if f.default is None else f.default
@@ -137,27 +141,25 @@ def parse_args(argv=None):
         if unknown[0].startswith("--"):  # typed() says which keys exist
             typed(unknown[0][2:].partition("=")[0], None, unknown[0])
         raise ConfigError(f"unexpected argument {unknown[0]!r}: arguments are --key value")
-    values = vars(args)
-    config = read_config_file(values.pop("config_file")) if "config_file" in values else {}
+    values, config = vars(args), {}
+    if "config_file" in values:
+        path = values.pop("config_file")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: config file not found")
+        with open(path, encoding="utf-8") as f:
+            try:
+                from_file = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: invalid YAML ({e})") from None
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys")
+        config = {key: typed(key, value, path) for key, value in from_file.items()}
     for key, text in values.items():
         try:
             config[key] = typed(key, yaml.safe_load(text), f"--{key}")
         except yaml.YAMLError:
             config[key] = typed(key, text, f"--{key}")
     return Config(**config)
-
-
-def read_config_file(path):
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: config file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys")
-    return {key: typed(key, value, path) for key, value in values.items()}
 
 
 def train_files(cfg):
@@ -168,9 +170,8 @@ def check_inputs(cfg, world_size):
     """Everything that can be checked before a process group, a model or a GPU is touched."""
     for path in train_files(cfg) + ([cfg.dev_file] if cfg.dev_file else []):
         if not os.path.isfile(path):
-            parts = os.path.normpath(os.path.splitext(path)[0]).split(os.sep)
-            hint = (f"; DPR's file: python utils/download_data.py --resource {'.'.join(parts[1:])}"
-                    if parts[0] == "downloads" else "")  # the downloader puts resource a.b.c at downloads/a/b/c.json
+            resource = "data.retriever." + os.path.basename(path).removesuffix(".json")  # at downloads/data/retriever/
+            hint = f"; DPR's file: python utils/download_data.py --resource {resource}" if path.startswith(DOWNLOADS) else ""
             raise DataError(f"{path}: file not found{hint}")
     per_step = world_size * cfg.gradient_accumulation_steps
     if cfg.train_batch_size % per_step:
@@ -227,18 +228,16 @@ def load_data(cfg, accelerator, log):
     return train_data, dev
 
 
-# What the loop and the checkpoints work on, passed explicitly. model: the BiEncoder; ddp: the same model,
-# wrapped for several processes; dev: utils.train_data.BiencoderData or None; log: print on the main process.
+# What the loop and the checkpoints work on, passed explicitly (ddp: the BiEncoder `model`, wrapped for DDP).
 Run = namedtuple("Run", "cfg accelerator model ddp tokenizers optimizer scheduler scaler autocast dev log")
 
 
 def load_run(cfg, accelerator, precision, autocast, dev, total_steps, log):
     """Both towers, AdamW, DPR's schedule, the fp16 loss scaler; DDP over processes (loss scaling is ours)."""
-    device = accelerator.device
     model, tokenizers = load_biencoder(cfg.base_model, cfg.dropout)
-    model.to(device)
+    model.to(accelerator.device)
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.adam_eps, cfg.weight_decay, cfg.warmup_steps, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(accelerator.device.type, enabled=precision == "fp16")
     return Run(cfg, accelerator, model, accelerator.prepare_model(model), tokenizers, optimizer, scheduler, scaler,
                autocast, dev, log)
 
@@ -330,8 +329,8 @@ def evaluate_and_save(run, progress):
         write_log(run, dict(info))
         run.log(f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         name = "dev_avg_rank" if "dev_avg_rank" in metrics else "dev_nll"  # DPR: NLL until average rank starts
-        best = progress.best
-        improved = best is None or best["metric"] != name or metrics[name] < best["value"]
+        best = progress.best or {"metric": None}
+        improved = best["metric"] != name or metrics[name] < best["value"]
         if improved:
             progress.best = {"metric": name, "value": metrics[name], "step": progress.step}
     progress.last_eval_step = progress.step

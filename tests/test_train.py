@@ -193,6 +193,25 @@ def test_short_run_learns_and_writes_loadable_checkpoints(setup, tmp_path):
     assert steps == ["step-44", "step-48"]  # 4 steps per epoch, evaluated per epoch, save_total_limit 2
 
 
+def test_saved_encoders_load_as_plain_bert_with_the_base_pooler(setup, tmp_path):
+    """BertModel.from_pretrained(dir) finds every weight (nothing newly initialized); the pooler, which DPR never
+    uses, is the base model's as it was."""
+    from transformers import AutoTokenizer
+
+    base = str(tmp_path / "base")
+    torch.manual_seed(3)
+    with_pooler = BertModel(BertModel.config_class.from_pretrained(setup["base"]), add_pooling_layer=True)
+    with_pooler.save_pretrained(base)
+    AutoTokenizer.from_pretrained(setup["base"]).save_pretrained(base)
+    out = tmp_path / "run"
+    train_dpr.main(argv(setup, out, base_model=base, max_train_steps=2, dev_file=None))  # step 1 has lr 0 (warm-up)
+    for tower in ("query_encoder", "doc_encoder"):
+        model, info = BertModel.from_pretrained(os.path.join(out, "step-2", tower), output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        assert torch.equal(model.pooler.dense.weight, with_pooler.pooler.dense.weight)
+        assert not torch.equal(model.encoder.layer[0].output.dense.weight, with_pooler.encoder.layer[0].output.dense.weight)
+
+
 class Crash(Exception):
     pass
 
