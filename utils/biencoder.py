@@ -23,40 +23,33 @@ class BiEncoder(nn.Module):
         super().__init__()
         self.question_model, self.passage_model = question_model, passage_model
 
-    def tower(self, role):
-        return self.question_model if role == "question" else self.passage_model
-
     def forward(self, chunk):
         """(question vectors, passage vectors) for a train_data.make_chunk input."""
         passages = torch.cat([embed(self.passage_model, "cls", group) for group in chunk["passages"]])
         return embed(self.question_model, "cls", chunk["question"]), passages[chunk["passage_order"]]
 
 
-def load_tower(path, role, dropout):
-    """(BERT, tokenizer) for `role` from a BERT dir, hub name, DPR .cp file or one of our checkpoint dirs,
-    with DPR's dropout. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
-    sub = os.path.join(path, TOWER_DIRS[role])
-    with torch.random.fork_rng(devices=[]):  # a base without pooler weights gets a random one: leave the seed alone
-        model, tokenizer, pooling = load_encoder(sub if os.path.isdir(sub) else path, role, pooler=True)
-    if pooling != "cls":
-        raise EncoderError(f"{path}: training needs a BERT-style encoder pooled at [CLS] (a BertModel dir, one of our "
-                           f"checkpoints or a DPR .cp file); this one loads as a Hugging Face DPR model ({pooling})")
-    if getattr(model, "pooler", None) is not None:
-        model.pooler.requires_grad_(False)
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):  # DPR sets both (hf_bert.yaml dropout)
-        if hasattr(model.config, name):
-            setattr(model.config, name, dropout)
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = dropout
-    return model.train(), tokenizer
-
-
 def load_biencoder(path, dropout):
-    """(BiEncoder, {role: tokenizer}), both towers from `path`."""
-    (question_model, question_tokenizer), (passage_model, passage_tokenizer) = (
-        load_tower(path, role, dropout) for role in ("question", "passage"))
-    return BiEncoder(question_model, passage_model), {"question": question_tokenizer, "passage": passage_tokenizer}
+    """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our checkpoint
+    dirs, with DPR's dropout. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
+    towers, tokenizers = {}, {}
+    for role, name in TOWER_DIRS.items():
+        sub = os.path.join(path, name)
+        with torch.random.fork_rng(devices=[]):  # a base without pooler weights gets a random one: keep the seed's draws
+            model, tokenizers[role], pooling = load_encoder(sub if os.path.isdir(sub) else path, role, pooler=True)
+        if pooling != "cls":
+            raise EncoderError(f"{path}: training needs a BERT-style encoder pooled at [CLS] (a BertModel dir, one of our "
+                               f"checkpoints or a DPR .cp file); this one loads as a Hugging Face DPR model ({pooling})")
+        if getattr(model, "pooler", None) is not None:
+            model.pooler.requires_grad_(False)
+        for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob"):  # DPR sets both (hf_bert.yaml dropout)
+            if hasattr(model.config, attr):
+                setattr(model.config, attr, dropout)
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+        towers[role] = model.train()
+    return BiEncoder(towers["question"], towers["passage"]), tokenizers
 
 
 def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
@@ -82,13 +75,8 @@ def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm):
 
 def dpr_schedule(warmup_steps, total_steps):
     """DPR's get_schedule_linear, as a LambdaLR factor: linear warm-up, then linear decay (floored at 1e-7)."""
-
-    def lr_lambda(step):
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        return max(1e-7, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return lr_lambda
+    return lambda step: (step / max(1, warmup_steps) if step < warmup_steps
+                         else max(1e-7, (total_steps - step) / max(1, total_steps - warmup_steps)))
 
 
 def training_autocast(precision, device):
@@ -197,21 +185,20 @@ def forward_backward(model, batch, *, grad_cache, autocast, scaler, loss_weight,
 
 
 @torch.no_grad()
-def encode(tower, tokenizer, texts, cfg, autocast, device):
-    """[CLS] vectors (fp32, on the device) of `texts` (questions, or (title, text) passages: a sequence read
-    lazily), in order. DataLoader workers tokenize windows of texts; each window is encoded in length-sorted
-    batches (utils.models.padded_batches)."""
+def encode(tower, tokenizer, read, ids, cfg, autocast, device):
+    """[CLS] vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's (title, text)).
+    DataLoader workers read and tokenize windows of texts; each is encoded in length-sorted batches."""
     window = 16 * cfg.eval_batch_size
 
     def tokenize_window(start):
-        part = [texts[i] for i in range(start, min(start + window, len(texts)))]
-        ids = (tokenize_questions(tokenizer, part, cfg.max_length) if isinstance(part[0], str) else
-               tokenize_passages(tokenizer, [t for t, _ in part], [x for _, x in part], cfg.max_length))
-        return start, padded_batches(ids, tokenizer.pad_token_id, cfg.eval_batch_size)
+        texts = [read(int(i)) for i in ids[start: start + window]]
+        tokens = (tokenize_questions(tokenizer, texts, cfg.max_length) if isinstance(texts[0], str) else
+                  tokenize_passages(tokenizer, [t for t, _ in texts], [x for _, x in texts], cfg.max_length))
+        return start, padded_batches(tokens, tokenizer.pad_token_id, cfg.eval_batch_size)
 
-    loader = torch.utils.data.DataLoader(range(0, len(texts), window), batch_size=None, collate_fn=tokenize_window,
+    loader = torch.utils.data.DataLoader(range(0, len(ids), window), batch_size=None, collate_fn=tokenize_window,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
-    out = torch.empty((len(texts), tower.config.hidden_size), device=device)
+    out = torch.empty((len(ids), tower.config.hidden_size), device=device)
     for start, batches in loader:
         for rows, batch in batches:
             with autocast:
@@ -234,10 +221,10 @@ def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
     nll_lists = [dev.ctxs(i, cfg.num_hard_negatives, cfg.num_other_negatives) for i in range(n)]
     rank_lists = [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)] if with_rank else []
     unique = np.unique(np.concatenate(nll_lists + rank_lists))  # each distinct passage encoded once
-    question_vectors, _ = gather_rows(encode(model.question_model, tokenizers["question"],
-                                             dev.texts("question", np.array_split(np.arange(n), world)[rank]), cfg, autocast, device))
-    passage_vectors, _ = gather_rows(encode(model.passage_model, tokenizers["passage"],
-                                            dev.texts("passage", np.array_split(unique, world)[rank]), cfg, autocast, device))
+    question_vectors, _ = gather_rows(encode(model.question_model, tokenizers["question"], dev.question_text,
+                                             np.array_split(np.arange(n), world)[rank], cfg, autocast, device))
+    passage_vectors, _ = gather_rows(encode(model.passage_model, tokenizers["passage"], dev.passage,
+                                            np.array_split(unique, world)[rank], cfg, autocast, device))
 
     def pooled(lists):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
         rows = np.searchsorted(unique, np.concatenate(lists))

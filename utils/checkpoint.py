@@ -51,7 +51,7 @@ def save_encoders(model, tokenizers, out_dir, info):
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     for role, name in TOWER_DIRS.items():
-        save_encoder(model.tower(role), tokenizers[role], os.path.join(tmp, name), role)
+        save_encoder(getattr(model, f"{role}_model"), tokenizers[role], os.path.join(tmp, name), role)
     with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
         json.dump(info, f, indent=1)
     replace_dir(tmp, out_dir)

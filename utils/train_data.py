@@ -46,10 +46,6 @@ class BiencoderData:
         """(title, text) of passage p."""
         return self.string(self.passage_title[p]), self.string(self.passage_text[p])
 
-    def texts(self, kind, ids):
-        """Questions or passages `ids` as a sequence read on access."""
-        return _Texts(self.question_text if kind == "question" else self.passage, ids)
-
     def ctxs(self, i, num_hard, num_other, rng=None):
         """Passage ids for question i laid out as DPR's create_biencoder_input does:
         [positive, other negatives..., hard negatives...]. With `rng` both pools are shuffled first
@@ -64,77 +60,50 @@ class BiencoderData:
         return [int(self.positive[i])] + other[:num_other] + hard[:num_hard]
 
 
-class _Texts:
-    def __init__(self, read, ids):
-        self.read, self.ids = read, ids
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, k):
-        return self.read(int(self.ids[k]))
-
-
-class _CacheWriter:
-    """Appends strings, passages and questions to the arrays BiencoderData maps."""
-
-    def __init__(self, blob):
-        self.blob, self.arrays = blob, {name: array("q") for name in ARRAYS}
-        for name in ("offsets", "hard_ptr", "other_ptr"):
-            self.arrays[name].append(0)
-        self.passage_ids, self.title_ids = {}, {}
-
-    def string(self, s):
-        data = s.encode("utf-8")
-        self.blob.write(data)
-        offsets = self.arrays["offsets"]
-        offsets.append(offsets[-1] + len(data))
-        return len(offsets) - 2
-
-    def passage(self, ctx):
-        """Identical passages are stored once, keyed by a 64-bit hash of title and text; titles once each."""
-        key = hash((ctx["title"], ctx["text"]))
-        if key not in self.passage_ids:
-            if ctx["title"] not in self.title_ids:
-                self.title_ids[ctx["title"]] = self.string(ctx["title"])
-            self.passage_ids[key] = len(self.arrays["passage_text"])
-            self.arrays["passage_title"].append(self.title_ids[ctx["title"]])
-            self.arrays["passage_text"].append(self.string(ctx["text"]))
-        return self.passage_ids[key]
-
-    def question(self, text, source, positive, hard, other):
-        a = self.arrays
-        a["question"].append(self.string(text))
-        a["source"].append(source)
-        a["positive"].append(self.passage(positive))
-        a["hard"].extend(self.passage(c) for c in hard)
-        a["other"].extend(self.passage(c) for c in other)
-        a["hard_ptr"].append(len(a["hard"]))
-        a["other_ptr"].append(len(a["other"]))
-
-
 def build_cache(files, out_dir, max_hard, max_other, other_only_without_hard):
     """Stream the JSON files once into out_dir (created), the arrays BiencoderData maps; returns out_dir.
 
     Kept per question: the text, the first positive ctx (DPR nq: shuffle_positives false), up to
     `max_hard` hard negatives and `max_other` other negatives (None: all, for per-epoch shuffling).
     With other_only_without_hard, other negatives are kept only for questions with no hard negative
-    (the fallback pool)."""
+    (the fallback pool). Identical passages are stored once (keyed by a 64-bit hash of title and text)."""
     os.makedirs(out_dir)
-    stats = {"skipped": 0}
+    columns = {name: array("q", [0] if name in ("offsets", "hard_ptr", "other_ptr") else []) for name in ARRAYS}
+    passage_ids, title_ids, stats = {}, {}, {"skipped": 0}
     with open(os.path.join(out_dir, "strings.bin"), "wb") as blob:
-        writer = _CacheWriter(blob)
+
+        def add_string(s):  # its index
+            data = s.encode("utf-8")
+            blob.write(data)
+            columns["offsets"].append(columns["offsets"][-1] + len(data))
+            return len(columns["offsets"]) - 2
+
+        def add_passage(ctx):  # its index
+            key = hash((ctx["title"], ctx["text"]))
+            if key not in passage_ids:
+                if ctx["title"] not in title_ids:
+                    title_ids[ctx["title"]] = add_string(ctx["title"])
+                passage_ids[key] = len(columns["passage_text"])
+                columns["passage_title"].append(title_ids[ctx["title"]])
+                columns["passage_text"].append(add_string(ctx["text"]))
+            return passage_ids[key]
+
         for source, path in enumerate(files):
             for rec in iter_biencoder(path, stats):
                 hard = rec["hard_negative_ctxs"][:max_hard]
                 other = [] if other_only_without_hard and hard else rec["negative_ctxs"][:max_other]
-                writer.question(rec["question"], source, rec["positive_ctxs"][0], hard, other)
-    for name, values in writer.arrays.items():
+                columns["question"].append(add_string(rec["question"]))
+                columns["source"].append(source)
+                columns["positive"].append(add_passage(rec["positive_ctxs"][0]))
+                columns["hard"].extend(add_passage(c) for c in hard)
+                columns["other"].extend(add_passage(c) for c in other)
+                columns["hard_ptr"].append(len(columns["hard"]))
+                columns["other_ptr"].append(len(columns["other"]))
+    for name, values in columns.items():
         np.save(os.path.join(out_dir, name + ".npy"), np.frombuffer(values, np.int64) if len(values) else np.zeros(0, np.int64))
-    meta = {"files": files, "questions": len(writer.arrays["question"]), "skipped": stats["skipped"],
-            "passages": len(writer.arrays["passage_text"])}
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump(meta, f)
+        json.dump({"files": files, "questions": len(columns["question"]), "skipped": stats["skipped"],
+                   "passages": len(columns["passage_text"])}, f)
     return out_dir
 
 
