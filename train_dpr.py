@@ -42,9 +42,9 @@ from utils.train_data import (Collate, TrainSet, epoch_batches, load_cache, pass
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers run in DataLoader workers instead
 
 
-def opt(default, meaning, min=None):
+def opt(default, meaning, least=None):
     """One option: its default, the line --help shows, the smallest valid value."""
-    return field(default=default, metadata={"help": meaning, "min": min})
+    return field(default=default, metadata={"help": meaning, "min": least})
 
 
 DOWNLOADS = "downloads/data/retriever/"  # where utils/download_data.py puts DPR's biencoder files

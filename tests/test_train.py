@@ -390,6 +390,17 @@ def test_no_arguments_without_downloads_is_one_line_naming_the_download(tmp_path
     assert "python utils/download_data.py --resource data.retriever.nq" in lines[0]
 
 
+def test_log_without_a_terminal_is_plain_lines(setup, tmp_path):
+    """stderr not a TTY (a log file, CI): one plain line every log_steps instead of tqdm's carriage-return updates."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, os.path.join(ROOT, "train_dpr.py")] + argv(setup, tmp_path / "out", max_train_steps=3, dev_file=None)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stdout + result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("step ")] == \
+           ["step 1/3", "step 2/3", "step 3/3"]
+
+
 @pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
 def test_report_to_trackers(setup, tmp_path, tracker):
     """The metrics of train_log.jsonl reach tensorboard / wandb, under output_dir. No wandb login: the run goes
