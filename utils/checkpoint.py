@@ -99,7 +99,9 @@ def load_state(path, model, optimizer, scheduler, scaler, config, accelerator, l
     changed = [k for k in RESUME_KEYS if saved["config"].get(k) != getattr(config, k)]
     if changed:
         log(f"warning: resuming with changed {', '.join(changed)}: not the run that was interrupted")
-    model.load_state_dict(saved["model"])
+    missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+    if unexpected or any("pooler." not in k for k in missing):  # states saved before the (frozen) pooler was kept lack it
+        raise RuntimeError(f"{path}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
