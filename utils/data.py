@@ -6,6 +6,7 @@ Malformed input raises DataError naming the file and the line (TSV/CSV) or recor
 import ast
 import contextlib
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -74,22 +75,24 @@ def _check_header(f, path):
         raise DataError(f"{path}:1: expected the header 'id<TAB>text<TAB>title', got {header[:80]!r}")
 
 
-def iter_passages(path, start=None, end=None):
-    """Yield (line_no, id, text, title) for the rows whose line starts in byte range [start, end).
+def iter_passage_lines(path, start=None, end=None, line_no=None):
+    """Yield (line_no, raw line bytes, byte offset after it) for the non-blank rows whose line starts
+    in byte range [start, end), unparsed: a reader that skips rows (another worker's) pays no parsing.
 
     With no range, the whole file after the header. A range lets each process stream its own
-    contiguous shard; line numbers are only computed (by counting) when asked for a range.
+    contiguous shard; the line number at `start` is counted unless the caller knows it (`line_no`).
     """
     if not os.path.isfile(path):
         raise DataError(f"{path}: passage file not found")
     with open(path, "rb") as f:
         _check_header(f, path)
-        line_no, body = 2, f.tell()
+        body = f.tell()
         if start is not None and start > body:
             f.seek(start - 1)
             if f.read(1) != b"\n":
                 f.readline()  # start is inside a line: that row belongs to the range before
-            line_no += count_lines(path, body, f.tell())
+        if line_no is None:
+            line_no = 2 + count_lines(path, body, f.tell())
         pos = f.tell()
         while end is None or pos < end:
             raw = f.readline()
@@ -97,8 +100,14 @@ def iter_passages(path, start=None, end=None):
                 break
             pos += len(raw)
             if raw.strip():
-                yield (line_no, *parse_passage_line(raw, path, line_no))
+                yield line_no, raw, pos
             line_no += 1
+
+
+def iter_passages(path, start=None, end=None):
+    """Yield (line_no, id, text, title) for the rows whose line starts in byte range [start, end)."""
+    for line_no, raw, _ in iter_passage_lines(path, start, end):
+        yield (line_no, *parse_passage_line(raw, path, line_no))
 
 
 def count_lines(path, start=0, end=None):
@@ -130,6 +139,24 @@ def shard_byte_range(path, rank, world_size):
             cuts.append(max(f.tell(), cuts[-1]))
         cuts.append(size)
     return cuts[rank], cuts[rank + 1]
+
+
+def passage_shard(path, rank, world_size, limit=None):
+    """(start byte, end byte, line number at start, passage count or None) of one process's rows.
+
+    Without a limit, shard_byte_range's contiguous byte range. With one, the file's first `limit`
+    passages split by count; finding where this process's part starts takes one scan of the rows before it.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: passage file not found")
+    if limit is None:
+        start, end = shard_byte_range(path, rank, world_size)
+        return start, end, 1 + count_lines(path, 0, start), None
+    skip = limit * rank // world_size
+    start, line_no = shard_byte_range(path, 0, 1)[0], 2
+    for n, _, after in itertools.islice(iter_passage_lines(path, line_no=2), skip):
+        start, line_no = after, n + 1
+    return start, os.path.getsize(path), line_no, limit * (rank + 1) // world_size - skip
 
 
 class PassageStore:
