@@ -1,11 +1,14 @@
 """Evaluate a DPR retriever: encode the questions, search the passage embeddings, report top-k accuracy.
 
 python test_dpr.py --embedding_dir D --pretrained_model_path P [--qa_file nq-test.csv] [--top_k 100]
+    [--index flat|HNSW32|SQfp16|IVF4096,PQ64|... --index_path P] [--output_file R.json] [--run_file R.trec]
 
-Exact inner-product search (DPR's IndexFlatIP) over the embeddings doc2embedding.py wrote to D, on
-CPU faiss or a GPU. A retrieved passage is a hit when its text holds an answer under DPR's has_answer
-rule; top-k accuracy is the share of questions with a hit among their first k passages. Optionally
-writes DPR's results JSON (what DPR's reader, FiD and pyserini's evaluation read) and a top-k curve.
+--index flat (default) is DPR's exact inner-product search (IndexFlatIP) over the embeddings that
+doc2embedding.py wrote to D, on CPU faiss or a GPU; any other --index is a faiss index_factory string
+that needs less memory or time, built once and reused through --index_path (docs/indexes.md). A
+retrieved passage is a hit when its text holds an answer under DPR's has_answer rule; top-k accuracy
+is the share of questions with a hit among their first k passages. Optionally writes DPR's results
+JSON (what DPR's reader, FiD and pyserini's evaluation read), a TREC run file and a top-k curve.
 """
 import argparse
 import os
@@ -16,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.data import PassageStore, atomic_write, normalize_question, read_qas, write_results
+from utils.data import PassageStore, atomic_write, normalize_question, read_qas, write_results, write_run
 from utils.embeddings import load_embeddings, read_meta
-from utils.index import build_index
-from utils.errors import DataError, EncoderError
-from utils.models import embed, inference_autocast, load_encoder, pad_batch, tokenize_questions
+from utils.errors import ConfigError, DataError, NanoDPRError
+from utils.index import open_index
+from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
 from utils.qa import score_passages, top_k_accuracy
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)
@@ -34,35 +37,38 @@ def parse_args(argv=None):
                    help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")
     p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="the passages the embeddings were made from")
     p.add_argument("--qa_file", "--nq_test_file", dest="qa_file", default="downloads/data/retriever/qas/nq-test.csv",
-                   help="questions with answers: question<TAB>['answer', ...]")
+                   help="questions with answers: question<TAB>['answer', ...], or a biencoder JSON (its questions and answers)")
     p.add_argument("--top_k", type=int, default=100, help="passages retrieved per question")
     p.add_argument("--match", choices=["string", "regex"], default="string",
                    help="has_answer rule: DPR's token match, or answers as regular expressions (CuratedTREC)")
+    p.add_argument("--index", default="flat", help="flat: exact search (DPR); else a faiss index_factory string, e.g. HNSW32, SQfp16, IVF4096,PQ64")
+    p.add_argument("--index_path", help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs")
+    p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
+    p.add_argument("--ef_search", type=int, default=128, help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size")
     p.add_argument("--output_file", help="write DPR's results JSON here, and the top-k curve next to it (.topk.csv, .topk.png)")
-    p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto", help="auto: gpu when CUDA is available")
+    p.add_argument("--run_file", help="write a TREC run file here: qid Q0 passage_id rank score tag (qid: 0-based row in --qa_file)")
+    p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="auto: gpu when CUDA is available (for a factory --index: when faiss has GPU support)")
     p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
     p.add_argument("--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)")
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error("--top_k must be at least 1")
+    if args.index_path and args.index == "flat":
+        p.error("--index_path saves a faiss index_factory index; --index flat searches the embeddings as they are "
+                "(--index Flat builds a faiss IndexFlatIP that can be saved)")
     return args
 
 
-@torch.inference_mode()
 def encode_questions(model, tokenizer, pooling, questions, batch_size, device):
-    """(num_questions, dim) float32. Questions are batched by length and padded to each batch's longest."""
+    """(num_questions, dim) float32, batched by length. The batches are cut from the shortest question up
+    and run longest first: the batch composition fixes the last float digits of the scores, and this one
+    keeps results byte-identical to earlier nanoDPR versions."""
     ids = tokenize_questions(tokenizer, questions, MAX_LENGTH)  # normalizes as DPR does
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = None
-    for start in tqdm(range(0, len(order), batch_size), desc="encode questions"):
-        rows = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in rows], tokenizer.pad_token_id).items()}
-        with inference_autocast(device):
-            vectors = embed(model, pooling, batch).float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
-        out[rows] = vectors
-    return out
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    batches = [(torch.from_numpy(rows), pad_batch([ids[i] for i in rows], tokenizer.pad_token_id))
+               for rows in (order[i : i + batch_size] for i in range(0, len(order), batch_size))][::-1]
+    return encode_batches(model, pooling, tqdm(batches, desc="encode questions"), len(ids), device)
 
 
 def fetch_and_score(store, ids, answers, match, num_workers):
@@ -75,17 +81,10 @@ def fetch_and_score(store, ids, answers, match, num_workers):
 
 def make_results(questions, answers, ids, scores, passages, hits):
     """DPR's dense_retriever results: ids and scores as strings, as DPR writes them."""
-    return [
-        {
-            "question": question,
-            "answers": answer,
-            "ctxs": [
-                {"id": str(pid), "title": passages[pid][1], "text": passages[pid][0], "score": str(score), "has_answer": hit}
-                for pid, score, hit in zip(row_ids, row_scores, row_hits)
-            ],
-        }
-        for question, answer, row_ids, row_scores, row_hits in zip(questions, answers, ids.tolist(), scores, hits)
-    ]
+    return [{"question": question, "answers": answer,
+             "ctxs": [{"id": str(pid), "title": passages[pid][1], "text": passages[pid][0], "score": str(score), "has_answer": hit}
+                      for pid, score, hit in zip(row_ids, row_scores, row_hits)]}
+            for question, answer, row_ids, row_scores, row_hits in zip(questions, answers, ids.tolist(), scores, hits)]
 
 
 def write_curve(stem, curve, title):
@@ -126,18 +125,13 @@ def format_table(header, rows):
 
 
 def run(args):
-    timings = {}
-    t0 = tick = time.perf_counter()
+    timings, tick = {}, [time.perf_counter()]
 
     def lap(name):
-        nonlocal tick
-        now = time.perf_counter()
-        timings[name] = now - tick
-        tick = now
+        timings[name] = time.perf_counter() - tick[-1]
+        tick.append(time.perf_counter())
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    index_device = args.index_device if args.index_device != "auto" else ("gpu" if device.type == "cuda" else "cpu")
-
     qas = read_qas(args.qa_file)
     questions, answers = [normalize_question(q) for q, _ in qas], [a for _, a in qas]
     meta = read_meta(args.embedding_dir)
@@ -163,13 +157,16 @@ def run(args):
     k = min(args.top_k, len(ids))
     if k < args.top_k:
         print(f"only {len(ids)} passages in {args.embedding_dir}: retrieving top {k}")
-    index = build_index(emb, index_device)
-    print(f"index: {len(ids):,} passages x {emb.shape[1]} ({emb.dtype} on disk), {index.name}")
+    index, name = open_index(args.index, emb, args.index_device, args.embedding_dir, meta, args.index_path, args.nprobe, args.ef_search)
+    print(f"index: {len(ids):,} passages x {emb.shape[1]} ({emb.dtype} on disk), {name}")
     lap("load + build index")
 
     scores, rows = index.search(q, k)
-    retrieved = ids[rows]
     del index, emb
+    if (rows < 0).any():  # an IVF index whose probed lists hold fewer than k passages
+        raise ConfigError(f"--index {args.index}: fewer than {k} passages found for {int((rows < 0).any(1).sum())} "
+                          f"questions; raise --nprobe (now {args.nprobe})")
+    retrieved = ids[rows]
     lap("search")
 
     offsets = os.path.join(args.embedding_dir, "passages.offsets.npz")
@@ -179,34 +176,39 @@ def run(args):
     passages, hits = fetch_and_score(store, retrieved, answers, args.match, args.num_workers)
     curve = top_k_accuracy(hits, range(1, k + 1))
     lap("fetch + score")
-
-    written = []
-    if args.output_file:
-        if os.path.dirname(args.output_file):
-            os.makedirs(os.path.dirname(args.output_file), exist_ok=True)
-        write_results(args.output_file, make_results(questions, answers, retrieved, scores, passages, hits))
-        written = [args.output_file] + write_curve(os.path.splitext(args.output_file)[0], curve, os.path.basename(args.qa_file))
-        lap("write outputs")
-    timings["total"] = time.perf_counter() - t0
+    written = save(args, questions, answers, retrieved, scores, passages, hits, curve)
+    lap("write outputs")
+    timings["total"] = tick[-1] - tick[0]
 
     print(f"\nTop-k accuracy, {len(questions)} questions, {args.match} match ({args.qa_file}):")
     print(format_table(["top-k", "accuracy (%)"], [[f"Top-{n}", f"{100 * curve[n]:.2f}"] for n in REPORT_KS if n <= k]))
     print("\nTimings:")
-    print(format_table(["step", "seconds"], [[name, f"{s:.2f}"] for name, s in timings.items()]))
-    for path in written:
-        print(f"wrote {path}")
-    if not args.output_file:
-        print("no --output_file: results not written")
+    print(format_table(["step", "seconds"], [[step, f"{s:.2f}"] for step, s in timings.items()]))
+    print("\n".join(f"wrote {path}" for path in written) or "no --output_file or --run_file: results not written")
     return curve
+
+
+def save(args, questions, answers, retrieved, scores, passages, hits, curve):
+    """The results JSON with its top-k curve, and the TREC run file, as asked; returns the paths written."""
+    written = []
+    for path in filter(None, (args.output_file, args.run_file)):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if args.output_file:
+        write_results(args.output_file, make_results(questions, answers, retrieved, scores, passages, hits))
+        written += [args.output_file] + write_curve(os.path.splitext(args.output_file)[0], curve, os.path.basename(args.qa_file))
+    if args.run_file:
+        write_run(args.run_file, retrieved, scores, f"nanoDPR_{args.index}")
+        written.append(args.run_file)
+    return written
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.index_device == "gpu" and not torch.cuda.is_available():
+    if args.index_device == "gpu" and args.index == "flat" and not torch.cuda.is_available():
         sys.exit("error: --index_device gpu, but torch sees no CUDA device")
     try:
         return run(args)
-    except (DataError, EncoderError) as e:
+    except NanoDPRError as e:
         sys.exit(f"error: {e}")
 
 

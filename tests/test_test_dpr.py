@@ -302,3 +302,77 @@ def test_error_exits_non_zero_with_one_line(e2e, tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [l for l in proc.stderr.strip().splitlines() if l.startswith("error: ")]
     assert "meta.json" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory indexes, TREC run file, biencoder JSON as the qa file
+
+
+def test_run_file_matches_results_line_by_line(e2e):
+    out, run = str(e2e["tmp"] / "run" / "results.json"), str(e2e["tmp"] / "run" / "results.trec")
+    test_dpr.main(["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
+                   "--qa_file", e2e["qa_file"], "--top_k", "7", "--output_file", out, "--run_file", run, "--num_workers", "1"])
+    records = read_results(out)
+    with open(run) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 7 * len(e2e["qas"])
+    for line, (qid, rank, ctx) in zip(lines, [(q, r, c) for q, rec in enumerate(records) for r, c in enumerate(rec["ctxs"], 1)]):
+        assert line.split(" ") == [str(qid), "Q0", ctx["id"], str(rank), ctx["score"], "nanoDPR_flat"]
+
+
+def test_factory_index_saved_then_reused_by_the_cli(e2e, tmp_path):
+    index_path = str(tmp_path / "hnsw.faiss")
+    argv = ["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
+            "--qa_file", e2e["qa_file"], "--top_k", "10", "--index", "HNSW8", "--index_path", index_path, "--num_workers", "1"]
+    runs = []
+    for name in ("first", "second"):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "test_dpr.py"), *argv, "--output_file", str(tmp_path / f"{name}.json")],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        runs.append((proc.stdout, read_results(str(tmp_path / f"{name}.json"))))
+    assert f"saved to {index_path}" in runs[0][0] and f"loaded from {index_path}" in runs[1][0]
+    assert runs[0][1] == runs[1][1]
+    # 40 passages, efSearch 128: the graph search visits them all, so HNSW finds the exact top-k
+    queries, _, _ = reference_retrieval(e2e, 10)
+    pos = {pid: i for i, (pid, _, _) in enumerate(e2e["rows"])}
+    rows = np.array([[pos[int(c["id"])] for c in r["ctxs"]] for r in runs[0][1]])
+    scores = np.array([[float(c["score"]) for c in r["ctxs"]] for r in runs[0][1]])
+    assert_same_topk(scores, rows, e2e["emb"], queries, 10)
+
+
+def test_index_path_needs_a_factory_index(capsys):
+    with pytest.raises(SystemExit):
+        test_dpr.parse_args(["--embedding_dir", "D", "--pretrained_model_path", "P", "--index_path", "x.faiss"])
+    assert "--index Flat" in capsys.readouterr().err
+
+
+def test_error_ivf_lists_hold_fewer_than_k(e2e):
+    message = run_main(e2e, **{"--index": "IVF8,Flat", "--nprobe": "1", "--top_k": "30"})
+    assert "raise --nprobe" in message and "IVF8,Flat" in message
+
+
+def test_error_bad_factory_string(e2e):
+    message = run_main(e2e, **{"--index": "IVF8,Nonsense"})
+    assert "IVF8,Nonsense" in message
+
+
+def test_biencoder_json_as_qa_file(e2e, tmp_path):
+    """A biencoder JSON gives its questions and answers, every record in file order (also one without
+    positives, which training skips): retrieval for a model's own training questions."""
+    records = [{"question": q, "answers": a, "positive_ctxs": [{"title": "t", "text": "x"}] if i else [], "hard_negative_ctxs": []}
+               for i, (q, a) in enumerate(e2e["qas"])]
+    json_file = str(tmp_path / "train.biencoder")  # no .json name: recognised by its content
+    with open(json_file, "w") as f:
+        json.dump(records, f, indent=2)
+    csv_out, json_out = str(tmp_path / "csv.json"), str(tmp_path / "json.json")
+    for qa_file, out in ((e2e["qa_file"], csv_out), (json_file, json_out)):
+        test_dpr.main(["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
+                       "--qa_file", qa_file, "--top_k", "5", "--output_file", out, "--num_workers", "1"])
+    assert read_results(json_out) == read_results(csv_out)
+
+
+def test_error_biencoder_record_without_answers(e2e, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"question": "q", "answers": ["a"]}, {"question": "q2", "positive_ctxs": []}]))
+    message = run_main(e2e, **{"--qa_file": str(bad)})
+    assert str(bad) in message and "record 1" in message and "answers" in message

@@ -376,13 +376,34 @@ def iter_biencoder(path, stats=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# qas CSV (nq-test.qa.csv): `question<TAB>['answer', ...]`, no header
+# qas CSV (nq-test.qa.csv): `question<TAB>['answer', ...]`, no header; or a biencoder JSON's questions
 
 
 def read_qas(path):
-    """[(question, answers)]; the answer list is parsed with ast.literal_eval, never eval."""
+    """[(question, answers)] from a qas CSV (answer lists parsed with ast.literal_eval, never eval), or
+    from a biencoder JSON: every record in file order, so a model retrieves for its training questions."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: qa file not found")
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if path.endswith(".json") or (head[:1] == b"[" and head[1:].lstrip()[:1] in (b"{", b"]")):
+        qas = [_json_qa(rec, path, index) for index, rec in enumerate(iter_json_list(path))]
+    else:
+        qas = _read_qas_csv(path)
+    if not qas:
+        raise DataError(f"{path}: no questions in qa file")
+    return qas
+
+
+def _json_qa(rec, path, index):
+    answers = rec.get("answers") if isinstance(rec, dict) else None
+    if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(answers, list) \
+            or not all(isinstance(a, str) for a in answers):
+        raise DataError(f"{path}: record {index}: needs 'question' (a string) and 'answers' (a list of strings)")
+    return rec["question"], answers
+
+
+def _read_qas_csv(path):
     qas = []
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t")
@@ -396,8 +417,6 @@ def read_qas(path):
             raise DataError(f"{path}:{line_no}: {e}") from None
         except UnicodeDecodeError as e:
             raise DataError(f"{path}:{line_no}: not UTF-8 ({e.reason})") from None
-    if not qas:
-        raise DataError(f"{path}: no questions in qa file")
     return qas
 
 
@@ -421,6 +440,14 @@ def _parse_answers(row, path, line_no):
 def write_results(path, results):
     with atomic_write(path) as f:
         json.dump(results, f, ensure_ascii=False, indent=1)
+
+
+def write_run(path, ids, scores, tag):
+    """TREC run file (trec_eval, pyserini): `qid Q0 docid rank score tag`, qid the question's 0-based row
+    in the qa file, docid the passage id, rank from 1, score as in the results JSON."""
+    with atomic_write(path) as f:
+        for qid, (row_ids, row_scores) in enumerate(zip(ids, scores)):
+            f.writelines(f"{qid} Q0 {pid} {rank} {score!s} {tag}\n" for rank, (pid, score) in enumerate(zip(row_ids, row_scores), 1))
 
 
 def read_results(path):

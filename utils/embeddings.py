@@ -48,7 +48,9 @@ def read_meta(out_dir):
 
 
 def load_embeddings(out_dir, mmap=False):
-    """(ids int64 (N,), embeddings (N, dim)) over all shards, validated against meta.json."""
+    """(ids int64 (N,), embeddings (N, dim)) over all shards, validated against meta.json.
+
+    mmap: the shards stay on disk; several are joined by ShardRows, not copied (21M x 768 float16 is 32 GB)."""
     meta = read_meta(out_dir)
     for key in ("dim", "dtype", "num_passages", "num_shards", "shard_counts"):
         if key not in meta:
@@ -75,8 +77,28 @@ def load_embeddings(out_dir, mmap=False):
     ids = np.concatenate(all_ids) if all_ids else np.zeros(0, np.int64)
     if len(ids) != meta["num_passages"]:
         raise DataError(f"{out_dir}: {len(ids)} passages in shards, meta.json says {meta['num_passages']}")
-    emb = all_emb[0] if len(all_emb) == 1 else np.concatenate(all_emb)
+    emb = all_emb[0] if len(all_emb) == 1 else (ShardRows(all_emb) if mmap else np.concatenate(all_emb))
     return ids, emb
+
+
+class ShardRows:
+    """Memmapped shards read as one (N, dim) matrix: emb[i:j] and emb[sorted rows] copy only those rows."""
+
+    def __init__(self, shards):
+        self.shards, self.starts = shards, np.cumsum([0] + [len(s) for s in shards])
+        self.shape, self.dtype = (int(self.starts[-1]), shards[0].shape[1]), shards[0].dtype
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(len(self))
+            parts = [s[max(start - lo, 0) : max(stop - lo, 0)] for s, lo in zip(self.shards, self.starts)]
+        else:
+            key = np.asarray(key)
+            parts = [s[key[(key >= lo) & (key < lo + len(s))] - lo] for s, lo in zip(self.shards, self.starts)]
+        return np.concatenate(parts)
 
 
 # ---------------------------------------------------------------------------------------------

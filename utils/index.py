@@ -1,18 +1,32 @@
-"""Exact inner-product top-k over passage embeddings (DPR's IndexFlatIP), on CPU or GPU.
+"""Top-k inner-product search over passage embeddings: DPR's exact flat index, or a faiss index_factory
+index that fits in less memory (compressed codes) or searches faster (approximate).
 
-Every backend returns the same rows as CPU faiss up to score ties:
+open_index(spec, ...) is what test_dpr.py searches; spec "flat" is exact search, every backend
+returning the same rows as CPU faiss up to score ties:
   FaissIndex(emb)            faiss.IndexFlatIP on CPU, all cores, float32: DPR's index
   FaissIndex(emb, gpu=True)  faiss's GPU flat index, sharded over all visible GPUs (faiss built with GPU support)
   TorchIndex(emb, devices)   chunked matmul + top-k in torch: the GPU path when faiss has no GPU support
-build_index picks one for test_dpr.py's --index_device. search() returns (scores, rows) with rows
-the positions in `emb`, best first.
+Any other spec ("HNSW32", "SQfp16", "IVF4096,PQ64", ...) is a faiss index_factory string, inner product,
+trained on a seeded random sample, saved to / reused from an index file with a JSON sidecar naming the
+embeddings it holds. search() returns (scores, rows) with rows the positions in `emb`, best first.
 """
+import hashlib
+import json
 import os
+import re
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from utils.data import atomic_write
+from utils.errors import ConfigError, DataError
 
 COPY_ROWS = 1 << 18  # rows converted/copied at a time while building: never a full-size temporary
+# Training sample of trained indexes (IVF, PQ, SQ8, OPQ): 64 vectors per IVF list (faiss's k-means wants
+# 39-256 per centroid: it warns below and subsamples above), at least 65,536 (256 per centroid of the
+# 256-entry PQ/SQ codebooks), at most 2^20 (a 3 GiB float32 sample at 768-d), drawn with a fixed seed.
+TRAIN_PER_LIST, TRAIN_MIN, TRAIN_MAX, TRAIN_SEED = 64, 1 << 16, 1 << 20, 0
 
 
 def _import_faiss():
@@ -165,9 +179,120 @@ def _merge(a, b, k):
 
 
 def build_index(emb, device):
-    """device "cpu": faiss on CPU. "gpu": faiss's GPU index when faiss has GPU support, else the torch path on every visible GPU."""
+    """Exact search. device "cpu": faiss on CPU. "gpu": faiss's GPU index when faiss has GPU support, else the torch path on every visible GPU."""
     if device == "cpu":
         return FaissIndex(emb)
     if faiss_gpu_count() > 0:
         return FaissIndex(emb, gpu=True)
     return TorchIndex(emb, [f"cuda:{g}" for g in range(torch.cuda.device_count())])
+
+
+def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, ef_search=None):
+    """(index, description) for test_dpr.py. A factory index is read from `path` when that was built
+    from these embeddings with this spec, else built (and saved to `path`); device "gpu" (or "auto"
+    with faiss-gpu) copies it onto every GPU, each holding a slice."""
+    if device == "auto":
+        device = "gpu" if (torch.cuda.is_available() if spec == "flat" else faiss_gpu_count() > 0) else "cpu"
+    if spec == "flat":
+        index = build_index(emb, device)
+        return index, index.name
+    faiss = _import_faiss()
+    if device == "gpu" and not faiss_gpu_count():
+        raise ConfigError(f"--index {spec} on --index_device gpu needs faiss with GPU support (faiss-gpu); "
+                          "this faiss has none: use --index_device cpu, or --index flat (exact search on GPU through torch)")
+    record = {"spec": spec, **_source(embedding_dir, meta, emb)}
+    if path and os.path.exists(path):
+        index, how = _load(path, record), f"loaded from {path}"
+    else:
+        index, record["train_rows"] = build_factory_index(emb, spec)
+        how = "built" + (f", saved to {path}" if path else "")
+        if path:
+            _save(index, path, record)
+    if device == "gpu":
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True  # each GPU holds 1/n of the index: the point is to fit
+        options.useFloat16 = True  # IVF-PQ lookup tables in float16: GPU IVF-PQ needs it beyond 48 bytes per code
+        try:
+            index = faiss.index_cpu_to_all_gpus(index, options)
+        except RuntimeError as e:
+            raise ConfigError(f"--index {spec}: faiss has no GPU version of it ({_faiss_message(e)}); use --index_device cpu") from None
+    space = faiss.GpuParameterSpace() if device == "gpu" else faiss.ParameterSpace()
+    params = []
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+        try:
+            if value is None:
+                continue
+            space.set_index_parameter(index, name, value)
+            params.append(f"{name} {value}")
+        except RuntimeError:
+            pass  # not a parameter of this index (nprobe of HNSW, efSearch of IVF over a flat quantizer)
+    return index, f"faiss {spec}, inner product, on {device} ({', '.join(params) or 'no search parameters'}), {how}"
+
+
+def build_factory_index(emb, spec, seed=TRAIN_SEED):
+    """(faiss index, training rows): trained on a random sample, then filled COPY_ROWS at a time,
+    so the float32 copy in memory is one chunk, never the corpus."""
+    faiss = _import_faiss()
+    try:
+        index = faiss.index_factory(emb.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.try_extract_index_ivf(index)
+        inner = faiss.downcast_index(ivf or index)
+        if hasattr(inner, "do_polysemous_training"):  # faiss's default for PQ: it only serves Hamming-filtered
+            inner.do_polysemous_training = False  # search, never used here, and takes minutes; same results without
+        size = 0 if index.is_trained else min(len(emb), TRAIN_MAX, max(TRAIN_MIN, TRAIN_PER_LIST * (ivf.nlist if ivf else 0)))
+        if size:
+            print(f"training {spec} on {size:,} of {len(emb):,} passages (random, seed {seed})")
+            rows = np.sort(np.random.default_rng(seed).choice(len(emb), size, replace=False))
+            index.train(np.asarray(emb[rows], dtype=np.float32))
+    except RuntimeError as e:
+        raise ConfigError(f"--index {spec!r}: {_faiss_message(e)}") from None
+    with tqdm(total=len(emb), desc=f"add to {spec}", unit="passage") as bar:
+        for i in range(0, len(emb), COPY_ROWS):
+            index.add(np.ascontiguousarray(emb[i : i + COPY_ROWS], dtype=np.float32))
+            bar.update(min(COPY_ROWS, len(emb) - i))
+    return index, size
+
+
+def _faiss_message(e):
+    """faiss's error without its C++ location ("Error in ... at index_factory.cpp:1228: ")."""
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(e).strip().splitlines()[0])
+
+
+def _source(embedding_dir, meta, emb):
+    """What a saved index must match: the embedding dir, model, count, dim, dtype, and a hash of 16 of
+    the vectors (embeddings re-made in the same dir by a retrained encoder differ there)."""
+    probe = np.unique(np.linspace(0, len(emb) - 1, 16).astype(np.int64))
+    return {"embedding_dir": os.path.abspath(embedding_dir), "model": meta.get("model"), "num_passages": len(emb),
+            "dim": int(emb.shape[1]), "dtype": str(emb.dtype), "vectors_sha1": hashlib.sha1(np.asarray(emb[probe]).tobytes()).hexdigest()}
+
+
+def _load(path, record):
+    sidecar = path + ".json"
+    try:
+        with open(sidecar) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read {sidecar}, which says what the index was built from ({e}); "
+                        f"delete {path} to rebuild it") from None
+    differ = [f"{k} {saved.get(k)!r}, now {v!r}" for k, v in record.items() if saved.get(k) != v]
+    if differ:
+        raise DataError(f"{path} was built from other embeddings or with another --index ({'; '.join(differ)}): "
+                        "delete it or give another --index_path")
+    return _import_faiss().read_index(path)
+
+
+def _save(index, path, record):
+    """faiss's own format, written to a temp name and renamed; the sidecar is written last, so an
+    index file without one (a killed save) is refused, never trusted."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.exists(path + ".json"):
+        os.remove(path + ".json")
+    tmp = path + ".tmp"
+    try:
+        _import_faiss().write_index(index, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    with atomic_write(path + ".json") as f:
+        json.dump(record, f, indent=1)

@@ -38,12 +38,13 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(path, role, tokenizer=None):
+def load_encoder(path, role, tokenizer=None, pooler=False):
     """Return (model, tokenizer, pooling) for `role` ('question' or 'passage').
 
     pooling is "cls" (last hidden state at [CLS], DPR's choice) or "pooler_output" (HF DPR
     models: CLS passed through their optional projection, so also right when projection_dim > 0).
-    `tokenizer` (a name or dir) overrides the tokenizer stored with the model.
+    `tokenizer` (a name or dir) overrides the tokenizer stored with the model. `pooler`: keep a BERT dir's
+    pooler layer (random if the dir has none), unused by DPR; training saves it so its dirs are complete BertModels.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -52,10 +53,10 @@ def load_encoder(path, role, tokenizer=None):
             from utils.dpr_checkpoint import load_dpr_checkpoint_encoder
 
             return load_dpr_checkpoint_encoder(path, role, tokenizer)
-        return _load_dir(path, role, tokenizer)
+        return _load_dir(path, role, tokenizer, pooler)
 
 
-def _load_dir(path, role, tokenizer):
+def _load_dir(path, role, tokenizer, pooler=False):
     saved = os.path.join(path, ROLE_FILE)
     if os.path.isfile(saved):
         try:
@@ -79,7 +80,7 @@ def _load_dir(path, role, tokenizer):
         model = _from_pretrained(wanted, path, attn_implementation="sdpa")
         pooling = "pooler_output"
     else:
-        model = _from_pretrained(AutoModel, path, add_pooling_layer=False, attn_implementation="sdpa")
+        model = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa")
         pooling = "cls"
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
