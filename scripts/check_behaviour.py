@@ -8,6 +8,9 @@ settings and compare what each stage writes. Exit status 1 when a difference exc
 Stages, in order (each a run function called once per tree and a compare function):
   train  train_dpr.py for a few steps across an epoch boundary, plain and with --grad_cache_chunk_size, dropout
          on: largest |weight difference| in last_state/ and in best/'s encoder dirs, per-step losses, dev metrics.
+  encode doc2embedding.py on the CPU over data/sample/psgs.tsv with the base model (max_length 128: the tiny BERT's
+         positions), under several argument sets
+         (ENCODE_RUNS, one under torchrun with 2 processes): embeddings, ids and meta.json byte for byte (tolerance 0).
 To add a stage: write run_<name>(tree, out, ctx) -> outputs and compare_<name>(old, new) -> [(what, diff, tol)],
 and list it in STAGES; ctx carries the inputs (base model, data) and earlier stages' outputs of the working tree.
 """
@@ -15,11 +18,13 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import string
 import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -50,8 +55,8 @@ def tiny_bert(out_dir):
     return out_dir
 
 
-def run(cmd, tree):
-    env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+def run(cmd, tree, **extra_env):
+    env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra_env)
     result = subprocess.run([sys.executable] + cmd, cwd=tree, env=env, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"failed in {tree}: {' '.join(cmd)}\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
@@ -95,7 +100,45 @@ def compare_train(old, new):
     return rows
 
 
-STAGES = [("train", run_train, compare_train)]
+ENCODE_RUNS = {
+    "default": [],
+    "float32, windows, budget, 2 workers": ["--dtype", "float32", "--window", "64", "--max_tokens_per_batch", "1024", "--num_workers", "2"],
+    "limit, batch_size, no worker": ["--dtype", "float32", "--limit", "100", "--batch_size", "16", "--num_workers", "0"],
+    "2 processes": ["--window", "50", "--max_tokens_per_batch", "2048"],
+}
+
+
+def free_port():
+    """For torchrun: a fixed port collides with another torchrun on the machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def run_encode(tree, out, ctx):
+    for i, (name, extra) in enumerate(ENCODE_RUNS.items()):
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()] if name == "2 processes" else []
+        run(launch + ["doc2embedding.py", "--pretrained_model_path", ctx["base_model"], "--wikipedia_path", ctx["psgs"],
+                      "--output_dir", os.path.join(out, str(i)), "--max_length", "128"] + extra, tree, ACCELERATE_USE_CPU="1")
+    return {}
+
+
+def compare_encode(old, new):
+    """The stored files themselves: run.json may differ (it records the arguments, including new ones)."""
+    rows = []
+    for i, name in enumerate(ENCODE_RUNS):
+        a, b = os.path.join(old, str(i)), os.path.join(new, str(i))
+        for file in sorted(f for f in os.listdir(a) if f.endswith(".npy")) + ["meta.json"]:
+            x, y = (open(os.path.join(d, file), "rb").read() for d in (a, b))
+            diff = 0.0 if x == y else float("inf")
+            ea, eb = (np.load(os.path.join(d, file)).astype(np.float32) for d in (a, b)) if file.startswith("embeddings_") else (0, 0)
+            if x != y and np.shape(ea) == np.shape(eb):  # how far apart, for the report
+                diff = float(np.abs(ea - eb).max())
+            rows.append((f"{name}: {file} (bytes)", diff, 0.0))
+    return rows
+
+
+STAGES = [("train", run_train, compare_train), ("encode", run_encode, compare_encode)]
 
 
 def export(rev, dest):
