@@ -179,13 +179,16 @@ def run(args):
     written = save(args, questions, answers, retrieved, scores, passages, hits, curve)
     lap("write outputs")
     timings["total"] = tick[-1] - tick[0]
+    report(args, len(questions), curve, timings, written)
+    return curve
 
-    print(f"\nTop-k accuracy, {len(questions)} questions, {args.match} match ({args.qa_file}):")
-    print(format_table(["top-k", "accuracy (%)"], [[f"Top-{n}", f"{100 * curve[n]:.2f}"] for n in REPORT_KS if n <= k]))
+
+def report(args, num_questions, curve, timings, written):
+    print(f"\nTop-k accuracy, {num_questions} questions, {args.match} match ({args.qa_file}):")
+    print(format_table(["top-k", "accuracy (%)"], [[f"Top-{n}", f"{100 * curve[n]:.2f}"] for n in REPORT_KS if n in curve]))
     print("\nTimings:")
     print(format_table(["step", "seconds"], [[step, f"{s:.2f}"] for step, s in timings.items()]))
     print("\n".join(f"wrote {path}" for path in written) or "no --output_file or --run_file: results not written")
-    return curve
 
 
 def save(args, questions, answers, retrieved, scores, passages, hits, curve):

@@ -66,11 +66,11 @@ def test_factory_index_agrees_with_brute_force(data, tmp_path, monkeypatch, spec
 def test_training_sample_rule(data, monkeypatch):
     emb = data[0]
     monkeypatch.setattr(utils.index, "TRAIN_MIN", 100)
-    assert build_factory_index(emb, "IVF8,Flat")[1] == 64 * 8  # 64 per list
-    assert build_factory_index(emb, "IVF1,Flat")[1] == 100  # at least TRAIN_MIN
+    assert build_factory_index(emb, "IVF8,Flat")[1]["train_rows"] == 64 * 8  # 64 per list
+    assert build_factory_index(emb, "IVF1,Flat")[1]["train_rows"] == 100  # at least TRAIN_MIN
     monkeypatch.setattr(utils.index, "TRAIN_MAX", 300)
-    assert build_factory_index(emb, "IVF8,Flat")[1] == 300  # at most TRAIN_MAX
-    assert build_factory_index(emb, "HNSW8")[1] == 0  # nothing to train
+    assert build_factory_index(emb, "IVF8,Flat")[1]["train_rows"] == 300  # at most TRAIN_MAX
+    assert build_factory_index(emb, "HNSW8")[1]["train_rows"] == 0  # nothing to train
 
 
 def test_saved_index_reloads_with_identical_results(data, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import time
 
 import numpy as np
 import torch
@@ -204,7 +205,8 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
     if path and os.path.exists(path):
         index, how = _load(path, record), f"loaded from {path}"
     else:
-        index, record["train_rows"] = build_factory_index(emb, spec)
+        index, built = build_factory_index(emb, spec)
+        record.update(built)
         how = "built" + (f", saved to {path}" if path else "")
         if path:
             _save(index, path, record)
@@ -216,23 +218,20 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
             index = faiss.index_cpu_to_all_gpus(index, options)
         except RuntimeError as e:
             raise ConfigError(f"--index {spec}: faiss has no GPU version of it ({_faiss_message(e)}); use --index_device cpu") from None
-    space = faiss.GpuParameterSpace() if device == "gpu" else faiss.ParameterSpace()
-    params = []
+    space, params = faiss.GpuParameterSpace() if device == "gpu" else faiss.ParameterSpace(), []
     for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
         try:
-            if value is None:
-                continue
             space.set_index_parameter(index, name, value)
             params.append(f"{name} {value}")
-        except RuntimeError:
-            pass  # not a parameter of this index (nprobe of HNSW, efSearch of IVF over a flat quantizer)
+        except (RuntimeError, TypeError):
+            pass  # not a parameter of this index (nprobe of HNSW, efSearch of IVF over a flat quantizer), or None
     return index, f"faiss {spec}, inner product, on {device} ({', '.join(params) or 'no search parameters'}), {how}"
 
 
 def build_factory_index(emb, spec, seed=TRAIN_SEED):
-    """(faiss index, training rows): trained on a random sample, then filled COPY_ROWS at a time,
-    so the float32 copy in memory is one chunk, never the corpus."""
-    faiss = _import_faiss()
+    """(faiss index, {train_rows, train_s, build_s}): trained on a random sample, then filled COPY_ROWS
+    at a time, so the float32 copy in memory is one chunk, never the corpus."""
+    faiss, start = _import_faiss(), time.perf_counter()
     try:
         index = faiss.index_factory(emb.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.try_extract_index_ivf(index)
@@ -246,11 +245,12 @@ def build_factory_index(emb, spec, seed=TRAIN_SEED):
             index.train(np.asarray(emb[rows], dtype=np.float32))
     except RuntimeError as e:
         raise ConfigError(f"--index {spec!r}: {_faiss_message(e)}") from None
+    trained = time.perf_counter()
     with tqdm(total=len(emb), desc=f"add to {spec}", unit="passage") as bar:
         for i in range(0, len(emb), COPY_ROWS):
             index.add(np.ascontiguousarray(emb[i : i + COPY_ROWS], dtype=np.float32))
             bar.update(min(COPY_ROWS, len(emb) - i))
-    return index, size
+    return index, {"train_rows": size, "train_s": round(trained - start, 1), "build_s": round(time.perf_counter() - start, 1)}
 
 
 def _faiss_message(e):
@@ -282,17 +282,13 @@ def _load(path, record):
 
 
 def _save(index, path, record):
-    """faiss's own format, written to a temp name and renamed; the sidecar is written last, so an
+    """faiss's own format, through atomic_write; the sidecar is removed first and written last, so an
     index file without one (a killed save) is refused, never trusted."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if os.path.exists(path + ".json"):
         os.remove(path + ".json")
-    tmp = path + ".tmp"
-    try:
-        _import_faiss().write_index(index, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    faiss = _import_faiss()
+    with atomic_write(path, "wb") as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
     with atomic_write(path + ".json") as f:
         json.dump(record, f, indent=1)
