@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from bm25s.stopwords import STOPWORDS_EN  # noqa: E402
-from utils.bm25_train_data import build_index, make_record, make_tokenizer, peak_rss_gb, search  # noqa: E402
+from utils.bm25_train_data import build_index, make_record, make_tokenizer, search  # noqa: E402
 from utils.data import PassageStore, read_qas  # noqa: E402
 
 NQ_PASSAGES = 21_015_324
@@ -68,6 +69,10 @@ def synthetic_corpus(path, n, seed):
                     qas.append((" ".join(w[:9]), [w[-1]]))
     random.Random(seed).shuffle(qas)
     return qas
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KB
 
 
 def timed(fn, *args):

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT, write_json, write_passages_tsv
 from utils.bm25_train_data import B, K1, build_index, make_tokenizer, search
+from utils.data import iter_biencoder
 from utils.qa import has_answer
 
 TOOL = os.path.join(ROOT, "utils", "bm25_train_data.py")
@@ -123,6 +124,7 @@ def test_positive_is_the_best_ranked_passage_with_an_answer(recipe):
         assert all("score" in c for c in rec["positive_ctxs"] + rec["hard_negative_ctxs"])
     assert "dropped: no passage with an answer in the BM25 top k: 1" in proc.stdout
     assert "dropped: no question word in the corpus: 1" in proc.stdout
+    assert [r["question"] for r in iter_biencoder(str(out))] == [r["question"] for r in records]  # train_dpr.py's reader
 
 
 def test_a_question_without_an_answer_in_the_top_k_is_dropped(tmp_path):
@@ -169,6 +171,9 @@ BAD = {
     "malformed train file": (lambda d: {"--qa_file": None, "--train_file": write_text(d / "t.json", "[{\"question\": ")}, "t.json"),
     "positive from another passage file": (lambda d: {"--qa_file": None, "--train_file": write_json(d / "t.json", [
         {"question": "q", "answers": ["Paris"], "positive_ctxs": [{"title": "x", "text": "paris elsewhere", "passage_id": "2"}]}])},
+        "t.json: record 0"),
+    "positive id not in the passage file": (lambda d: {"--qa_file": None, "--train_file": write_json(d / "t.json", [
+        {"question": "q", "answers": ["Paris"], "positive_ctxs": [{"title": "x", "text": "paris", "passage_id": "99"}]}])},
         "t.json: record 0"),
 }
 

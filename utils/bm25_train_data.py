@@ -1,5 +1,5 @@
-"""Build DPR training data with BM25: DPR's recipe for questions without gold passages (Karpukhin et al.
-2020, sections 4.1 and 5.1), whose BM25 pipeline DPR did not release.
+"""Build DPR training data with BM25: DPR's recipe for questions without gold passages (paper, 4.1 and 5.1),
+whose BM25 pipeline DPR did not release.
 
     python utils/bm25_train_data.py --wikipedia_path psgs_w100.tsv --qa_file train.qa.csv --output_file train.json
     python utils/bm25_train_data.py --wikipedia_path psgs_w100.tsv --train_file gold.json --output_file train.json
@@ -7,9 +7,8 @@
 BM25 ranks the passages for each question. The positive is the highest-ranked passage holding an answer
 (DPR's has_answer, text only); a question with none in the top k is dropped. Hard negatives: the
 top-ranked passages without an answer; other negatives: random passages without an answer (seeded).
-With --train_file the given positives are kept and BM25 supplies only the negatives.
-BM25 is Lucene's with pyserini's settings for DPR's baseline (k1=0.9, b=0.4), from bm25s, over
-"title text". The index lives in memory, built in one streaming pass; no resume (docs/own_data.md).
+With --train_file the given positives are kept and BM25 supplies only the negatives. BM25: Lucene's,
+from bm25s, over "title text"; the index is built in memory in one streaming pass (docs/own_data.md).
 """
 import argparse
 import array
@@ -33,7 +32,7 @@ from utils.errors import DataError, NanoDPRError
 from utils.mine_negatives import check_answers, iter_train, passage_key, same_passage_file, write_json_list
 from utils.qa import has_answer
 
-K1, B = 0.9, 0.4  # pyserini's BM25 for DPR's Wikipedia baseline
+K1, B = 0.9, 0.4  # the settings DPR reports for its Lucene BM25 baseline (as pyserini's DPR reproduction)
 CHUNK = 1024  # questions retrieved at a time: results for all 58,880 NQ questions at once are not needed
 # Lucene's StandardTokenizer keeps words with an inner ' or . ("o'neill", "u.s") and digit groups ("1,000")
 _WORD = re.compile(r"\w+(?:(?:['’.]|(?<=\d),(?=\d))\w+)*")
@@ -140,14 +139,18 @@ def make_record(question, answers, positives, hits, store, pids, args, rng, stat
     rows, scores = hits
     ranked = [ctx(p, s) for p, s in zip(store.get_passages(pids[rows]), scores)]
     for p in positives or ():  # given positives must be this passage file's passages
-        if (passage_key(p) or "").isdigit():
-            same_passage_file(ctx(store.get_passages([int(passage_key(p))])[0]), p, where)
+        key = passage_key(p) or ""
+        if key.isdigit():
+            try:
+                same_passage_file(ctx(store.get_passages([int(key)])[0]), p, where)
+            except DataError as e:
+                raise DataError(f"{where}: positive passage_id {key}: {e}") from None
+    if positives == []:
+        stats["dropped: no positive in the train file"] += 1
+        return None
     positive, hard = label(ranked, answers, positives, args.num_hard_negatives)
     if positives is None and positive is None:
         stats["dropped: no passage with an answer in the BM25 top k" if ranked else "dropped: no question word in the corpus"] += 1
-        return None
-    if positives == []:
-        stats["dropped: no positive in the train file"] += 1
         return None
     positives = positives or [positive]
     exclude = {passage_key(p) for p in positives} | {c["passage_id"] for c in hard}
@@ -171,15 +174,6 @@ def records(questions, retriever, tokenizer, store, pids, args, stats):
             bar.update(len(chunk))
 
 
-def peak_rss_gb():
-    """The process's peak resident memory: VmHWM restarts at exec, unlike ru_maxrss (a forked child's)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def main(argv=None):
     args = parse_args(argv)
     stats = Counter()
@@ -195,7 +189,7 @@ def main(argv=None):
     print(f"{len(pids)} passages, BM25 k1={K1} b={B}; {n} of {len(questions)} questions kept")
     for name, count in sorted(stats.items()):
         print(f"  {name}: {count}")
-    print(f"peak RSS {peak_rss_gb():.2f} GB; wrote {args.output_file}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB; wrote {args.output_file}")
 
 
 if __name__ == "__main__":
