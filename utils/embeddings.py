@@ -6,7 +6,7 @@ Layout of an embedding dir D:
                                num_shards, shard_counts, source {path, size}
   embeddings_shard_{rank}.npy  (n_rank, dim) float16|float32, passages in file order
   ids_shard_{rank}.npy         (n_rank,) int64 passage ids, same order
-While a run is going (removed once meta.json is written):
+While a run is going (chunks/ is removed once meta.json is written; run.json stays for relaunches):
   run.json                     the arguments the chunks depend on (run_signature)
   chunks/rank{r}_{k:06d}.npz   window k of rank r: ids, embeddings, next (byte offset, line number after it)
 """
