@@ -294,60 +294,70 @@ def iter_json_list(path, block_size=1 << 22):
     """
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
-    decoder = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
-        buf, pos = "", 0
-
-        def more():  # append the next block; False at end of file
-            nonlocal buf, pos
-            try:
-                chunk = f.read(block_size)
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: not UTF-8 ({e.reason})") from None
-            buf, pos = buf[pos:] + chunk, 0
-            return bool(chunk)
-
-        def next_char():  # the next non-whitespace character, None at end of file
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    pos += 1
-                if pos < len(buf):
-                    return buf[pos]
-                if not more():
-                    return None
-
-        def decode(index):  # (item, position of the ',' or ']' after it)
-            while True:
-                try:
-                    item, after = decoder.raw_decode(buf, pos)
-                    while after < len(buf) and buf[after] in " \t\r\n":
-                        after += 1
-                    if after < len(buf) and buf[after] in ",]":
-                        return item, after
-                    error = "expected ',' or ']' after it" if after < len(buf) else "unexpected end of file"
-                except json.JSONDecodeError as e:
-                    error = f"invalid JSON ({e.msg})"
-                if not more():  # else the item may just continue in the next block
-                    raise DataError(f"{path}: record {index}: {error}")
-
-        ch = next_char()
+        reader = _JsonListReader(f, path, block_size)
+        ch = reader.next_char()
         if ch != "[":
-            raise DataError(f"{path}: expected a JSON list, found {'end of file' if ch is None else repr(buf[pos:pos + 20])}")
-        pos += 1
-        if next_char() == "]":
-            pos += 1
+            raise DataError(f"{path}: expected a JSON list, found {'end of file' if ch is None else repr(reader.peek())}")
+        reader.pos += 1
+        if reader.next_char() == "]":
+            reader.pos += 1
         else:
             index = 0
             while True:
-                next_char()  # skip the whitespace after ',' (indented files): raw_decode does not
-                item, after = decode(index)
+                reader.next_char()  # skip the whitespace after ',' (indented files): raw_decode does not
+                item, after = reader.decode(index)
                 yield item
-                index, pos = index + 1, after + 1
-                if buf[after] == "]":
+                index, reader.pos = index + 1, after + 1
+                if reader.buf[after] == "]":
                     break
-        if next_char() is not None:
-            raise DataError(f"{path}: unexpected data after the closing ']': {buf[pos:pos + 20]!r}")
+        if reader.next_char() is not None:
+            raise DataError(f"{path}: unexpected data after the closing ']': {reader.peek()!r}")
+
+
+class _JsonListReader:
+    """The buffer iter_json_list decodes from: `buf` holds unread text from `pos` on."""
+
+    def __init__(self, f, path, block_size):
+        self.f, self.path, self.block_size = f, path, block_size
+        self.buf, self.pos, self.decoder = "", 0, json.JSONDecoder()
+
+    def peek(self):
+        return self.buf[self.pos : self.pos + 20]
+
+    def more(self):
+        """Append the next block; False at end of file."""
+        try:
+            chunk = self.f.read(self.block_size)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{self.path}: not UTF-8 ({e.reason})") from None
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        return bool(chunk)
+
+    def next_char(self):
+        """The next non-whitespace character, None at end of file."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return None
+
+    def decode(self, index):
+        """(item, position of the ',' or ']' after it)."""
+        while True:
+            try:
+                item, after = self.decoder.raw_decode(self.buf, self.pos)
+                while after < len(self.buf) and self.buf[after] in " \t\r\n":
+                    after += 1
+                if after < len(self.buf) and self.buf[after] in ",]":
+                    return item, after
+                error = "expected ',' or ']' after it" if after < len(self.buf) else "unexpected end of file"
+            except json.JSONDecodeError as e:
+                error = f"invalid JSON ({e.msg})"
+            if not self.more():  # else the item may just continue in the next block
+                raise DataError(f"{self.path}: record {index}: {error}")
 
 
 def _ctx(ctx, path, index):
