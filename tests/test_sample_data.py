@@ -123,8 +123,6 @@ def test_each_question_has_one_answer_passage_and_a_trap():
 
 
 def test_splits_ask_about_different_people():
-    psgs = passages()
-
     def people(questions_answers):
         return {title for _, answers in questions_answers for _, title in answer_passages(answers)}
 
