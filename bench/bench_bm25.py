@@ -104,7 +104,7 @@ def main():
         kept, label_s = timed(lambda: sum(make_record(q, a, None, h, store, pids, opts, rng, stats, "bench") is not None
                                           for (q, a), h in zip(qas, hits)))
     n, q = len(pids), len(qas)
-    fig = {"passages": n, "questions": q, "kept": kept, "load_average_1min": os.getloadavg()[0]}
+    fig = {"passages": n, "questions": q, "kept": kept, "backend": retriever.backend, "load_average_1min": os.getloadavg()[0]}
     for clock, i in (("wall", 0), ("cpu", 1)):  # cpu: this process's CPU time, the figure a loaded machine keeps
         fig[clock] = {"index_passages_per_s": n / index_s[i], "retrieve_questions_per_s": q / search_s[i],
                       "retrieve_and_label_questions_per_s": q / (search_s[i] + label_s[i])}
