@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--index", default="flat", help="flat: exact search (DPR); else a faiss index_factory string, e.g. HNSW32, SQfp16, IVF4096,PQ64")
     p.add_argument("--index_path", help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs")
     p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
-    p.add_argument("--ef_search", type=int, default=128, help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size")
+    p.add_argument("--ef_search", type=int, default=256, help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size")
     p.add_argument("--output_file", help="write DPR's results JSON here, and the top-k curve next to it (.topk.csv, .topk.png)")
     p.add_argument("--run_file", help="write a TREC run file here: qid Q0 passage_id rank score tag (qid: 0-based row in --qa_file)")
     p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto",

@@ -332,7 +332,7 @@ def test_factory_index_saved_then_reused_by_the_cli(e2e, tmp_path):
         runs.append((proc.stdout, read_results(str(tmp_path / f"{name}.json"))))
     assert f"saved to {index_path}" in runs[0][0] and f"loaded from {index_path}" in runs[1][0]
     assert runs[0][1] == runs[1][1]
-    # 40 passages, efSearch 128: the graph search visits them all, so HNSW finds the exact top-k
+    # 40 passages, efSearch 256: the graph search visits them all, so HNSW finds the exact top-k
     queries, _, _ = reference_retrieval(e2e, 10)
     pos = {pid: i for i, (pid, _, _) in enumerate(e2e["rows"])}
     rows = np.array([[pos[int(c["id"])] for c in r["ctxs"]] for r in runs[0][1]])
