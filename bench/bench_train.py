@@ -6,7 +6,7 @@
 
 Random-init weights and random token ids (the speed of a step does not depend on them), lengths drawn
 like NQ's: questions 10-20 tokens, passages 150-200. Variants, each a full optimizer step (forward,
-backward, clip, AdamW) through train_dpr.forward_backward:
+backward, clip, AdamW) through utils.biencoder.forward_backward:
   nanodpr  fp32, eager attention, every sequence padded to 256, no gradient cache
   ours     bf16 autocast on GPU (fp32 on CPU), SDPA, padded per batch (on CPU in 4 length groups)
   ours_gc  ours + gradient cache (chunks of --chunk questions)
@@ -23,7 +23,8 @@ import torch
 from transformers import BertConfig, BertModel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from train_dpr import BiEncoder, forward_backward, make_chunk, passage_groups, to_device  # noqa: E402
+from utils.biencoder import BiEncoder, forward_backward  # noqa: E402
+from utils.train_data import make_chunk, passage_groups, to_device  # noqa: E402
 from utils.models import pad_batch  # noqa: E402
 
 SIZES = {  # hidden, layers, heads, intermediate
@@ -51,7 +52,7 @@ def parse_args():
 
 
 def make_batches(n, batch_size, chunk, pad_to, seed, groups=1):
-    """n synthetic micro-batches as train_dpr's Collate builds them (per question [positive, hard
+    """n synthetic micro-batches as utils.train_data.Collate builds them (per question [positive, hard
     negative]); pad_to: nanoDPR-style, every sequence padded to that length, no length groups."""
     g = torch.Generator().manual_seed(seed)
 

@@ -14,9 +14,10 @@ from transformers import AutoTokenizer, BertModel, DPRConfig, DPRContextEncoder
 from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
 
 import doc2embedding
+from utils.data import passage_shard
 from utils.errors import DataError
-from utils.models import length_batches, tokenize_passages
-from utils.embeddings import load_embeddings, shard_paths
+from utils.models import encode_batches, length_batches, load_encoder, padded_batches, tokenize_passages
+from utils.embeddings import PassageWindows, flop_coefficients, load_embeddings, shard_paths
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -141,8 +142,8 @@ def test_process_shares_cover_the_file_once(tmp_path, limit):
     for world_size in (1, 2, 3, 5):
         got = []
         for rank in range(world_size):
-            start, end, line_no, count = doc2embedding.shard_rows(str(tsv), rank, world_size, limit)
-            ds = doc2embedding.PassageWindows(str(tsv), start, end, line_no, count, 0, 4, None, 32, None, 64)
+            start, end, line_no, count = passage_shard(str(tsv), rank, world_size, limit)
+            ds = PassageWindows(str(tsv), start, end, line_no, count, 0, 4, None, 32, None, 64)
             for _, lines, _, _ in ds.read_windows():
                 got += [int(raw.split(b"\t")[0]) for n, raw in lines]
                 assert all(raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines)  # line numbers right
@@ -175,9 +176,18 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
     encode(model, tsv, tmp_path / "clean", *args)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model,
+    # SIGKILL this process right after chunk 2 is committed: write_chunk wrapped, the production loop untouched.
+    kill_after_chunk_2 = ("import os, signal, sys, doc2embedding\n"
+                          "write = doc2embedding.write_chunk\n"
+                          "def write_then_die(path, *a):\n"
+                          "    write(path, *a)\n"
+                          "    if path.endswith('_000002.npz'):\n"
+                          "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                          "doc2embedding.write_chunk = write_then_die\n"
+                          "doc2embedding.main(sys.argv[1:])\n")
+    cmd = [sys.executable, "-c", kill_after_chunk_2, "--pretrained_model_path", model,
            "--wikipedia_path", str(tsv), "--output_dir", str(out), *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", doc2embedding.KILL_AFTER_CHUNK: "2"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr[-3000:]
     assert sorted(os.listdir(out / "chunks")) == ["rank0_000000.npz", "rank0_000001.npz", "rank0_000002.npz"]
@@ -262,3 +272,52 @@ def test_mini_nq_with_minilm_equals_direct_forward(tmp_path):
     ids, emb = load_embeddings(tmp_path / "out")
     assert ids.tolist() == [r[0] for r in rows]
     np.testing.assert_allclose(emb, reference(model, rows, 256), atol=1e-5, rtol=0)
+
+
+def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
+    """No attention mask exactly on batches without padding; exact-length batches never need one; both give the
+    direct forward's embeddings."""
+    model_dir, rows, tsv = corpus
+    model, tok, pooling = load_encoder(model_dir, "passage")
+    tokens = tokenize_passages(tok, [r[2] for r in rows], [r[1] for r in rows], 32)
+    want = reference(model_dir, rows, 32)
+    for exact in (False, True):
+        batches = padded_batches(tokens, tok.pad_token_id, max_tokens=96, exact_length=exact)
+        for row_ids, batch in batches:
+            lengths = {len(tokens[i]) for i in row_ids.tolist()}
+            assert ("attention_mask" in batch) == (len(lengths) > 1)
+            assert not exact or len(lengths) == 1
+        assert sorted(np.concatenate([r.numpy() for r, _ in batches]).tolist()) == list(range(len(rows)))
+        np.testing.assert_allclose(encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0)
+    assert sum("attention_mask" not in b for _, b in padded_batches(tokens, tok.pad_token_id, max_tokens=96)) > 0  # the case occurs
+
+
+def test_flop_count_by_hand(tiny_bert):
+    """2 x (weights + biases of the 2 layers, not the embedding tables) per token, + 4 x layers x hidden per length^2."""
+    model = load_encoder(tiny_bert, "passage")[0]
+    h, inter, layers = 32, 64, 2  # conftest's tiny BERT
+    per_layer = 4 * (h * h + h) + (h * inter + inter) + (inter * h + h) + 2 * 2 * h  # q k v o, FFN in and out, two LayerNorms
+    assert flop_coefficients(model) == (2 * layers * per_layer, 4 * layers * h)
+
+
+def test_report_counts_real_tokens_and_splits_time(tmp_path, corpus):
+    model, rows, tsv = corpus
+    stats = encode(model, tsv, tmp_path / "out", "--max_length", 32, "--window", 16, "--report_json", tmp_path / "r.json")
+    lengths = np.array([len(x) for x in tokenize_passages(AutoTokenizer.from_pretrained(model), [r[2] for r in rows], [r[1] for r in rows], 32)])
+    assert (stats["tokens"], stats["tokens_sq"]) == (lengths.sum(), (lengths**2).sum())
+    a, b = flop_coefficients(load_encoder(model, "passage")[0])
+    assert stats["tflops"] == pytest.approx((a * lengths.sum() + b * (lengths**2).sum()) / stats["model_s"] / 1e12)
+    parts = stats["model_s"] + stats["wait_s"] + stats["copy_s"] + stats["write_wait_s"] + stats["other_s"]
+    assert stats["idle_s"] == pytest.approx(parts - stats["model_s"]) and parts <= stats["seconds"]
+    assert json.load(open(tmp_path / "r.json"))["encoded"] == 60
+
+
+def test_bfloat16_weights_within_tolerance(tmp_path, corpus):
+    """--compute_dtype bfloat16 (the GPU default) runs on CPU too: close to float32, and part of the run signature."""
+    model, rows, tsv = corpus
+    encode(model, tsv, tmp_path / "f32", "--max_length", 32, "--dtype", "float32")
+    encode(model, tsv, tmp_path / "bf16", "--max_length", 32, "--dtype", "float32", "--compute_dtype", "bfloat16")
+    e32, e16 = load_embeddings(tmp_path / "f32")[1], load_embeddings(tmp_path / "bf16")[1]
+    cos = (e32 * e16).sum(1) / np.linalg.norm(e32, axis=1) / np.linalg.norm(e16, axis=1)
+    assert cos.min() > 0.999 and not np.array_equal(e32, e16)
+    assert json.load(open(tmp_path / "bf16" / "run.json"))["compute_dtype"] == "bfloat16"

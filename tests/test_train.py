@@ -3,6 +3,7 @@
 Tiny random-init BERTs (conftest.make_tiny_bert) on a synthetic biencoder set written here: each
 question names a made-up person, its positive passage is about that person, negatives about others.
 """
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,10 @@ from transformers import BertModel
 from conftest import ROOT, free_port, make_tiny_bert, write_json
 
 import train_dpr
+from utils.biencoder import forward_backward, global_nll_loss, load_biencoder, nll_loss
+from utils.errors import ConfigError
 from utils.models import pad_batch, tokenize_passages, tokenize_questions
+from utils.train_data import BiencoderData, Collate, build_cache, epoch_batches, steps_per_epoch
 
 torch.set_num_threads(1)  # tiny models: more threads only contend on a shared 2-core machine
 
@@ -85,27 +89,25 @@ def test_loss_is_hand_computed_nll():
     nll0 = -(1 - math.log(math.e + 1 + math.e**2 + math.e))
     nll1 = -(0 - math.log(math.e**2 + math.e**2 + 1 + math.e**-2))
     expected = (nll0 + nll1) / 2
-    assert train_dpr.nll_loss(q, p, torch.tensor([0, 2])).item() == pytest.approx(expected, abs=1e-6)
-    assert train_dpr.global_nll_loss(q, p, torch.tensor([0, 2])).item() == pytest.approx(expected, abs=1e-6)
+    assert nll_loss(q, p, torch.tensor([0, 2])).item() == pytest.approx(expected, abs=1e-6)
+    assert global_nll_loss(q, p, torch.tensor([0, 2])).item() == pytest.approx(expected, abs=1e-6)
 
 
 def make_step_inputs(setup, chunk_size, dropout):
-    q_model, q_tok = train_dpr.load_tower(setup["base"], "question", dropout)
-    p_model, p_tok = train_dpr.load_tower(setup["base"], "passage", dropout)
-    model = train_dpr.BiEncoder(q_model, p_model)
+    model, tokenizers = load_biencoder(setup["base"], dropout)
     records = make_records(6, seed=3)
     items = [(r["question"], [(c["title"], c["text"]) for c in r["positive_ctxs"] + r["hard_negative_ctxs"]])
              for r in records]
-    batch = train_dpr.Collate(q_tok, p_tok, 64, chunk_size, groups=2)(items)
+    batch = Collate(tokenizers, 64, chunk_size, groups=2)(items)
     return model, batch
 
 
 def step_grads(model, batch, grad_cache, seed):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    loss = train_dpr.forward_backward(model, batch, grad_cache=grad_cache, autocast=torch.autocast("cpu", enabled=False),
+    loss = forward_backward(model, batch, grad_cache=grad_cache, autocast=torch.autocast("cpu", enabled=False),
                                       scaler=torch.amp.GradScaler("cpu", enabled=False), loss_weight=1.0)
-    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])  # not the unused pooler
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -191,6 +193,25 @@ def test_short_run_learns_and_writes_loadable_checkpoints(setup, tmp_path):
     assert steps == ["step-44", "step-48"]  # 4 steps per epoch, evaluated per epoch, save_total_limit 2
 
 
+def test_saved_encoders_load_as_plain_bert_with_the_base_pooler(setup, tmp_path):
+    """BertModel.from_pretrained(dir) finds every weight (nothing newly initialized); the pooler, which DPR never
+    uses, is the base model's as it was."""
+    from transformers import AutoTokenizer
+
+    base = str(tmp_path / "base")
+    torch.manual_seed(3)
+    with_pooler = BertModel(BertModel.config_class.from_pretrained(setup["base"]), add_pooling_layer=True)
+    with_pooler.save_pretrained(base)
+    AutoTokenizer.from_pretrained(setup["base"]).save_pretrained(base)
+    out = tmp_path / "run"
+    train_dpr.main(argv(setup, out, base_model=base, max_train_steps=2, dev_file=None))  # step 1 has lr 0 (warm-up)
+    for tower in ("query_encoder", "doc_encoder"):
+        model, info = BertModel.from_pretrained(os.path.join(out, "step-2", tower), output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        assert torch.equal(model.pooler.dense.weight, with_pooler.pooler.dense.weight)
+        assert not torch.equal(model.encoder.layer[0].output.dense.weight, with_pooler.encoder.layer[0].output.dense.weight)
+
+
 class Crash(Exception):
     pass
 
@@ -251,7 +272,7 @@ def test_compact_data_keeps_only_what_training_reads(setup, tmp_path):
     records = make_records(4, seed=6, n_hard=3, n_other=2)
     records[1]["hard_negative_ctxs"] = []
     path = write_json(str(tmp_path / "t.json"), records)
-    data = train_dpr.BiencoderData(train_dpr.build_data([path], str(tmp_path / "cache"), None, None, True))
+    data = BiencoderData(build_cache([path], str(tmp_path / "cache"), None, None, True))
     assert len(data) == 4 and data.meta["skipped"] == 0
     assert np.diff(data.other_ptr).tolist() == [0, 2, 0, 0]
     text = lambda p: data.passage(p)[1]  # noqa: E731
@@ -271,37 +292,113 @@ def test_multi_file_batches_never_mix_files(setup, tmp_path):
     """DPR's multi-set training (NQ + adv-hn): every batch from one file, all batches full, the order a
     function of (seed, epoch)."""
     files = [write_json(str(tmp_path / f"{k}.json"), make_records(n, seed=k)) for k, n in ((1, 20), (2, 13))]
-    data = train_dpr.BiencoderData(train_dpr.build_data(files, str(tmp_path / "cache"), None, None, True))
+    data = BiencoderData(build_cache(files, str(tmp_path / "cache"), None, None, True))
     source = np.asarray(data.source)
-    batches = train_dpr.epoch_batches(data, epoch=0, seed=3, batch_size=4)
-    assert len(batches) == train_dpr.steps_per_epoch(data, 4) == 20 // 4 + 13 // 4
+    batches = epoch_batches(data, epoch=0, seed=3, batch_size=4)
+    assert len(batches) == steps_per_epoch(data, 4) == 20 // 4 + 13 // 4
     assert all(len(b) == 4 and len(set(source[b])) == 1 for b in batches)
     assert len(set(np.concatenate(batches))) == len(batches) * 4
     assert {int(source[b[0]]) for b in batches} == {0, 1}
-    again = train_dpr.epoch_batches(data, epoch=0, seed=3, batch_size=4)
+    again = epoch_batches(data, epoch=0, seed=3, batch_size=4)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
-    other = train_dpr.epoch_batches(data, epoch=1, seed=3, batch_size=4)
+    other = epoch_batches(data, epoch=1, seed=3, batch_size=4)
     assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
 
 
-def test_help_lists_every_config_key():
+def test_help_lists_every_option_with_default_and_meaning():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "train_dpr.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for key in ("train_file", "train_batch_size", "grad_cache_chunk_size", "resume_from_checkpoint"):
         assert f"--{key} " in out.stdout
+    blocks = {b.split()[0]: " ".join(b.split()[2:]) for b in out.stdout.split("\n  --")[1:]}
+    for f in dataclasses.fields(train_dpr.Config):
+        default = "null" if f.default is None else str(f.default)
+        meaning, _, shown = blocks[f.name].rpartition(" (default: ")
+        assert shown == default + ")" and len(meaning.split()) >= 2, f.name
+
+
+# DPR's biencoder_nq.yaml (+ hf_bert.yaml, biencoder_train_cfg.yaml) on 8 GPUs: batch 16 per GPU, lr 2e-5, warm-up
+# 1237, 40 epochs, one hard negative; its clipping (2.0) and Adam eps (1e-8) acted on DDP's average, 1/8 of the
+# gradient we compute.
+DPR_GPUS = 8
+DPR_NQ = dict(train_batch_size=16 * DPR_GPUS, lr=2e-5, warmup_steps=1237, max_train_epochs=40, num_hard_negatives=1,
+              num_other_negatives=0, dropout=0.1, max_length=256, weight_decay=0.0, seed=12345, val_av_rank_start_epoch=30,
+              val_av_rank_hard_neg=30, val_av_rank_other_neg=30, max_grad_norm=2.0 * DPR_GPUS, adam_eps=1e-8 * DPR_GPUS,
+              gradient_accumulation_steps=1)
+
+
+def test_defaults_are_dpr_nq_recipe():
+    cfg = train_dpr.parse_args([])
+    for key, value in DPR_NQ.items():
+        assert getattr(cfg, key) == pytest.approx(value, rel=1e-12), key
+    assert cfg.base_model == "bert-base-uncased" and cfg.eval_steps is None  # [enc]; validate once per epoch
+    assert cfg.train_file == "downloads/data/retriever/nq-train.json"  # where utils/download_data.py puts DPR's files
+    assert cfg.dev_file == "downloads/data/retriever/nq-dev.json"
 
 
 @pytest.mark.parametrize("name", ["train_dpr_nq.yaml", "train_dpr_nq_adv_hn.yaml", "train_mini_nq.yaml", "train_demo.yaml"])
 def test_shipped_configs_parse(name):
     cfg = train_dpr.parse_args(["--config_file", os.path.join(ROOT, "config", name)])
-    assert set(cfg) == set(train_dpr.DEFAULTS)
+    assert isinstance(cfg, train_dpr.Config)
     if name.startswith("train_dpr_nq"):
-        # DPR's biencoder_nq.yaml on 8 GPUs: batch 16 per GPU, lr 2e-5, warm-up 1237, 40 epochs, one hard negative;
-        # its clipping (2.0) and Adam eps (1e-8) acted on DDP's average, 1/8 of the gradient we compute.
-        dpr_gpus = 8
-        assert cfg["train_batch_size"] == 16 * dpr_gpus and cfg["lr"] == 2e-5 and cfg["warmup_steps"] == 1237
-        assert cfg["max_train_epochs"] == 40 and cfg["num_hard_negatives"] == 1 and cfg["dropout"] == 0.1
-        assert cfg["max_grad_norm"] == 2.0 * dpr_gpus and cfg["adam_eps"] == pytest.approx(1e-8 * dpr_gpus, rel=1e-12)
+        for key, value in DPR_NQ.items():
+            assert getattr(cfg, key) == pytest.approx(value, rel=1e-12), key
+    if name == "train_dpr_nq_adv_hn.yaml":  # DPR's train_datasets=[nq_train,nq_train_hn1]
+        assert cfg.train_file == ["downloads/data/retriever/nq-train.json", "downloads/data/retriever/nq-adv-hn-train.json"]
+
+
+def test_config_file_then_overrides(tmp_path):
+    """YAML as people write it (a bare `no`, 2e-5 without a dot, a list of files), then --key value / --key=value."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\nlr: 2e-5\ntrain_file: [a.json, b.json]\neval_steps: 7\nreport_to: null\n")
+    cfg = train_dpr.parse_args(["--config_file", str(path)])
+    assert (cfg.mixed_precision, cfg.lr, cfg.train_file, cfg.eval_steps, cfg.report_to) == ("no", 2e-5, ["a.json", "b.json"], 7, "none")
+    cfg = train_dpr.parse_args(["--eval_steps", "null", "--config_file", str(path), "--lr=1e-5", "--train_file", "c.json"])
+    assert (cfg.eval_steps, cfg.lr, cfg.train_file, cfg.max_train_epochs) == (None, 1e-5, "c.json", 40)
+    assert train_dpr.parse_args(["--train_file", "[x.json, y.json]"]).train_file == ["x.json", "y.json"]
+
+
+@pytest.mark.parametrize("text, args, message", [
+    ("lr: fast\n", [], "c.yaml: lr must be a number, got 'fast'"),
+    ("train_batch_size: 0\n", [], "c.yaml: train_batch_size must be >= 1, got 0"),
+    ("mixed_precision: fp8\n", [], "c.yaml: mixed_precision must be one of auto, no, bf16, fp16, got 'fp8'"),
+    ("train_batch_size: 1.5\n", [], "c.yaml: train_batch_size must be an integer, got 1.5"),
+    ("epochs: 3\n", [], "c.yaml: unknown config key 'epochs'"),
+    ("- lr\n", [], "c.yaml: expected a mapping of config keys"),
+    ("", ["--dropout", "-0.1"], "--dropout: dropout must be >= 0.0, got -0.1"),
+    ("", ["--train_file", "[]"], "--train_file: train_file must be a path or a list of paths, got []"),
+    ("", ["--epochs=3"], "--epochs=3: unknown config key 'epochs'"),
+    ("", ["--lr"], "--lr: expected one argument"),
+    ("", ["stray"], "unexpected argument 'stray'"),
+])
+def test_config_errors_name_where(tmp_path, text, args, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        train_dpr.parse_args((["--config_file", str(path)] if text else []) + args)
+    assert message in str(e.value)
+
+
+def test_no_arguments_without_downloads_is_one_line_naming_the_download(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "train_dpr.py")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "downloads/data/retriever/nq-train.json: file not found" in lines[0]
+    assert "python utils/download_data.py --resource data.retriever.nq" in lines[0]
+
+
+def test_log_without_a_terminal_is_plain_lines(setup, tmp_path):
+    """stderr not a TTY (a log file, CI): one plain line every log_steps instead of tqdm's carriage-return updates."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, os.path.join(ROOT, "train_dpr.py")] + argv(setup, tmp_path / "out", max_train_steps=3, dev_file=None)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stdout + result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("step ")] == \
+           ["step 1/3", "step 2/3", "step 3/3"]
 
 
 @pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])

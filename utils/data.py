@@ -6,6 +6,7 @@ Malformed input raises DataError naming the file and the line (TSV/CSV) or recor
 import ast
 import contextlib
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -74,22 +75,24 @@ def _check_header(f, path):
         raise DataError(f"{path}:1: expected the header 'id<TAB>text<TAB>title', got {header[:80]!r}")
 
 
-def iter_passages(path, start=None, end=None):
-    """Yield (line_no, id, text, title) for the rows whose line starts in byte range [start, end).
+def iter_passage_lines(path, start=None, end=None, line_no=None):
+    """Yield (line_no, raw line bytes, byte offset after it) for the non-blank rows whose line starts
+    in byte range [start, end), unparsed: a reader that skips rows (another worker's) pays no parsing.
 
     With no range, the whole file after the header. A range lets each process stream its own
-    contiguous shard; line numbers are only computed (by counting) when asked for a range.
+    contiguous shard; the line number at `start` is counted unless the caller knows it (`line_no`).
     """
     if not os.path.isfile(path):
         raise DataError(f"{path}: passage file not found")
     with open(path, "rb") as f:
         _check_header(f, path)
-        line_no, body = 2, f.tell()
+        body = f.tell()
         if start is not None and start > body:
             f.seek(start - 1)
             if f.read(1) != b"\n":
                 f.readline()  # start is inside a line: that row belongs to the range before
-            line_no += count_lines(path, body, f.tell())
+        if line_no is None:
+            line_no = 2 + count_lines(path, body, f.tell())
         pos = f.tell()
         while end is None or pos < end:
             raw = f.readline()
@@ -97,8 +100,14 @@ def iter_passages(path, start=None, end=None):
                 break
             pos += len(raw)
             if raw.strip():
-                yield (line_no, *parse_passage_line(raw, path, line_no))
+                yield line_no, raw, pos
             line_no += 1
+
+
+def iter_passages(path, start=None, end=None):
+    """Yield (line_no, id, text, title) for the rows whose line starts in byte range [start, end)."""
+    for line_no, raw, _ in iter_passage_lines(path, start, end):
+        yield (line_no, *parse_passage_line(raw, path, line_no))
 
 
 def count_lines(path, start=0, end=None):
@@ -130,6 +139,24 @@ def shard_byte_range(path, rank, world_size):
             cuts.append(max(f.tell(), cuts[-1]))
         cuts.append(size)
     return cuts[rank], cuts[rank + 1]
+
+
+def passage_shard(path, rank, world_size, limit=None):
+    """(start byte, end byte, line number at start, passage count or None) of one process's rows.
+
+    Without a limit, shard_byte_range's contiguous byte range. With one, the file's first `limit`
+    passages split by count; finding where this process's part starts takes one scan of the rows before it.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: passage file not found")
+    if limit is None:
+        start, end = shard_byte_range(path, rank, world_size)
+        return start, end, 1 + count_lines(path, 0, start), None
+    skip = limit * rank // world_size
+    start, line_no = shard_byte_range(path, 0, 1)[0], 2
+    for n, _, after in itertools.islice(iter_passage_lines(path, line_no=2), skip):
+        start, line_no = after, n + 1
+    return start, os.path.getsize(path), line_no, limit * (rank + 1) // world_size - skip
 
 
 class PassageStore:
@@ -267,60 +294,70 @@ def iter_json_list(path, block_size=1 << 22):
     """
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
-    decoder = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
-        buf, pos = "", 0
-
-        def more():  # append the next block; False at end of file
-            nonlocal buf, pos
-            try:
-                chunk = f.read(block_size)
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: not UTF-8 ({e.reason})") from None
-            buf, pos = buf[pos:] + chunk, 0
-            return bool(chunk)
-
-        def next_char():  # the next non-whitespace character, None at end of file
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    pos += 1
-                if pos < len(buf):
-                    return buf[pos]
-                if not more():
-                    return None
-
-        def decode(index):  # (item, position of the ',' or ']' after it)
-            while True:
-                try:
-                    item, after = decoder.raw_decode(buf, pos)
-                    while after < len(buf) and buf[after] in " \t\r\n":
-                        after += 1
-                    if after < len(buf) and buf[after] in ",]":
-                        return item, after
-                    error = "expected ',' or ']' after it" if after < len(buf) else "unexpected end of file"
-                except json.JSONDecodeError as e:
-                    error = f"invalid JSON ({e.msg})"
-                if not more():  # else the item may just continue in the next block
-                    raise DataError(f"{path}: record {index}: {error}")
-
-        ch = next_char()
+        reader = _JsonListReader(f, path, block_size)
+        ch = reader.next_char()
         if ch != "[":
-            raise DataError(f"{path}: expected a JSON list, found {'end of file' if ch is None else repr(buf[pos:pos + 20])}")
-        pos += 1
-        if next_char() == "]":
-            pos += 1
+            raise DataError(f"{path}: expected a JSON list, found {'end of file' if ch is None else repr(reader.peek())}")
+        reader.pos += 1
+        if reader.next_char() == "]":
+            reader.pos += 1
         else:
             index = 0
             while True:
-                next_char()  # skip the whitespace after ',' (indented files): raw_decode does not
-                item, after = decode(index)
+                reader.next_char()  # skip the whitespace after ',' (indented files): raw_decode does not
+                item, after = reader.decode(index)
                 yield item
-                index, pos = index + 1, after + 1
-                if buf[after] == "]":
+                index, reader.pos = index + 1, after + 1
+                if reader.buf[after] == "]":
                     break
-        if next_char() is not None:
-            raise DataError(f"{path}: unexpected data after the closing ']': {buf[pos:pos + 20]!r}")
+        if reader.next_char() is not None:
+            raise DataError(f"{path}: unexpected data after the closing ']': {reader.peek()!r}")
+
+
+class _JsonListReader:
+    """The buffer iter_json_list decodes from: `buf` holds unread text from `pos` on."""
+
+    def __init__(self, f, path, block_size):
+        self.f, self.path, self.block_size = f, path, block_size
+        self.buf, self.pos, self.decoder = "", 0, json.JSONDecoder()
+
+    def peek(self):
+        return self.buf[self.pos : self.pos + 20]
+
+    def more(self):
+        """Append the next block; False at end of file."""
+        try:
+            chunk = self.f.read(self.block_size)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{self.path}: not UTF-8 ({e.reason})") from None
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        return bool(chunk)
+
+    def next_char(self):
+        """The next non-whitespace character, None at end of file."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return None
+
+    def decode(self, index):
+        """(item, position of the ',' or ']' after it)."""
+        while True:
+            try:
+                item, after = self.decoder.raw_decode(self.buf, self.pos)
+                while after < len(self.buf) and self.buf[after] in " \t\r\n":
+                    after += 1
+                if after < len(self.buf) and self.buf[after] in ",]":
+                    return item, after
+                error = "expected ',' or ']' after it" if after < len(self.buf) else "unexpected end of file"
+            except json.JSONDecodeError as e:
+                error = f"invalid JSON ({e.msg})"
+            if not self.more():  # else the item may just continue in the next block
+                raise DataError(f"{self.path}: record {index}: {error}")
 
 
 def _ctx(ctx, path, index):

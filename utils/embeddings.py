@@ -1,20 +1,33 @@
-"""Passage-embedding shards written by doc2embedding.py and read by test_dpr.py.
+"""Passage-embedding shards written by doc2embedding.py and read by test_dpr.py, and the machinery
+that writes them: passage windows for the tokenizing workers, run signature, resumable chunks.
 
 Layout of an embedding dir D:
   meta.json                    model, role, pooling, dim, dtype, max_length, num_passages,
                                num_shards, shard_counts, source {path, size}
   embeddings_shard_{rank}.npy  (n_rank, dim) float16|float32, passages in file order
   ids_shard_{rank}.npy         (n_rank,) int64 passage ids, same order
+While a run is going (chunks/ is removed once meta.json is written; run.json stays for relaunches):
+  run.json                     the arguments the chunks depend on (run_signature)
+  chunks/rank{r}_{k:06d}.npz   window k of rank r: ids, embeddings, next (byte offset, line number after it)
 """
+import collections
+import glob
+import itertools
 import json
 import os
+import shutil
+import time
 
 import numpy as np
+import torch
 
-from utils.data import atomic_write
+from utils.data import atomic_write, iter_passage_lines, parse_passage_line
 from utils.errors import DataError
+from utils.models import padded_batches, tokenize_passages
 
 META = "meta.json"
+RUN_FILE = "run.json"
+CHUNKS = "chunks"
 
 
 def shard_paths(out_dir, rank):
@@ -86,3 +99,187 @@ class ShardRows:
             key = np.asarray(key)
             parts = [s[key[(key >= lo) & (key < lo + len(s))] - lo] for s, lo in zip(self.shards, self.starts)]
         return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Passages in, per process: windows of parsed, tokenized, length-batched passages
+
+
+class PassageWindows(torch.utils.data.IterableDataset):
+    """One process's passages in windows, each parsed, tokenized and cut into padded batches.
+
+    Yields {window, ids, batches: [(rows, padded batch)], tokens, tokens_sq (sums of the token
+    lengths and their squares, for FLOPs), next: [byte offset, line number] after the window,
+    prepare_s: the worker's seconds}. With W DataLoader workers, worker w prepares windows w, w+W, ...
+    and only reads past the others' lines, so the DataLoader's round robin delivers them in file order.
+    """
+
+    def __init__(self, path, start, end, line_no, count, first_window, window, tokenizer, max_length, batch_size=None, max_tokens=None):
+        super().__init__()
+        self.path, self.start, self.end, self.line_no, self.count = path, start, end, line_no, count
+        self.first_window, self.window, self.tokenizer, self.max_length = first_window, window, tokenizer, max_length
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        try:
+            for k, lines, next_offset, next_line in self.read_windows():
+                if (k - self.first_window) % num_workers == worker:
+                    t = time.perf_counter()
+                    item = self.prepare(lines)
+                    yield {"window": k, **item, "next": torch.tensor([next_offset, next_line]), "prepare_s": time.perf_counter() - t}
+        except DataError as e:  # a message, not a traceback wrapped by the DataLoader
+            yield {"error": str(e)}
+
+    def read_windows(self):
+        """(window index, [(line number, raw line)], byte offset and line number after the window)."""
+        rows = itertools.islice(iter_passage_lines(self.path, self.start, self.end, self.line_no), self.count)
+        for k in itertools.count(self.first_window):
+            lines = list(itertools.islice(rows, self.window))
+            if not lines:
+                return
+            yield k, [(n, raw) for n, raw, _ in lines], lines[-1][2], lines[-1][0] + 1
+
+    def prepare(self, lines):
+        rows = [parse_passage_line(raw, self.path, n) for n, raw in lines]
+        tokens = tokenize_passages(self.tokenizer, [r[2] for r in rows], [r[1] for r in rows], self.max_length)
+        lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+        return {"ids": torch.tensor([r[0] for r in rows], dtype=torch.int64), "tokens": int(lengths.sum()),
+                "tokens_sq": int((lengths**2).sum()),
+                "batches": padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size, self.max_tokens)}
+
+
+def default_max_tokens(device):
+    """Token budget per batch. CPU: bigger batches thrash the cache, smaller ones keep the threads waiting on each other."""
+    return 65536 if device.type == "cuda" else min(65536, 4096 * torch.get_num_threads())
+
+
+def default_num_workers(device):
+    """Tokenizing workers per process. On CPU the model wants the cores. On GPU, enough workers to
+    outpace the model, leaving two cores to the process itself (kernel launches, pinning, chunk writes)."""
+    if device.type != "cuda":
+        return 1
+    cores_per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, min(8, cores_per_process - 2))
+
+
+def default_compute_dtype(device):
+    """bf16 weights on GPUs that have it (fp16 on older ones); fp32 on CPU, where most chips emulate half precision slowly."""
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+class LoopClock(collections.Counter):
+    """Sums for a loop's report: lap(name) adds the seconds since the previous lap (or since creation) to name."""
+
+    def __init__(self):
+        super().__init__()
+        self.last = time.perf_counter()
+
+    def lap(self, name):
+        now = time.perf_counter()
+        self[name] += now - self.last
+        self.last = now
+
+
+def flop_coefficients(model):
+    """(a, b) with forward FLOPs ~= a * tokens + b * sum(length^2) over a batch's real (unpadded) passages.
+
+    a = 2 x the parameters that multiply every token (not the embedding tables, which only look up, nor
+    a pooler or DPR projection, which see the [CLS] vector alone); b = 4 x layers x hidden: QK^T and
+    attention x V, each 2 x length^2 x hidden per layer.
+    """
+    params = sum(p.numel() for name, p in model.named_parameters() if not any(s in name for s in ("embeddings.", "pooler.", "encode_proj.")))
+    cfg = model.config
+    return 2 * params, 4 * cfg.num_hidden_layers * cfg.hidden_size
+
+
+# ---------------------------------------------------------------------------------------------
+# The output dir while a run is going: run signature, committed chunks, shards
+
+
+def run_signature(model, passages, world_size, settings):
+    """What the chunks depend on; a relaunch must match it to resume."""
+    st = os.stat(passages)
+    return {
+        "model": os.path.abspath(model) if os.path.exists(model) else model,
+        "source": {"path": os.path.abspath(passages), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+        **settings,
+        "world_size": world_size,
+    }
+
+
+def check_run(out_dir, signature, overwrite, is_main):
+    """True when out_dir already holds this run's finished embeddings. Refuses another run's files."""
+    ours = [META, RUN_FILE, CHUNKS] + [os.path.basename(p) for p in glob.glob(os.path.join(out_dir, "*_shard_*.npy"))]
+    present = [name for name in ours if os.path.exists(os.path.join(out_dir, name))]
+    if overwrite:
+        if is_main:
+            for name in present:
+                path = os.path.join(out_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        return False
+    run_path = os.path.join(out_dir, RUN_FILE)
+    if os.path.isfile(run_path):
+        with open(run_path) as f:
+            before = json.load(f)
+        if before != signature:
+            diff = ", ".join(f"{k}: {before.get(k)!r} -> {signature.get(k)!r}" for k in signature if before.get(k) != signature.get(k))
+            raise DataError(f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace them")
+        finished = os.path.isfile(os.path.join(out_dir, META))
+        if finished and is_main:  # a run killed while removing its chunks
+            shutil.rmtree(os.path.join(out_dir, CHUNKS), ignore_errors=True)
+        return finished
+    if present:
+        raise DataError(f"{out_dir} holds embedding files ({', '.join(present)}) of an unknown run; pass --overwrite to replace them")
+    return False
+
+
+def start_run(out_dir, signature):
+    os.makedirs(os.path.join(out_dir, CHUNKS), exist_ok=True)
+    with atomic_write(os.path.join(out_dir, RUN_FILE)) as f:
+        json.dump(signature, f, indent=1)
+
+
+def chunk_path(out_dir, rank, k):
+    return os.path.join(out_dir, CHUNKS, f"rank{rank}_{k:06d}.npz")
+
+
+def committed_chunks(out_dir, rank):
+    """(paths of this rank's committed chunks, passages in them, [byte offset, line number] after the last or None)."""
+    paths = []
+    while os.path.isfile(chunk_path(out_dir, rank, len(paths))):
+        paths.append(chunk_path(out_dir, rank, len(paths)))
+    if not paths:
+        return paths, 0, None
+    with np.load(paths[-1]) as last:
+        resume = [int(x) for x in last["next"]]
+    return paths, sum(len(np.load(p)["ids"]) for p in paths), resume
+
+
+def write_chunk(path, ids, embeddings, next_row, dtype):
+    """Commit one window, embeddings stored as dtype: temp name, then rename, so a chunk file is always whole."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, ids=ids, embeddings=embeddings.astype(dtype), next=next_row)
+
+
+def write_shard(out_dir, rank, chunks, dim, dtype):
+    """Concatenate this rank's chunks into its two .npy shards, one chunk in memory at a time."""
+    counts = [len(np.load(p)["ids"]) for p in chunks]
+    emb_path, ids_path = shard_paths(out_dir, rank)
+    with atomic_write(emb_path, "wb") as emb_f, atomic_write(ids_path, "wb") as ids_f:
+        for f, dt, shape in ((emb_f, dtype, (sum(counts), dim)), (ids_f, np.int64, (sum(counts),))):
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dt)), "fortran_order": False, "shape": shape})
+        for p in chunks:
+            z = np.load(p)
+            emb_f.write(np.ascontiguousarray(z["embeddings"]).tobytes())
+            ids_f.write(np.ascontiguousarray(z["ids"]).tobytes())
+    return sum(counts)
+
+
+def finish_run(out_dir, meta):
+    """meta.json last: its presence marks a finished dir. Then the chunks go."""
+    write_meta(out_dir, meta)
+    shutil.rmtree(os.path.join(out_dir, CHUNKS))

@@ -38,12 +38,13 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(path, role, tokenizer=None):
+def load_encoder(path, role, tokenizer=None, pooler=False):
     """Return (model, tokenizer, pooling) for `role` ('question' or 'passage').
 
     pooling is "cls" (last hidden state at [CLS], DPR's choice) or "pooler_output" (HF DPR
     models: CLS passed through their optional projection, so also right when projection_dim > 0).
-    `tokenizer` (a name or dir) overrides the tokenizer stored with the model.
+    `tokenizer` (a name or dir) overrides the tokenizer stored with the model. `pooler`: keep a BERT dir's
+    pooler layer (random if the dir has none), unused by DPR; training saves it so its dirs are complete BertModels.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -52,10 +53,10 @@ def load_encoder(path, role, tokenizer=None):
             from utils.dpr_checkpoint import load_dpr_checkpoint_encoder
 
             return load_dpr_checkpoint_encoder(path, role, tokenizer)
-        return _load_dir(path, role, tokenizer)
+        return _load_dir(path, role, tokenizer, pooler)
 
 
-def _load_dir(path, role, tokenizer):
+def _load_dir(path, role, tokenizer, pooler=False):
     saved = os.path.join(path, ROLE_FILE)
     if os.path.isfile(saved):
         try:
@@ -79,7 +80,7 @@ def _load_dir(path, role, tokenizer):
         model = _from_pretrained(wanted, path, attn_implementation="sdpa")
         pooling = "pooler_output"
     else:
-        model = _from_pretrained(AutoModel, path, add_pooling_layer=False, attn_implementation="sdpa")
+        model = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa")
         pooling = "cls"
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
@@ -175,41 +176,58 @@ def inference_autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
-def length_batches(lengths, batch_size=None, max_tokens=None):
+def length_batches(lengths, batch_size=None, max_tokens=None, exact_length=False):
     """Row indices per batch, longest first (an out-of-memory batch shows at once).
 
     Neighbours in length order share a batch, so padding is nearly zero. A batch holds batch_size
-    rows, or as many as fit max_tokens counting padding (at least one).
+    rows, or as many as fit max_tokens counting padding (at least one). exact_length: a batch never
+    mixes lengths (no padding, no attention mask), at the price of smaller batches in the tails.
     """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    desc = -lengths[order]
     batches, i = [], 0
     while i < len(order):
         n = batch_size or max(1, max_tokens // int(lengths[order[i]]))
+        if exact_length:
+            n = min(n, int(np.searchsorted(desc, desc[i], side="right")) - i)
         batches.append(order[i : i + n])
         i += n
     return batches
 
 
-def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None):
-    """[(row indices, padded batch)] for token id lists, batched by length_batches."""
+def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False):
+    """[(row indices, padded batch)] for token id lists, batched by length_batches.
+
+    A batch without padding goes without attention_mask: transformers would drop an all-ones mask
+    anyway (same result), but only after checking it on the device, which makes the host wait for the GPU.
+    """
     lengths = np.array([len(t) for t in tokens])
-    return [(torch.from_numpy(b), pad_batch([tokens[i] for i in b], pad_token_id))
-            for b in length_batches(lengths, batch_size, max_tokens)]
+    out = []
+    for b in length_batches(lengths, batch_size, max_tokens, exact_length):
+        batch = pad_batch([tokens[i] for i in b], pad_token_id)
+        if lengths[b].min() == lengths[b].max():
+            del batch["attention_mask"]
+        out.append((torch.from_numpy(b), batch))
+    return out
 
 
 @torch.inference_mode()
-def encode_batches(model, pooling, batches, n, device):
-    """(n, dim) float32 numpy embeddings of padded_batches' output, row r where it was before sorting.
+def encode_batches(model, pooling, batches, n, device, host=True, autocast=True):
+    """(n, dim) float32 embeddings of padded_batches' output, row r where it was before sorting:
+    numpy, or a tensor left on the device (host=False) for the caller to time and copy.
 
-    Results stay on the device until all batches are done, so padding the next batch on the
-    CPU overlaps with the GPU's work.
+    autocast: inference_autocast over the weights; False runs the model in its weights' dtype (bf16
+    weights keep the residual stream in bf16 too: half the memory traffic of autocast's fp32 one).
+    Results stay on the device until all batches are done, so padding the next batch on the CPU
+    overlaps with the GPU's work.
     """
     out = None
     for rows, batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with inference_autocast(device):
+        with inference_autocast(device) if autocast else contextlib.nullcontext():
             emb = embed(model, pooling, batch).float()
         if out is None:
             out = torch.empty(n, emb.shape[1], device=device)
         out[rows.to(device, non_blocking=True)] = emb  # a blocking copy would wait for this batch's forward
-    return out.cpu().numpy()
+    return out.cpu().numpy() if host else out

@@ -1,0 +1,249 @@
+"""DPR's bi-encoder: question and passage towers (two BERTs, [CLS] vectors, dot-product scores), the NLL of each
+question's positive among all passages of the global batch, one training step (optionally with a gradient
+cache), DPR's optimizer groups and learning-rate schedule, and DPR's validation (NLL and average rank).
+"""
+import contextlib
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from utils.checkpoint import TOWER_DIRS, rng_state, set_rng_state
+from utils.errors import ConfigError, EncoderError
+from utils.models import embed, load_encoder, padded_batches, tokenize_passages, tokenize_questions
+
+
+class BiEncoder(nn.Module):
+    """DPR's "single" bi-encoder: two separate BERTs; a text's vector is the last layer's [CLS] state."""
+
+    def __init__(self, question_model, passage_model):
+        super().__init__()
+        self.question_model, self.passage_model = question_model, passage_model
+
+    def forward(self, chunk):
+        """(question vectors, passage vectors) for a train_data.make_chunk input."""
+        passages = torch.cat([embed(self.passage_model, "cls", group) for group in chunk["passages"]])
+        return embed(self.question_model, "cls", chunk["question"]), passages[chunk["passage_order"]]
+
+
+def load_biencoder(path, dropout):
+    """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our checkpoint
+    dirs, with DPR's dropout. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
+    towers, tokenizers = {}, {}
+    for role, name in TOWER_DIRS.items():
+        sub = os.path.join(path, name)
+        with torch.random.fork_rng(devices=[]):  # a base without pooler weights gets a random one: keep the seed's draws
+            model, tokenizers[role], pooling = load_encoder(sub if os.path.isdir(sub) else path, role, pooler=True)
+        if pooling != "cls":
+            raise EncoderError(f"{path}: training needs a BERT-style encoder pooled at [CLS] (a BertModel dir, one of our "
+                               f"checkpoints or a DPR .cp file); this one loads as a Hugging Face DPR model ({pooling})")
+        if getattr(model, "pooler", None) is not None:
+            model.pooler.requires_grad_(False)
+        for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob"):  # DPR sets both (hf_bert.yaml dropout)
+            if hasattr(model.config, attr):
+                setattr(model.config, attr, dropout)
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+        towers[role] = model.train()
+    return BiEncoder(towers["question"], towers["passage"]), tokenizers
+
+
+def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
+    """(AdamW, DPR's schedule). Biases and LayerNorm weights are never decayed (DPR's get_hf_model_param_grouping)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = [any(k in n for k in ("bias", "LayerNorm.weight")) for n, _ in named]
+    groups = [{"params": [p for (_, p), skip in zip(named, no_decay) if not skip], "weight_decay": weight_decay},
+              {"params": [p for (_, p), skip in zip(named, no_decay) if skip], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, eps=eps, fused=next(model.parameters()).is_cuda)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, dpr_schedule(warmup_steps, total_steps))
+
+
+def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm):
+    """Unscale (fp16), clip the gradient norm (0: no clipping), step, advance the schedule; returns the norm."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def dpr_schedule(warmup_steps, total_steps):
+    """DPR's get_schedule_linear, as a LambdaLR factor: linear warm-up, then linear decay (floored at 1e-7)."""
+    return lambda step: (step / max(1, warmup_steps) if step < warmup_steps
+                         else max(1e-7, (total_steps - step) / max(1, total_steps - warmup_steps)))
+
+
+def training_autocast(precision, device):
+    """(precision, autocast) for mixed_precision: auto is bf16 on GPUs that have it, else fp16 (with loss
+    scaling); fp32 on CPU. Autocast is explicit, not accelerate's: the gradient cache splits forward and backward."""
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "no"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on CPU")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return precision, torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def dist_info():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(x):
+    """All processes' `x` concatenated in rank order (row counts may differ). The local slice stays
+    in the autograd graph, so gradients flow to this process's own embeddings only."""
+    rank, world = dist_info()
+    if world == 1:
+        return x, [x.shape[0]]
+    count = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(sizes, count)
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    parts = [part[:size] for part, size in zip(parts, sizes)]
+    parts[rank] = x
+    return torch.cat(parts), sizes
+
+
+def nll_loss(questions, passages, positives):
+    """DPR's BiEncoderNllLoss: scores = q . p for every question-passage pair, mean over questions
+    of -log softmax(scores)[positive]. Every passage of the other questions is an in-batch negative."""
+    return F.cross_entropy(questions @ passages.T, positives)
+
+
+def global_nll_loss(questions, passages, positives):
+    """nll_loss over the global batch: every process computes the same value from all processes'
+    vectors (DPR's _calc_loss), differentiable in its own slice."""
+    all_questions, _ = gather_rows(questions)
+    all_passages, passage_counts = gather_rows(passages)
+    all_positives, _ = gather_rows(positives)
+    if len(passage_counts) > 1:  # positives index each process's passages: shift them into the concatenation
+        offsets = np.repeat(np.cumsum([0] + passage_counts[:-1]), len(positives))  # same question count everywhere
+        all_positives = all_positives + torch.as_tensor(offsets, device=all_positives.device)
+    return nll_loss(all_questions, all_passages, all_positives)
+
+
+def no_sync(model, skip):
+    return model.no_sync() if skip and hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
+def forward_backward(model, batch, *, grad_cache, autocast, scaler, loss_weight, sync=True):
+    """Forward and backward for one micro-batch (`batch` from train_data.Collate, on the device); returns the
+    global loss. Gradients are accumulated into .grad, weighted by `loss_weight`.
+
+    Plain: encode every chunk with the graph, loss, backward.
+    Gradient cache (Gao et al. 2021): encode all chunks without a graph, take the loss gradient with
+    respect to the vectors, then re-encode each chunk with the graph and back-propagate that cached
+    gradient through it. Each chunk's RNG state is replayed, so dropout draws the same masks both times
+    and the gradients equal the plain step's; memory holds one chunk's activations.
+    `sync=False` keeps DDP from all-reducing (all but the last micro-batch of a step)."""
+    chunks, positives = batch["chunks"], batch["positives"]
+    if not grad_cache:
+        with no_sync(model, not sync):
+            with autocast:
+                vectors = [model(chunk) for chunk in chunks]
+            loss = global_nll_loss(torch.cat([q for q, _ in vectors]).float(), torch.cat([p for _, p in vectors]).float(),
+                                   positives)
+            scaler.scale(loss * loss_weight).backward()
+        return loss.detach()
+
+    device = positives.device
+    bare = model.module if hasattr(model, "module") else model  # no DDP hooks for the graph-free pass
+    chunk_rng, questions, passages = [], [], []
+    with torch.no_grad(), autocast:
+        for chunk in chunks:
+            chunk_rng.append(rng_state(device))
+            q, p = bare(chunk)
+            questions.append(q.float())
+            passages.append(p.float())
+    all_questions = torch.cat(questions).requires_grad_()
+    all_passages = torch.cat(passages).requires_grad_()
+    loss = global_nll_loss(all_questions, all_passages, positives)
+    loss.backward()
+    question_grads = all_questions.grad.split([len(q) for q in questions])
+    passage_grads = all_passages.grad.split([len(p) for p in passages])
+    after = rng_state(device)
+    for j, chunk in enumerate(chunks):
+        set_rng_state(chunk_rng[j], device)
+        with no_sync(model, not (sync and j == len(chunks) - 1)):
+            with autocast:
+                q, p = model(chunk)
+            surrogate = (q.float() * question_grads[j]).sum() + (p.float() * passage_grads[j]).sum()
+            scaler.scale(surrogate * loss_weight).backward()
+    set_rng_state(after, device)
+    return loss.detach()
+
+
+@torch.no_grad()
+def encode(tower, tokenizer, read, ids, cfg, autocast, device):
+    """[CLS] vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's (title, text)).
+    DataLoader workers read and tokenize windows of texts; each is encoded in length-sorted batches."""
+    window = 16 * cfg.eval_batch_size
+
+    def tokenize_window(start):
+        texts = [read(int(i)) for i in ids[start: start + window]]
+        tokens = (tokenize_questions(tokenizer, texts, cfg.max_length) if isinstance(texts[0], str) else
+                  tokenize_passages(tokenizer, [t for t, _ in texts], [x for _, x in texts], cfg.max_length))
+        return start, padded_batches(tokens, tokenizer.pad_token_id, cfg.eval_batch_size)
+
+    loader = torch.utils.data.DataLoader(range(0, len(ids), window), batch_size=None, collate_fn=tokenize_window,
+                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
+    out = torch.empty((len(ids), tower.config.hidden_size), device=device)
+    for start, batches in loader:
+        for rows, batch in batches:
+            with autocast:
+                out[(start + rows).to(device)] = embed(tower, "cls", {k: v.to(device) for k, v in batch.items()}).float()
+    return out
+
+
+@torch.no_grad()
+def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
+    """DPR's two validations on the dev set (a train_data.BiencoderData), both independent of the number of processes.
+
+    NLL (validate_nll): dev questions in file order, in batches of train_batch_size, each question with
+    the training layout of negatives (unshuffled), loss and accuracy over each batch's passages.
+    Average rank (validate_average_rank, `with_rank`): every question brings its positive +
+    val_av_rank_other_neg other + val_av_rank_hard_neg hard negatives; the positive's 0-based rank among ALL
+    those passages pooled over the dev set, averaged. (DPR pools per process.)"""
+    rank, world = dist_info()
+    model.eval()
+    n = len(dev)
+    nll_lists = [dev.ctxs(i, cfg.num_hard_negatives, cfg.num_other_negatives) for i in range(n)]
+    rank_lists = [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)] if with_rank else []
+    unique = np.unique(np.concatenate(nll_lists + rank_lists))  # each distinct passage encoded once
+    question_vectors, _ = gather_rows(encode(model.question_model, tokenizers["question"], dev.question_text,
+                                             np.array_split(np.arange(n), world)[rank], cfg, autocast, device))
+    passage_vectors, _ = gather_rows(encode(model.passage_model, tokenizers["passage"], dev.passage,
+                                            np.array_split(unique, world)[rank], cfg, autocast, device))
+
+    def pooled(lists):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
+        rows = np.searchsorted(unique, np.concatenate(lists))
+        starts = np.cumsum([0] + [len(x) for x in lists[:-1]])
+        return torch.as_tensor(rows, device=device), torch.as_tensor(starts, device=device)
+
+    losses, correct, size = [], 0, cfg.train_batch_size
+    for s in range(0, n, size):
+        rows, positives = pooled(nll_lists[s: s + size])
+        scores = question_vectors[s: s + size] @ passage_vectors[rows].T
+        losses.append(F.cross_entropy(scores, positives).item())
+        correct += (scores.argmax(1) == positives).sum().item()
+    metrics = {"dev_nll": float(np.mean(losses)), "dev_accuracy": correct / n}
+    if with_rank:
+        rows, positives = pooled(rank_lists)
+        higher = 0
+        for s in range(0, n, 64):
+            scores = (question_vectors[s: s + 64] @ passage_vectors.T)[:, rows]  # questions x pooled passages
+            higher += (scores > scores.gather(1, positives[s: s + 64, None])).sum().item()
+        metrics["dev_avg_rank"] = higher / n
+    model.train()
+    return metrics
