@@ -11,6 +11,8 @@ Stages, in order (each a run function called once per tree and a compare functio
   encode doc2embedding.py on the CPU over data/sample/psgs.tsv with the base model (max_length 128: the tiny BERT's
          positions), under several argument sets
          (ENCODE_RUNS, one under torchrun with 2 processes): embeddings, ids and meta.json byte for byte (tolerance 0).
+  search test_dpr.py (--index flat, CPU) over the same embeddings (made by the working tree's doc2embedding.py) with
+         the base model as question encoder: results JSON and top-k curve byte for byte.
 To add a stage: write run_<name>(tree, out, ctx) -> outputs and compare_<name>(old, new) -> [(what, diff, tol)],
 and list it in STAGES; ctx carries the inputs (base model, data) and earlier stages' outputs of the working tree.
 """
@@ -138,7 +140,24 @@ def compare_encode(old, new):
     return rows
 
 
-STAGES = [("train", run_train, compare_train), ("encode", run_encode, compare_encode)]
+def run_search(tree, out, ctx):
+    emb = os.path.join(out, "embeddings")
+    run(["doc2embedding.py", "--pretrained_model_path", ctx["base_model"], "--wikipedia_path", ctx["psgs"], "--output_dir", emb,
+         "--max_length", "128"], ROOT, ACCELERATE_USE_CPU="1")  # the working tree's: both trees search the same vectors
+    run(["test_dpr.py", "--embedding_dir", emb, "--pretrained_model_path", ctx["base_model"], "--wikipedia_path", ctx["psgs"],
+         "--qa_file", ctx["qa"], "--index_device", "cpu", "--output_file", os.path.join(out, "results.json")], tree)
+    return {}
+
+
+def compare_search(old, new):
+    rows = []
+    for file in ("results.json", "results.topk.csv"):
+        x, y = (open(os.path.join(d, file), "rb").read() for d in (old, new))
+        rows.append((f"{file} (bytes)", 0.0 if x == y else float("inf"), 0.0))
+    return rows
+
+
+STAGES = [("train", run_train, compare_train), ("encode", run_encode, compare_encode), ("search", run_search, compare_search)]
 
 
 def export(rev, dest):
