@@ -33,7 +33,7 @@ mini-nq: install
 
 # DPR's data recipes on mini-NQ (docs/own_data.md), dev top-k after training on: the shipped train.json;
 # BM25 data made from train.qa.csv + psgs.tsv alone (round 1); round 1's data + hard negatives mined by the
-# round-1 model (round 2, DPR's adv-hn). test_dpr.py reads a qas CSV: the round-1 questions are written as one.
+# round-1 model (round 2, DPR's adv-hn; test_dpr.py retrieves for the training questions straight from the JSON).
 OWN := outputs/own_data
 OWN_RUN = run() { $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file "$$2" --dev_file $(MINI_NQ)/dev.json \
 	--base_model $(MINILM) --output_dir $(OWN)/$$1 && $(PY) doc2embedding.py --pretrained_model_path $(OWN)/$$1/best/doc_encoder \
@@ -43,10 +43,8 @@ own-data-loop: install
 	mkdir -p $(OWN)
 	$(PY) utils/bm25_train_data.py --wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(MINI_NQ)/train.qa.csv --output_file $(OWN)/train_bm25.json
 	set -e; $(OWN_RUN); run shipped $(MINI_NQ)/train.json; run round1 $(OWN)/train_bm25.json
-	$(PY) -c 'import csv, json, sys; csv.writer(open(sys.argv[2], "w", newline=""), delimiter="\t").writerows([r["question"], str(r["answers"])] for r in json.load(open(sys.argv[1])))' \
-		$(OWN)/train_bm25.json $(OWN)/train_bm25.qa.csv
 	$(PY) test_dpr.py --embedding_dir $(OWN)/round1/emb --pretrained_model_path $(OWN)/round1/best/query_encoder \
-		--wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(OWN)/train_bm25.qa.csv --output_file $(OWN)/round1_train.json
+		--wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(OWN)/train_bm25.json --output_file $(OWN)/round1_train.json
 	$(PY) utils/mine_negatives.py --train_file $(OWN)/train_bm25.json --results_file $(OWN)/round1_train.json --output_file $(OWN)/train_mined.json
 	set -e; $(OWN_RUN); run round2 "[$(OWN)/train_bm25.json, $(OWN)/train_mined.json]"
 	$(PY) scripts/compare_results.py $(OWN)/shipped.json $(OWN)/round1.json $(OWN)/round2.json
