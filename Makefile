@@ -31,23 +31,26 @@ mini-nq: install
 	PY=$(PY) bash scripts/pipeline.sh config/train_mini_nq.yaml $(MINI_NQ)/train.json $(MINI_NQ)/dev.json \
 		$(MINI_NQ)/psgs.tsv $(QA_FILE) $(MINILM) outputs/mini_nq
 
-# DPR's data recipes on mini-NQ (docs/own_data.md), dev top-k after training on: the shipped train.json;
+# DPR's data recipes on mini-NQ (docs/own_data.md), dev top-k of the base model (0 steps) and after training on: the shipped train.json;
 # BM25 data made from train.qa.csv + psgs.tsv alone (round 1); round 1's data + hard negatives mined by the
 # round-1 model (round 2, DPR's adv-hn; test_dpr.py retrieves for the training questions straight from the JSON).
+# Round 2 is capped at round 1's 56 steps: the two files make a 112-step epoch, and the comparison is at equal steps.
 OWN := outputs/own_data
-OWN_RUN = run() { $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file "$$2" --dev_file $(MINI_NQ)/dev.json \
-	--base_model $(MINILM) --output_dir $(OWN)/$$1 && $(PY) doc2embedding.py --pretrained_model_path $(OWN)/$$1/best/doc_encoder \
-	--output_dir $(OWN)/$$1/emb --wikipedia_path $(MINI_NQ)/psgs.tsv --overwrite && $(PY) test_dpr.py --embedding_dir $(OWN)/$$1/emb \
-	--pretrained_model_path $(OWN)/$$1/best/query_encoder --wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(QA_FILE) --output_file $(OWN)/$$1.json; }
+OWN_RUN = run() { name=$$1 data=$$2; shift 2; $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file "$$data" \
+	--dev_file $(MINI_NQ)/dev.json --base_model $(MINILM) --output_dir $(OWN)/$$name "$$@" && $(PY) doc2embedding.py \
+	--pretrained_model_path $(OWN)/$$name/best/doc_encoder --output_dir $(OWN)/$$name/emb --wikipedia_path $(MINI_NQ)/psgs.tsv \
+	--overwrite && $(PY) test_dpr.py --embedding_dir $(OWN)/$$name/emb --pretrained_model_path $(OWN)/$$name/best/query_encoder \
+	--wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(QA_FILE) --output_file $(OWN)/$$name.json; }
 own-data-loop: install
 	mkdir -p $(OWN)
 	$(PY) utils/bm25_train_data.py --wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(MINI_NQ)/train.qa.csv --output_file $(OWN)/train_bm25.json
-	set -e; $(OWN_RUN); run shipped $(MINI_NQ)/train.json; run round1 $(OWN)/train_bm25.json
+	set -e; $(OWN_RUN); run untrained $(MINI_NQ)/train.json --max_train_steps 0; run shipped $(MINI_NQ)/train.json; \
+		run round1 $(OWN)/train_bm25.json
 	$(PY) test_dpr.py --embedding_dir $(OWN)/round1/emb --pretrained_model_path $(OWN)/round1/best/query_encoder \
 		--wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(OWN)/train_bm25.json --output_file $(OWN)/round1_train.json
 	$(PY) utils/mine_negatives.py --train_file $(OWN)/train_bm25.json --results_file $(OWN)/round1_train.json --output_file $(OWN)/train_mined.json
-	set -e; $(OWN_RUN); run round2 "[$(OWN)/train_bm25.json, $(OWN)/train_mined.json]"
-	$(PY) scripts/compare_results.py $(OWN)/shipped.json $(OWN)/round1.json $(OWN)/round2.json
+	set -e; $(OWN_RUN); run round2 "[$(OWN)/train_bm25.json, $(OWN)/train_mined.json]" --max_train_steps 56
+	$(PY) scripts/compare_results.py $(OWN)/untrained.json $(OWN)/shipped.json $(OWN)/round1.json $(OWN)/round2.json
 
 test: install
 	$(PY) -m pytest tests -q
