@@ -11,11 +11,11 @@ import os
 import shutil
 import sys
 
+from utils.checkpoint import TOWER_DIRS
+from utils.data import replace_dir
 from utils.dpr_checkpoint import checkpoint_tokenizer, describe, encoder_from_state, read_dpr_checkpoint
 from utils.errors import EncoderError
 from utils.models import quiet_transformers, save_encoder
-
-OUT_DIRS = {"question": "query_encoder", "passage": "doc_encoder"}
 
 
 def parse_args(argv=None):
@@ -35,8 +35,7 @@ def main(argv=None):
         state = read_dpr_checkpoint(args.checkpoint)
         print(describe(state, args.checkpoint))
         tokenizer = checkpoint_tokenizer(state, args.checkpoint, args.tokenizer)
-        os.makedirs(args.output_dir, exist_ok=True)
-        for role, name in OUT_DIRS.items():
+        for role, name in TOWER_DIRS.items():
             with quiet_transformers():
                 model, pooling = encoder_from_state(state, role, args.checkpoint, hf_dpr=args.hf_dpr)
             if pooling == "pooler_output" and not args.hf_dpr:
@@ -45,8 +44,7 @@ def main(argv=None):
             out, tmp = os.path.join(args.output_dir, name), os.path.join(args.output_dir, f".{name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             save_encoder(model, tokenizer, tmp, role, converted_from=os.path.abspath(args.checkpoint))
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+            replace_dir(tmp, out)
             cfg = model.config
             print(f"wrote {out}: {role} encoder, {type(model).__name__}, {cfg.num_hidden_layers} layers, "
                   f"hidden {cfg.hidden_size}, projection {getattr(cfg, 'projection_dim', 0)}")

@@ -47,8 +47,7 @@ RESOURCES = {
         "NQ dev questions with positive, negative and BM25 hard-negative passages", NQ_LICENSE),
     "data.retriever.nq-adv-hn-train": _res(
         f"{RETRIEVER}/biencoder-nq-adv-hn-train.json.gz", ".json",
-        "NQ train with hard negatives mined by DPR's own NQ model (trains the single-adv-hn checkpoint)",
-        NQ_LICENSE),
+        "NQ train with hard negatives mined by DPR's own NQ model (trains the single-adv-hn checkpoint)", NQ_LICENSE),
     "data.retriever.trivia-train": _res(
         f"{RETRIEVER}/biencoder-trivia-train.json.gz", ".json", "TriviaQA train questions with passages"),
     "data.retriever.trivia-dev": _res(
@@ -70,8 +69,7 @@ RESOURCES = {
     "data.retriever.qas.nq-dev": _res(
         f"{RETRIEVER}/nq-dev.qa.csv", ".csv", "NQ dev questions and answers (qas CSV)", NQ_LICENSE),
     "data.retriever.qas.nq-test": _res(
-        f"{RETRIEVER}/nq-test.qa.csv", ".csv", "NQ test questions and answers (qas CSV), the paper's NQ numbers",
-        NQ_LICENSE),
+        f"{RETRIEVER}/nq-test.qa.csv", ".csv", "NQ test questions and answers (qas CSV), the paper's NQ numbers", NQ_LICENSE),
     "data.retriever.qas.trivia-train": _res(
         f"{RETRIEVER}/trivia-train.qa.csv.gz", ".csv", "TriviaQA train questions and answers"),
     "data.retriever.qas.trivia-dev": _res(
@@ -119,10 +117,6 @@ def target_path(key, resource, output_dir):
     return os.path.join(output_dir, *dirs, name + resource["ext"])
 
 
-class Truncated(OSError):
-    """The connection ended before Content-Length bytes arrived: resumable, like a dropped connection."""
-
-
 def _fetch_once(url, part):
     """Append the rest of `url` to `part`, asking for a Range from its current size."""
     have = os.path.getsize(part) if os.path.exists(part) else 0
@@ -136,16 +130,15 @@ def _fetch_once(url, part):
             return _fetch_once(url, part)
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
     with resp:
-        total = resp.headers.get("Content-Length")
-        total = int(total) if total is not None else None
         if resp.status == 206:
             content_range = resp.headers.get("Content-Range", "")  # "bytes START-END/SIZE"
             if not content_range.startswith(f"bytes {have}-"):
                 raise DownloadError(f"{url}: asked for bytes from {have}, server sent {content_range!r}")
-            total = have + total if total is not None else None
         elif have:
             print(f"{part}: server ignored the Range request; restarting from 0", file=sys.stderr)
             have = 0
+        length = resp.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
         with open(part, "ab" if have else "wb") as f, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
             desc=os.path.basename(part), leave=False,
@@ -154,8 +147,8 @@ def _fetch_once(url, part):
                 f.write(chunk)
                 bar.update(len(chunk))
     size = os.path.getsize(part)
-    if total is not None and size != total:
-        raise Truncated(f"truncated: {size} of {total} bytes")
+    if total is not None and size != total:  # an OSError: resumable, like a dropped connection
+        raise OSError(f"truncated: {size} of {total} bytes")
 
 
 def fetch(url, path, retries=3):
@@ -174,9 +167,9 @@ def fetch(url, path, retries=3):
     os.replace(part, path)
 
 
-def gunzip(src, dst):
-    """Stream-decompress `src` into `dst.part`, rename to `dst`, delete `src`. A corrupt `src` is deleted too:
-    it had its full Content-Length, so only a fresh download can fix it."""
+def gunzip(src, dst, url):
+    """Stream-decompress `src` (downloaded from `url`) into `dst.part`, rename to `dst`, delete `src`. A corrupt
+    `src` is deleted too: it had its full Content-Length, so only a fresh download can fix it."""
     part = dst + ".part"
     try:
         with open(src, "rb") as raw, tqdm.wrapattr(
@@ -184,47 +177,39 @@ def gunzip(src, dst):
             desc=f"unpack {os.path.basename(src)}", leave=False,
         ) as counted, gzip.GzipFile(fileobj=counted) as z, open(part, "wb") as out:
             shutil.copyfileobj(z, out, CHUNK)
-    except BaseException as e:
+        os.replace(part, dst)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        os.remove(src)
+        raise DownloadError(f"{url}: {src}: corrupt gzip ({e}); deleted it, rerun to download again") from None
+    finally:
         if os.path.exists(part):
             os.remove(part)
-        if isinstance(e, (gzip.BadGzipFile, EOFError, zlib.error)):
-            os.remove(src)
-            raise DownloadError(f"{src}: corrupt gzip ({e}); deleted it, rerun to download again") from None
-        raise
-    os.replace(part, dst)
     os.remove(src)
 
 
-def download_resource(key, resource, output_dir, retries=3):
-    """Download one resource (and its license files) unless already there; returns the data file path."""
-    path = target_path(key, resource, output_dir)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    url = resource["url"]
-    if os.path.exists(path):
-        print(f"{key}: {path} exists, skipping", file=sys.stderr)
-    else:
-        print(f"{key}: {url} -> {path}", file=sys.stderr)
-        if url.endswith(".gz"):
-            gz = path + ".gz"
-            if not os.path.exists(gz):
-                fetch(url, gz, retries)
-            try:
-                gunzip(gz, path)
-            except DownloadError as e:
-                raise DownloadError(f"{url}: {e}") from None
-        else:
-            fetch(url, path, retries)
-        print(f"{key}: saved {path} ({os.path.getsize(path):,} bytes)", file=sys.stderr)
-    for name, license_url in resource.get("license_files", {}).items():
-        license_path = os.path.join(os.path.dirname(path), name)
-        if not os.path.exists(license_path):
-            fetch(license_url, license_path, retries)
-    return path
-
-
 def download(name, output_dir="downloads", resources=RESOURCES, retries=3):
-    """Download every resource `name` selects; returns their paths."""
-    return [download_resource(key, resources[key], output_dir, retries) for key in select(name, resources)]
+    """Download every resource `name` selects (and its license files) unless already there; returns their paths."""
+    paths = []
+    for key in select(name, resources):
+        path, url = target_path(key, resources[key], output_dir), resources[key]["url"]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.exists(path):
+            print(f"{key}: {path} exists, skipping", file=sys.stderr)
+        else:
+            print(f"{key}: {url} -> {path}", file=sys.stderr)
+            if url.endswith(".gz"):
+                if not os.path.exists(path + ".gz"):
+                    fetch(url, path + ".gz", retries)
+                gunzip(path + ".gz", path, url)
+            else:
+                fetch(url, path, retries)
+            print(f"{key}: saved {path} ({os.path.getsize(path):,} bytes)", file=sys.stderr)
+        for file_name, license_url in resources[key].get("license_files", {}).items():
+            license_path = os.path.join(os.path.dirname(path), file_name)
+            if not os.path.exists(license_path):
+                fetch(license_url, license_path, retries)
+        paths.append(path)
+    return paths
 
 
 def parse_args(argv=None):

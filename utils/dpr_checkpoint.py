@@ -7,10 +7,9 @@ DPR's train_dense_encoder.py saves `torch.save(CheckpointState._asdict())`: a di
   encoder_params  {do_lower_case, encoder: <omegaconf DictConfig>} (hydra-era DPR, v1.0+) or a
                   flat dict {pretrained_model_cfg, projection_dim, sequence_length, ...} (pre-hydra DPR)
 A pickled DictConfig makes torch.load(weights_only=True) refuse the file, and a full unpickle needs
-omegaconf installed and runs whatever callables the pickle names. So we unpickle with an allowlist:
-torch's tensor-rebuild functions and storages, OrderedDict, plain builtin containers, and omegaconf's
-config/node classes mapped to inert stand-ins that become plain dicts/lists. Any other global is refused
-before it is called, so nothing from the file runs and omegaconf/hydra are never imported.
+omegaconf installed and runs whatever callables the pickle names. So we unpickle with an allowlist (tensors,
+plain containers; omegaconf's classes become inert stand-ins, then plain dicts/lists). Any other global is
+refused before it is called: nothing from the file runs, and omegaconf/hydra are never imported.
 """
 import _compat_pickle
 import builtins
@@ -22,107 +21,83 @@ import types
 import zipfile
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, DPRConfig, DPRContextEncoder, DPRQuestionEncoder
+from transformers import AutoTokenizer, BertConfig, BertModel, DPRConfig
 
 from utils.errors import EncoderError
+from utils.models import DPR_CLASSES
 
 log = logging.getLogger(__name__)
 
 PREFIXES = {"question": "question_model.", "passage": "ctx_model."}  # DPR's BiEncoder attribute names
-DPR_CLASSES = {"question": (DPRQuestionEncoder, "question_encoder"), "passage": (DPRContextEncoder, "ctx_encoder")}
-
-# ---------------------------------------------------------------------------------------------
-# Restricted unpickling
 
 
-class _ConfigNode:
-    """Stand-in for an omegaconf DictConfig/ListConfig/value node: keeps the pickled state, nothing else."""
+class _Stub:
+    """Inert stand-in for omegaconf's classes and typing annotations: takes any args, keeps the pickled state."""
 
-    def __setstate__(self, state):
-        self.state = state[0] if isinstance(state, tuple) else state
-
-
-class _Ignored:
-    """Stand-in for typing annotations and omegaconf node metadata: takes any args/state, keeps nothing."""
+    state = None
 
     def __init__(self, *args, **kwargs):
         pass
 
     def __setstate__(self, state):
-        pass
+        self.state = state[0] if isinstance(state, tuple) else state
 
 
-def _plain_defaultdict(*args):
-    """omegaconf's resolver cache pickles as defaultdict(dict); a plain dict holds its items just as well."""
-    return {}
-
-
-_OMEGACONF_NODES = {"DictConfig", "ListConfig", "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode",
-                    "EnumNode", "PathNode", "BytesNode", "LiteralNode", "NoneNode", "InterpolationResultNode",
-                    "UnionNode", "ValueNode"}
-_OMEGACONF_METADATA = {"Metadata", "ContainerMetadata"}
-_BUILTIN_TYPES = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool", "bytes", "complex"}
-_TORCH_REBUILD = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter"}
-# what a type annotation in omegaconf's metadata pickles to (typing.Dict[str, Any] = getitem(Dict, (str, Any)))
-_ANNOTATION_PARTS = {("enum", "Enum"), ("builtins", "type"), ("_operator", "getitem"), ("operator", "getitem")}
+_OMEGACONF = {"DictConfig", "ListConfig", "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "EnumNode",
+              "PathNode", "BytesNode", "LiteralNode", "NoneNode", "InterpolationResultNode", "UnionNode", "ValueNode",
+              "Metadata", "ContainerMetadata"}
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    # omegaconf's resolver cache pickles as defaultdict(dict); a plain dict holds its items just as well
+    ("collections", "defaultdict"): lambda *args: {},
+    **{("builtins", n): getattr(builtins, n)
+       for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool", "bytes", "complex")},
+    **{("torch._utils", n): getattr(torch._utils, n)
+       for n in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter")},
+    # what a type annotation in omegaconf's metadata pickles to (typing.Dict[str, Any] = getitem(Dict, (str, Any)))
+    **{k: _Stub for k in [("enum", "Enum"), ("builtins", "type"), ("_operator", "getitem"), ("operator", "getitem")]},
+}
 
 
 class RefusedGlobal(pickle.UnpicklingError):
     """The pickle names a callable or class outside the allowlist; it was not loaded, let alone called."""
 
 
-def _allowed_global(module, name):
-    # torch.save pickles with protocol 2, so builtins arrive under their Python 2 names (__builtin__.long)
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    if module == "collections" and name == "OrderedDict":
-        return collections.OrderedDict
-    if module == "collections" and name == "defaultdict":
-        return _plain_defaultdict
-    if module == "builtins" and name in _BUILTIN_TYPES:
-        return getattr(builtins, name)
-    if module == "torch._utils" and name in _TORCH_REBUILD:
-        return getattr(torch._utils, name)
-    if module == "torch" and isinstance(torch.__dict__.get(name), torch.dtype):
-        return torch.__dict__[name]
-    if module.split(".")[0] == "omegaconf" and name in _OMEGACONF_NODES:
-        return _ConfigNode
-    if module.split(".")[0] == "omegaconf" and name in _OMEGACONF_METADATA:
-        return _Ignored
-    if module == "typing" or (module, name) in _ANNOTATION_PARTS:
-        return _Ignored
-    raise RefusedGlobal(
-        f"refusing to load '{module}.{name}': not a tensor, plain container or omegaconf config class "
-        "(a DPR checkpoint needs nothing else)")
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        return _allowed_global(module, name)  # torch maps storage types (torch.FloatStorage) before we are asked
+    def find_class(self, module, name):  # torch maps storage types (torch.FloatStorage) before we are asked
+        # torch.save pickles with protocol 2, so builtins arrive under their Python 2 names (__builtin__.long)
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[module, name]
+        if module == "torch" and isinstance(torch.__dict__.get(name), torch.dtype):  # not getattr: no lazy imports
+            return torch.__dict__[name]
+        if module == "typing" or (module.split(".")[0] == "omegaconf" and name in _OMEGACONF):
+            return _Stub
+        raise RefusedGlobal(f"refusing to load '{module}.{name}': not a tensor, plain container or omegaconf config "
+                            "class (a DPR checkpoint needs nothing else)")
 
 
 # torch.load(pickle_module=...) wants a module with Unpickler and load (the legacy format calls load)
 restricted_pickle = types.ModuleType("nanodpr_restricted_pickle")
 restricted_pickle.Unpickler = _RestrictedUnpickler
 restricted_pickle.load = lambda f, **kwargs: _RestrictedUnpickler(f, **kwargs).load()
-restricted_pickle.UnpicklingError = pickle.UnpicklingError
 
 
 def plain(x):
-    """omegaconf stand-ins -> dicts/lists/values (DictConfig/ListConfig `_content`, nodes `_val`); the
-    `_parent` link (a pickled child DictConfig drags its whole root config along) is dropped."""
-    if isinstance(x, _ConfigNode):
+    """omegaconf stand-ins -> dicts/lists/values (DictConfig/ListConfig `_content`, nodes `_val`, metadata and
+    annotations None); the `_parent` link (a pickled child DictConfig drags its whole root config along) is dropped."""
+    if isinstance(x, _Stub):
         return plain(x.state.get("_content", x.state.get("_val")) if isinstance(x.state, dict) else None)
     if isinstance(x, dict):
         return {plain(k): plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [plain(v) for v in x]
-    return None if isinstance(x, _Ignored) else x
+    return x
 
 
 def read_dpr_checkpoint(path):
-    """The checkpoint dict, with encoder_params as plain dicts/lists. EncoderError if unreadable or not DPR's."""
+    """The checkpoint dict, encoder_params flat and plain. EncoderError if unreadable or not DPR's."""
     try:
         # mmap: the optimizer state (2x the model) is never read into memory; the legacy format can't mmap
         state = torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False,
@@ -136,20 +111,12 @@ def read_dpr_checkpoint(path):
     if not isinstance(state, dict) or not isinstance(state.get("model_dict"), dict):
         found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
         raise EncoderError(f"{path}: not a DPR training checkpoint: no 'model_dict' (found {found})")
-    state["encoder_params"] = plain(state.get("encoder_params"))
-    return state
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoder from a checkpoint
-
-
-def encoder_params(state):
-    """DPR's encoder settings, flat: hydra-era files nest them under 'encoder', pre-hydra files do not."""
-    params = state.get("encoder_params")
+    params = plain(state.get("encoder_params"))
     params = params if isinstance(params, dict) else {}
+    # hydra-era files nest the encoder settings under 'encoder', pre-hydra files do not
     encoder = params.get("encoder") if isinstance(params.get("encoder"), dict) else params
-    return {**encoder, "do_lower_case": params.get("do_lower_case")}
+    state["encoder_params"] = {**encoder, "do_lower_case": params.get("do_lower_case")}
+    return state
 
 
 def _bert_config(weights, params, path):
@@ -160,9 +127,8 @@ def _bert_config(weights, params, path):
     if "embeddings.word_embeddings.weight" not in weights:
         raise EncoderError(f"{path}: model_dict has no BERT embeddings (embeddings.word_embeddings.weight)")
     name = params.get("pretrained_model_cfg")
-    config = {}
-    if isinstance(name, str) and os.path.isfile(os.path.join(name, "config.json")):
-        config = BertConfig.from_pretrained(name).to_dict()
+    local = isinstance(name, str) and os.path.isfile(os.path.join(name, "config.json"))
+    config = BertConfig.from_pretrained(name).to_dict() if local else {}
     vocab_size, hidden = weights["embeddings.word_embeddings.weight"].shape
     layers = {int(k.split(".")[2]) for k in weights if k.startswith("encoder.layer.")}
     arch = dict(
@@ -193,9 +159,7 @@ def encoder_from_state(state, role, path, hf_dpr=False):
     """(model, pooling) for `role` from a read checkpoint: a BertModel pooled at CLS, as DPR's HFBertEncoder;
     with `encode_proj` weights (or hf_dpr) a DPRQuestionEncoder/DPRContextEncoder, whose pooler_output is
     that same CLS vector passed through the projection when there is one."""
-    if role not in PREFIXES:
-        raise ValueError(f"role must be one of {tuple(PREFIXES)}, got {role!r}")
-    params = encoder_params(state)
+    params = state["encoder_params"]
     model_type = params.get("encoder_model_type")
     if model_type not in (None, "hf_bert"):
         raise EncoderError(f"{path}: encoder_model_type {model_type!r}; only DPR's hf_bert encoders are supported")
@@ -212,20 +176,18 @@ def encoder_from_state(state, role, path, hf_dpr=False):
         model = BertModel(BertConfig(**arch), add_pooling_layer=False)
         _load_weights(model, bert, path, prefix)
         return model.eval(), "cls"
-    if proj and "weight" not in proj:
-        raise EncoderError(f"{path}: model_dict has {prefix}encode_proj.* but no {prefix}encode_proj.weight")
-    cls, attr = DPR_CLASSES[role]
-    model = cls(DPRConfig(**arch, projection_dim=proj["weight"].shape[0] if proj else 0))
-    _load_weights(getattr(model, attr).bert_model, bert, path, prefix)
+    projection_dim = next(iter(proj.values())).shape[0] if proj else 0  # weight (out, in), bias (out,)
+    model = DPR_CLASSES[role](DPRConfig(**arch, projection_dim=projection_dim))
+    _load_weights(model.base_model.bert_model, bert, path, prefix)  # base_model: question_encoder / ctx_encoder
     if proj:
-        _load_weights(getattr(model, attr).encode_proj, proj, path, prefix + "encode_proj.")
+        _load_weights(model.base_model.encode_proj, proj, path, prefix + "encode_proj.")
     return model.eval(), "pooler_output"
 
 
 def checkpoint_tokenizer(state, path, tokenizer=None):
     """`tokenizer` if given, else the checkpoint's pretrained_model_cfg (DPR builds its tokenizer from it),
     else bert-base-uncased; do_lower_case as saved."""
-    params = encoder_params(state)
+    params = state["encoder_params"]
     name = tokenizer or params.get("pretrained_model_cfg") or "bert-base-uncased"
     kwargs = {"do_lower_case": params["do_lower_case"]} if isinstance(params["do_lower_case"], bool) else {}
     try:
@@ -235,7 +197,7 @@ def checkpoint_tokenizer(state, path, tokenizer=None):
 
 
 def describe(state, path):
-    params = encoder_params(state)
+    params = state["encoder_params"]
     return (f"{path}: DPR checkpoint, epoch {state.get('epoch')} offset {state.get('offset')}, "
             f"pretrained_model_cfg {params.get('pretrained_model_cfg')!r}, "
             f"projection_dim {params.get('projection_dim')!r}")

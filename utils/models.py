@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoConfig, AutoModel, AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder
 from transformers.utils import logging as hf_logging
 
@@ -18,9 +19,7 @@ from utils.errors import EncoderError
 
 ROLES = ("question", "passage")
 ROLE_FILE = "nanodpr.json"  # written next to our checkpoints: which tower and how to pool
-_DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
-# weights a BERT dir may lack without harm: we never use BERT's pooler (DPR pools the [CLS] hidden state)
-_UNUSED = ("pooler.",)
+DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
 
 
 @contextlib.contextmanager
@@ -38,50 +37,39 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+@quiet_transformers()
 def load_encoder(path, role, tokenizer=None, pooler=False):
-    """Return (model, tokenizer, pooling) for `role` ('question' or 'passage').
-
-    pooling is "cls" (last hidden state at [CLS], DPR's choice) or "pooler_output" (HF DPR
-    models: CLS passed through their optional projection, so also right when projection_dim > 0).
-    `tokenizer` (a name or dir) overrides the tokenizer stored with the model. `pooler`: keep a BERT dir's
-    pooler layer (random if the dir has none), unused by DPR; training saves it so its dirs are complete BertModels.
-    """
+    """(model, tokenizer, pooling) for `role` ('question' or 'passage'). pooling: "cls" (last hidden state at
+    [CLS], DPR's choice) or "pooler_output" (HF DPR models: CLS through their optional projection).
+    `tokenizer` (a name or dir) overrides the model's own. `pooler`: keep a BERT dir's pooler layer (random if
+    the dir has none), unused by DPR; training saves it so its dirs are complete BertModels."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    with quiet_transformers():
-        if os.path.isfile(path):
-            from utils.dpr_checkpoint import load_dpr_checkpoint_encoder
+    if os.path.isfile(path):
+        from utils.dpr_checkpoint import load_dpr_checkpoint_encoder  # it imports this module
 
-            return load_dpr_checkpoint_encoder(path, role, tokenizer)
-        return _load_dir(path, role, tokenizer, pooler)
-
-
-def _load_dir(path, role, tokenizer, pooler=False):
+        return load_dpr_checkpoint_encoder(path, role, tokenizer)
     saved = os.path.join(path, ROLE_FILE)
     if os.path.isfile(saved):
         try:
             with open(saved) as f:
-                meta = json.load(f)
+                saved_role = json.load(f).get("role")
         except ValueError as e:
             raise EncoderError(f"{saved}: not valid JSON ({e})") from None
-        if meta.get("role") != role:
-            raise EncoderError(f"{path} is a {meta.get('role')} encoder, but a {role} encoder is needed")
+        if saved_role != role:
+            raise EncoderError(f"{path} is a {saved_role} encoder, but a {role} encoder is needed")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise EncoderError(f"{path}: not a model dir, hub name or DPR checkpoint file ({e})") from None
-
     if config.model_type == "dpr":
-        arch = (config.architectures or [""])[0]
-        wanted = _DPR_CLASSES[role]
+        arch, wanted = (config.architectures or [""])[0], DPR_CLASSES[role]
         if arch != wanted.__name__:
             raise EncoderError(f"{path} is a {arch or 'DPR model of unknown kind'}, "
                                f"but the {role} role needs a {wanted.__name__}")
-        model = _from_pretrained(wanted, path, attn_implementation="sdpa")
-        pooling = "pooler_output"
+        model, pooling = _from_pretrained(wanted, path, attn_implementation="sdpa"), "pooler_output"
     else:
-        model = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa")
-        pooling = "cls"
+        model, pooling = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa"), "cls"
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
     except (OSError, ValueError) as e:
@@ -95,15 +83,11 @@ def _from_pretrained(cls, path, **kwargs):
         model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise EncoderError(f"{path}: cannot load {cls.__name__} weights ({type(e).__name__}: {e})") from None
-    missing = sorted(k for k in info["missing_keys"] if not any(u in k for u in _UNUSED))
+    missing = sorted(k for k in info["missing_keys"] if "pooler." not in k)  # unused: DPR pools the [CLS] state
     if missing or info.get("mismatched_keys"):
         raise EncoderError(f"{path}: weights do not match the {type(model).__name__} config: missing {missing[:5]}, "
                            f"wrong shape {sorted(info.get('mismatched_keys') or [])[:5]}")
     return model
-
-
-# ---------------------------------------------------------------------------------------------
-# Text as DPR sees it
 
 
 def tokenize_passages(tokenizer, titles, texts, max_length):
@@ -112,16 +96,14 @@ def tokenize_passages(tokenizer, titles, texts, max_length):
     Unpadded: batches are padded per batch (pad_batch)."""
     texts = [t.strip() for t in texts]
     ids = [None] * len(texts)
-    with_title = [i for i, t in enumerate(titles) if t]
-    without = [i for i, t in enumerate(titles) if not t]
-    kw = dict(truncation=True, max_length=max_length, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
-    if with_title:
-        enc = tokenizer([titles[i] for i in with_title], [texts[i] for i in with_title], **kw)
-        for i, x in zip(with_title, enc["input_ids"]):
-            ids[i] = x
-    if without:
-        enc = tokenizer([texts[i] for i in without], **kw)
-        for i, x in zip(without, enc["input_ids"]):
+    for titled in (True, False):
+        rows = [i for i, t in enumerate(titles) if bool(t) == titled]
+        if not rows:  # the tokenizer fails on an empty list
+            continue
+        args = ([titles[i] for i in rows], [texts[i] for i in rows]) if titled else ([texts[i] for i in rows],)
+        enc = tokenizer(*args, truncation=True, max_length=max_length,
+                        return_attention_mask=False, return_token_type_ids=False)
+        for i, x in zip(rows, enc["input_ids"]):
             ids[i] = x
     return ids
 
@@ -134,46 +116,28 @@ def tokenize_questions(tokenizer, questions, max_length):
 def pad_batch(ids, pad_token_id):
     """Pad to the longest sequence in the batch. token_type_ids are all zero: DPR trains and
     encodes that way (HF tokenizers would give the second segment 1s)."""
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        attention_mask[i, : len(x)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": torch.zeros_like(input_ids),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Vectors
+    rows = [torch.tensor(x, dtype=torch.long) for x in ids]
+    input_ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)
+    attention_mask = pad_sequence([torch.ones_like(x) for x in rows], batch_first=True)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
 
 
 def embed(model, pooling, batch):
-    """Embeddings for a padded batch (utils.data.pad_batch): CLS of the last layer, or DPR's pooler_output."""
+    """Embeddings for a padded batch (pad_batch): CLS of the last layer, or DPR's pooler_output."""
     out = model(**batch)
     return out.pooler_output if pooling == "pooler_output" else out.last_hidden_state[:, 0]
 
 
+@quiet_transformers()
 def save_encoder(model, tokenizer, out_dir, role, **extra):
     """A plain HF dir (BertModel.from_pretrained works on it; DPRQuestionEncoder/DPRContextEncoder.from_pretrained
     for HF DPR models) plus nanodpr.json naming role and pooling."""
     os.makedirs(out_dir, exist_ok=True)
-    with quiet_transformers():
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     pooling = "pooler_output" if model.config.model_type == "dpr" else "cls"
     with open(os.path.join(out_dir, ROLE_FILE), "w") as f:
         json.dump({"role": role, "pooling": pooling, **extra}, f, indent=1)
-
-
-def inference_autocast(device):
-    """Autocast for encoding: bf16 where the GPU has it, else fp16 on GPU; a no-op (fp32) on CPU."""
-    if device.type != "cuda":
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
 def length_batches(lengths, batch_size=None, max_tokens=None, exact_length=False):
@@ -217,15 +181,17 @@ def encode_batches(model, pooling, batches, n, device, host=True, autocast=True)
     """(n, dim) float32 embeddings of padded_batches' output, row r where it was before sorting:
     numpy, or a tensor left on the device (host=False) for the caller to time and copy.
 
-    autocast: inference_autocast over the weights; False runs the model in its weights' dtype (bf16
-    weights keep the residual stream in bf16 too: half the memory traffic of autocast's fp32 one).
+    autocast: on a GPU, bf16 where it has it, else fp16 (fp32 on CPU); False runs the model in its weights'
+    dtype (bf16 weights keep the residual stream in bf16 too: half the memory traffic of autocast's fp32 one).
     Results stay on the device until all batches are done, so padding the next batch on the CPU
     overlaps with the GPU's work.
     """
+    amp = autocast and device.type == "cuda"
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else torch.float32
     out = None
     for rows, batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with inference_autocast(device) if autocast else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
             emb = embed(model, pooling, batch).float()
         if out is None:
             out = torch.empty(n, emb.shape[1], device=device)
