@@ -190,8 +190,8 @@ def run_signature(model, passages, world_size, settings):
 
 def check_run(out_dir, signature, overwrite, is_main):
     """True when out_dir already holds this run's finished embeddings. Refuses another run's files."""
-    ours = [META, RUN_FILE, CHUNKS] + [os.path.basename(p) for p in glob.glob(os.path.join(out_dir, "*_shard_*.npy"))]
-    present = [os.path.join(out_dir, name) for name in ours if os.path.exists(os.path.join(out_dir, name))]
+    ours = [os.path.join(out_dir, name) for name in (META, RUN_FILE, CHUNKS)] + glob.glob(os.path.join(out_dir, "*_shard_*.npy"))
+    present = [path for path in ours if os.path.exists(path)]
     run_path = os.path.join(out_dir, RUN_FILE)
     if overwrite:
         if is_main:
