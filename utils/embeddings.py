@@ -249,9 +249,9 @@ def write_shard(out_dir, rank, chunks, dim, dtype):
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dt)), "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_1_0(f, header)
         for p in chunks:
-            z = np.load(p)
-            emb_f.write(z["embeddings"].tobytes())
-            ids_f.write(z["ids"].tobytes())
+            with np.load(p) as z:
+                emb_f.write(z["embeddings"].tobytes())
+                ids_f.write(z["ids"].tobytes())
     return n
 
 
