@@ -28,9 +28,8 @@ from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm import tqdm
 
 from utils.data import count_lines, passage_shard
-from utils.embeddings import (LoopClock, PassageWindows, check_run, chunk_path, committed_chunks, default_compute_dtype,
-                              default_max_tokens, default_num_workers, finish_run, flop_coefficients, read_meta, run_signature,
-                              start_run, write_chunk, write_shard)
+from utils.embeddings import (LoopClock, PassageWindows, check_run, chunk_path, committed_chunks, encode_defaults, finish_run,
+                              flop_coefficients, read_meta, run_signature, start_run, write_chunk, write_shard)
 from utils.errors import DataError, EncoderError
 from utils.models import encode_batches, load_encoder, pad_batch, tokenize_passages
 
@@ -73,12 +72,14 @@ def load(args, state):
     (or found finished: returns None) and this process's rows are located, after its committed chunks."""
     start, end, line_no, count = passage_shard(args.wikipedia_path, state.process_index, state.num_processes, args.limit)
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage")
-    args.compute_dtype = args.compute_dtype or default_compute_dtype(state.device)
+    defaults = encode_defaults(state.device)
+    args.compute_dtype = args.compute_dtype or defaults["compute_dtype"]
+    args.num_workers = defaults["num_workers"] if args.num_workers is None else args.num_workers
     model.to(state.device, getattr(torch, args.compute_dtype))
     probe = [(torch.tensor([0]), pad_batch(tokenize_passages(tokenizer, [""], ["dim"], args.max_length), tokenizer.pad_token_id))]
     dim = encode_batches(model, pooling, probe, 1, state.device, autocast=False).shape[1]
     if args.batch_size is None and args.max_tokens_per_batch is None:
-        args.max_tokens_per_batch = default_max_tokens(state.device)
+        args.max_tokens_per_batch = defaults["max_tokens_per_batch"]
 
     keys = ("max_length", "dtype", "compute_dtype", "limit", "window", "batch_size", "max_tokens_per_batch")
     signature = run_signature(args.pretrained_model_path, args.wikipedia_path, state.num_processes, {k: getattr(args, k) for k in keys})
@@ -110,7 +111,6 @@ def encode(args, state, model, pooling, windows, chunks, progress):
     """Encode this process's windows and commit each as a chunk, written by a background thread while the
     model encodes the next window. Returns the loop's time split (LoopClock): the model (queue + GPU work)
     and the gaps where the GPU idles: waiting for tokenized windows, host copies, the previous chunk's write."""
-    args.num_workers = default_num_workers(state.device) if args.num_workers is None else args.num_workers
     loader = torch.utils.data.DataLoader(windows, batch_size=None, num_workers=args.num_workers, pin_memory=state.device.type == "cuda",
                                          prefetch_factor=1 if args.num_workers else None)  # each worker: one window ready, one in the making
     sync = torch.cuda.synchronize if state.device.type == "cuda" else lambda: None

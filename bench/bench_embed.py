@@ -46,7 +46,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from utils.data import iter_passages  # noqa: E402
-from utils.embeddings import default_compute_dtype, default_max_tokens, flop_coefficients, load_embeddings  # noqa: E402
+from utils.embeddings import encode_defaults, flop_coefficients, load_embeddings  # noqa: E402
 from utils.models import encode_batches, load_encoder, padded_batches, save_encoder, tokenize_passages  # noqa: E402
 
 MODELS = {
@@ -143,8 +143,9 @@ def timed_encode(model, batches, n, device, autocast=False):
 
 def model_alone(args, model, tokens, pad_id, device):
     """(c): {variant: {passages_per_s, tflops, min_cosine (to fp32 weights)}} on tokens, batched and moved beforehand."""
-    n, budget = len(tokens), args.max_tokens_per_batch or default_max_tokens(device)
-    dtype = args.compute_dtype or default_compute_dtype(device)
+    defaults = encode_defaults(device)
+    n, budget = len(tokens), args.max_tokens_per_batch or defaults["max_tokens_per_batch"]
+    dtype = args.compute_dtype or defaults["compute_dtype"]
     lengths = np.array([len(t) for t in tokens])
     a, b = flop_coefficients(model)
     flops = a * lengths.sum() + b * (lengths**2).sum()

@@ -25,9 +25,7 @@ from utils.data import atomic_write, iter_passage_lines, parse_passage_line
 from utils.errors import DataError
 from utils.models import padded_batches, tokenize_passages
 
-META = "meta.json"
-RUN_FILE = "run.json"
-CHUNKS = "chunks"
+META, RUN_FILE, CHUNKS = "meta.json", "run.json", "chunks"
 
 
 def shard_paths(out_dir, rank):
@@ -48,9 +46,8 @@ def read_meta(out_dir):
 
 
 def load_embeddings(out_dir, mmap=False):
-    """(ids int64 (N,), embeddings (N, dim)) over all shards, validated against meta.json.
-
-    mmap: the shards stay on disk; several are joined by ShardRows, not copied (21M x 768 float16 is 32 GB)."""
+    """(ids int64 (N,), embeddings (N, dim)) over all shards, validated against meta.json. mmap: the shards
+    stay on disk; several are joined by ShardRows, not copied (21M x 768 float16 is 32 GB)."""
     meta = read_meta(out_dir)
     for key in ("dim", "dtype", "num_passages", "num_shards", "shard_counts"):
         if key not in meta:
@@ -61,9 +58,7 @@ def load_embeddings(out_dir, mmap=False):
         for p in (emb_path, ids_path):
             if not os.path.isfile(p):
                 raise DataError(f"{p}: shard missing (meta.json says {meta['num_shards']} shards)")
-        emb = np.load(emb_path, mmap_mode="r" if mmap else None)
-        ids = np.load(ids_path)
-        want = meta["shard_counts"][rank]
+        emb, ids, want = np.load(emb_path, mmap_mode="r" if mmap else None), np.load(ids_path), meta["shard_counts"][rank]
         if emb.ndim != 2 or emb.shape[1] != meta["dim"]:
             raise DataError(f"{emb_path}: shape {emb.shape}, meta.json says dim {meta['dim']}")
         if str(emb.dtype) != meta["dtype"]:
@@ -77,8 +72,7 @@ def load_embeddings(out_dir, mmap=False):
     ids = np.concatenate(all_ids) if all_ids else np.zeros(0, np.int64)
     if len(ids) != meta["num_passages"]:
         raise DataError(f"{out_dir}: {len(ids)} passages in shards, meta.json says {meta['num_passages']}")
-    emb = all_emb[0] if len(all_emb) == 1 else (ShardRows(all_emb) if mmap else np.concatenate(all_emb))
-    return ids, emb
+    return ids, all_emb[0] if len(all_emb) == 1 else (ShardRows(all_emb) if mmap else np.concatenate(all_emb))
 
 
 class ShardRows:
@@ -101,10 +95,7 @@ class ShardRows:
         return np.concatenate(parts)
 
 
-# ---------------------------------------------------------------------------------------------
 # Passages in, per process: windows of parsed, tokenized, length-batched passages
-
-
 class PassageWindows(torch.utils.data.IterableDataset):
     """One process's passages in windows, each parsed, tokenized and cut into padded batches.
 
@@ -114,7 +105,8 @@ class PassageWindows(torch.utils.data.IterableDataset):
     and only reads past the others' lines, so the DataLoader's round robin delivers them in file order.
     """
 
-    def __init__(self, path, start, end, line_no, count, first_window, window, tokenizer, max_length, batch_size=None, max_tokens=None):
+    def __init__(self, path, start, end, line_no, count, first_window, window, tokenizer, max_length,
+                 batch_size=None, max_tokens=None):
         super().__init__()
         self.path, self.start, self.end, self.line_no, self.count = path, start, end, line_no, count
         self.first_window, self.window, self.tokenizer, self.max_length = first_window, window, tokenizer, max_length
@@ -127,8 +119,8 @@ class PassageWindows(torch.utils.data.IterableDataset):
             for k, lines, next_offset, next_line in self.read_windows():
                 if (k - self.first_window) % num_workers == worker:
                     t = time.perf_counter()
-                    item = self.prepare(lines)
-                    yield {"window": k, **item, "next": torch.tensor([next_offset, next_line]), "prepare_s": time.perf_counter() - t}
+                    yield {"window": k, **self.prepare(lines), "next": torch.tensor([next_offset, next_line]),
+                           "prepare_s": time.perf_counter() - t}
         except DataError as e:  # a message, not a traceback wrapped by the DataLoader
             yield {"error": str(e)}
 
@@ -150,25 +142,17 @@ class PassageWindows(torch.utils.data.IterableDataset):
                 "batches": padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size, self.max_tokens)}
 
 
-def default_max_tokens(device):
-    """Token budget per batch. CPU: bigger batches thrash the cache, smaller ones keep the threads waiting on each other."""
-    return 65536 if device.type == "cuda" else min(65536, 4096 * torch.get_num_threads())
-
-
-def default_num_workers(device):
-    """Tokenizing workers per process. On CPU the model wants the cores. On GPU, enough workers to
-    outpace the model, leaving two cores to the process itself (kernel launches, pinning, chunk writes)."""
+def encode_defaults(device):
+    """doc2embedding.py's settings that depend on the device. CPU: float32 weights (most chips emulate half
+    precision slowly); 4096 tokens per batch and thread (bigger batches thrash the cache, smaller ones keep the
+    threads waiting on each other); one tokenizing worker, the model wants the cores. GPU: bfloat16 weights
+    (float16 on GPUs without it); enough workers to outpace the model, leaving two cores to the process itself
+    (kernel launches, pinning, chunk writes)."""
     if device.type != "cuda":
-        return 1
+        return {"compute_dtype": "float32", "max_tokens_per_batch": min(65536, 4096 * torch.get_num_threads()), "num_workers": 1}
     cores_per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, min(8, cores_per_process - 2))
-
-
-def default_compute_dtype(device):
-    """bf16 weights on GPUs that have it (fp16 on older ones); fp32 on CPU, where most chips emulate half precision slowly."""
-    if device.type != "cuda":
-        return "float32"
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return {"compute_dtype": "bfloat16" if torch.cuda.is_bf16_supported() else "float16", "max_tokens_per_batch": 65536,
+            "num_workers": max(1, min(8, cores_per_process - 2))}
 
 
 class LoopClock(collections.Counter):
@@ -189,52 +173,45 @@ def flop_coefficients(model):
 
     a = 2 x the parameters that multiply every token (not the embedding tables, which only look up, nor
     a pooler or DPR projection, which see the [CLS] vector alone); b = 4 x layers x hidden: QK^T and
-    attention x V, each 2 x length^2 x hidden per layer.
-    """
-    params = sum(p.numel() for name, p in model.named_parameters() if not any(s in name for s in ("embeddings.", "pooler.", "encode_proj.")))
-    cfg = model.config
-    return 2 * params, 4 * cfg.num_hidden_layers * cfg.hidden_size
+    attention x V, each 2 x length^2 x hidden per layer."""
+    not_per_token = ("embeddings.", "pooler.", "encode_proj.")
+    params = sum(p.numel() for name, p in model.named_parameters() if not any(s in name for s in not_per_token))
+    return 2 * params, 4 * model.config.num_hidden_layers * model.config.hidden_size
 
 
-# ---------------------------------------------------------------------------------------------
 # The output dir while a run is going: run signature, committed chunks, shards
-
-
 def run_signature(model, passages, world_size, settings):
     """What the chunks depend on; a relaunch must match it to resume."""
     st = os.stat(passages)
-    return {
-        "model": os.path.abspath(model) if os.path.exists(model) else model,
-        "source": {"path": os.path.abspath(passages), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
-        **settings,
-        "world_size": world_size,
-    }
+    source = {"path": os.path.abspath(passages), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    model = os.path.abspath(model) if os.path.exists(model) else model
+    return {"model": model, "source": source, **settings, "world_size": world_size}
 
 
 def check_run(out_dir, signature, overwrite, is_main):
     """True when out_dir already holds this run's finished embeddings. Refuses another run's files."""
-    ours = [META, RUN_FILE, CHUNKS] + [os.path.basename(p) for p in glob.glob(os.path.join(out_dir, "*_shard_*.npy"))]
-    present = [name for name in ours if os.path.exists(os.path.join(out_dir, name))]
+    ours = [os.path.join(out_dir, name) for name in (META, RUN_FILE, CHUNKS)] + glob.glob(os.path.join(out_dir, "*_shard_*.npy"))
+    present = [path for path in ours if os.path.exists(path)]
+    run_path = os.path.join(out_dir, RUN_FILE)
     if overwrite:
         if is_main:
-            for name in present:
-                path = os.path.join(out_dir, name)
+            for path in present:
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         return False
-    run_path = os.path.join(out_dir, RUN_FILE)
-    if os.path.isfile(run_path):
-        with open(run_path) as f:
-            before = json.load(f)
-        if before != signature:
-            diff = ", ".join(f"{k}: {before.get(k)!r} -> {signature.get(k)!r}" for k in signature if before.get(k) != signature.get(k))
-            raise DataError(f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace them")
-        finished = os.path.isfile(os.path.join(out_dir, META))
-        if finished and is_main:  # a run killed while removing its chunks
-            shutil.rmtree(os.path.join(out_dir, CHUNKS), ignore_errors=True)
-        return finished
-    if present:
-        raise DataError(f"{out_dir} holds embedding files ({', '.join(present)}) of an unknown run; pass --overwrite to replace them")
-    return False
+    if not os.path.isfile(run_path):
+        if present:
+            names = ", ".join(os.path.basename(p) for p in present)
+            raise DataError(f"{out_dir} holds embedding files ({names}) of an unknown run; pass --overwrite to replace them")
+        return False
+    with open(run_path) as f:
+        before = json.load(f)
+    if before != signature:
+        diff = ", ".join(f"{k}: {before.get(k)!r} -> {v!r}" for k, v in signature.items() if before.get(k) != v)
+        raise DataError(f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace them")
+    finished = os.path.isfile(os.path.join(out_dir, META))
+    if finished and is_main:  # a run killed while removing its chunks
+        shutil.rmtree(os.path.join(out_dir, CHUNKS), ignore_errors=True)
+    return finished
 
 
 def start_run(out_dir, signature):
@@ -249,9 +226,7 @@ def chunk_path(out_dir, rank, k):
 
 def committed_chunks(out_dir, rank):
     """(paths of this rank's committed chunks, passages in them, [byte offset, line number] after the last or None)."""
-    paths = []
-    while os.path.isfile(chunk_path(out_dir, rank, len(paths))):
-        paths.append(chunk_path(out_dir, rank, len(paths)))
+    paths = list(itertools.takewhile(os.path.isfile, (chunk_path(out_dir, rank, k) for k in itertools.count())))
     if not paths:
         return paths, 0, None
     with np.load(paths[-1]) as last:
@@ -267,16 +242,17 @@ def write_chunk(path, ids, embeddings, next_row, dtype):
 
 def write_shard(out_dir, rank, chunks, dim, dtype):
     """Concatenate this rank's chunks into its two .npy shards, one chunk in memory at a time."""
-    counts = [len(np.load(p)["ids"]) for p in chunks]
+    n = sum(len(np.load(p)["ids"]) for p in chunks)
     emb_path, ids_path = shard_paths(out_dir, rank)
     with atomic_write(emb_path, "wb") as emb_f, atomic_write(ids_path, "wb") as ids_f:
-        for f, dt, shape in ((emb_f, dtype, (sum(counts), dim)), (ids_f, np.int64, (sum(counts),))):
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dt)), "fortran_order": False, "shape": shape})
+        for f, dt, shape in ((emb_f, dtype, (n, dim)), (ids_f, np.int64, (n,))):
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dt)), "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(f, header)
         for p in chunks:
-            z = np.load(p)
-            emb_f.write(np.ascontiguousarray(z["embeddings"]).tobytes())
-            ids_f.write(np.ascontiguousarray(z["ids"]).tobytes())
-    return sum(counts)
+            with np.load(p) as z:
+                emb_f.write(z["embeddings"].tobytes())
+                ids_f.write(z["ids"].tobytes())
+    return n
 
 
 def finish_run(out_dir, meta):

@@ -7,6 +7,7 @@ in `emb`, best first. Exact ("flat") backends return the same rows as CPU faiss 
 Factory indexes ("HNSW32", "SQfp16", "IVF4096,PQ64", ...) are trained on a seeded random sample and
 saved to / reused from an index file whose JSON sidecar names the embeddings it holds.
 """
+import functools
 import hashlib
 import json
 import os
@@ -28,9 +29,9 @@ TRAIN_PER_LIST, TRAIN_MIN, TRAIN_MAX, TRAIN_SEED = 64, 1 << 16, 1 << 20, 0
 
 
 def _import_faiss():
-    """faiss, with its bundled OpenBLAS told the CPU's kernel family. The faiss-cpu wheel's OpenBLAS
-    (0.3.15) does not know recent Xeons by model and falls back to its generic 'Prescott' kernels:
-    measured 4.5x slower search on this project's CPU box. Only when OPENBLAS_CORETYPE is unset."""
+    """faiss, with its bundled OpenBLAS told the CPU's kernel family (only when OPENBLAS_CORETYPE is unset):
+    the faiss-cpu wheel's OpenBLAS (0.3.15) does not know recent Xeons by model and falls back to its
+    generic 'Prescott' kernels, which search several times slower (docs/benchmarks.md)."""
     if "OPENBLAS_CORETYPE" not in os.environ and os.path.isfile("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
@@ -46,27 +47,14 @@ def _import_faiss():
 def faiss_gpu_count():
     """GPUs faiss can use: 0 for faiss-cpu builds and when faiss is not installed (the torch path needs no faiss)."""
     try:
-        faiss = _import_faiss()
+        return getattr(_import_faiss(), "get_num_gpus", lambda: 0)()
     except ImportError:
         return 0
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
 def _float32_fits(n, d, devices):
     """Whether a float32 copy of the corpus, split evenly over `devices`, fits in 80% of their free memory."""
-    per_device = n * d * 4 / len(devices)
-    return all(per_device < 0.8 * torch.cuda.mem_get_info(dev)[0] for dev in devices)
-
-
-def _device(x):
-    """torch.device with the CUDA index filled in ("cuda" and "cuda:0" must compare equal)."""
-    dev = torch.device(x)
-    return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
-
-
-def _rows(emb, start, end):
-    """Rows [start, end) as a torch tensor; numpy rows are copied (memmapped shards are read-only)."""
-    return emb[start:end] if torch.is_tensor(emb) else torch.from_numpy(np.array(emb[start:end]))
+    return all(n * d * 4 / len(devices) < 0.8 * torch.cuda.mem_get_info(dev)[0] for dev in devices)
 
 
 class FaissIndex:
@@ -82,7 +70,8 @@ class FaissIndex:
             for i in range(0, n, COPY_ROWS):
                 xb[i : i + COPY_ROWS] = emb[i : i + COPY_ROWS]
             self.index.ntotal = n
-            self.name = f"faiss IndexFlatIP, CPU float32, {faiss.omp_get_max_threads()} threads, OpenBLAS core {os.environ.get('OPENBLAS_CORETYPE', 'auto')}"
+            threads, core = faiss.omp_get_max_threads(), os.environ.get("OPENBLAS_CORETYPE", "auto")
+            self.name = f"faiss IndexFlatIP, CPU float32, {threads} threads, OpenBLAS core {core}"
             return
         # One contiguous slice per GPU, filled chunk by chunk, then joined: IndexShards numbers the
         # rows of shard g after those of shards < g (adding through IndexShards would interleave them).
@@ -93,8 +82,7 @@ class FaissIndex:
         self._keep = []  # the GPU resources must outlive the shards
         for g in range(num_gpus):
             lo, hi = n * g // num_gpus, n * (g + 1) // num_gpus
-            res = faiss.StandardGpuResources()
-            cfg = faiss.GpuIndexFlatConfig()
+            res, cfg = faiss.StandardGpuResources(), faiss.GpuIndexFlatConfig()
             cfg.device, cfg.useFloat16 = g, float16
             shard = faiss.GpuIndexFlatIP(res, d, cfg)
             shard.reserveMemory(hi - lo)
@@ -109,64 +97,57 @@ class FaissIndex:
 
 
 class TorchIndex:
-    """Exact top-k by chunked matmul + top-k in torch.
-
-    The corpus is split into contiguous shards, one per device, kept resident in `dtype` (float16:
-    32 GB at 21M x 768). Each chunk is upcast to float32 for the product, so scores are float32
-    inner products of the stored vectors, as in faiss; each chunk's top-k is merged into a running
-    top-k per shard, and the shards' top-k at the end.
-    """
+    """Exact top-k by chunked matmul + top-k in torch. The corpus is split into contiguous shards, one per
+    device, kept resident in `dtype` (float16: 32 GB at 21M x 768). Each chunk is upcast to float32 for the
+    product, so scores are float32 inner products of the stored vectors, as in faiss."""
 
     def __init__(self, emb, devices, dtype=None, chunk_rows=1 << 16):
         n, d = emb.shape
-        self.devices = [_device(x) for x in devices]
+        self.devices, self.chunk_rows = [torch.device(x) for x in devices], chunk_rows
         if dtype is None:  # the embeddings' own dtype (float16 is lossless for float16 files), while float32 fits
-            dtype = torch.float32 if str(emb.dtype).endswith("float32") else torch.float16
-            if dtype == torch.float32 and self.devices[0].type == "cuda" and not _float32_fits(n, d, self.devices):
-                dtype = torch.float16
-        self.chunk_rows = chunk_rows
+            fits = self.devices[0].type != "cuda" or _float32_fits(n, d, self.devices)
+            dtype = torch.float32 if str(emb.dtype).endswith("float32") and fits else torch.float16
         self.shards, self.starts = [], []
         for g, dev in enumerate(self.devices):
             lo, hi = n * g // len(self.devices), n * (g + 1) // len(self.devices)
-            if torch.is_tensor(emb) and _device(emb.device) == dev and emb.dtype == dtype and len(self.devices) == 1:
-                shard = emb  # already resident (bench_search generates the corpus on the GPU)
+            if torch.is_tensor(emb) and self.devices == [emb.device] and emb.dtype == dtype:
+                shard = emb  # already resident on the one device (bench_search generates the corpus on the GPU)
             else:
                 shard = torch.empty((hi - lo, d), dtype=dtype, device=dev)
                 for i in range(lo, hi, COPY_ROWS):
-                    shard[i - lo : min(i + COPY_ROWS, hi) - lo] = _rows(emb, i, min(i + COPY_ROWS, hi)).to(dev)
+                    rows = emb[i : min(i + COPY_ROWS, hi)]  # numpy rows through a copy: memmapped shards are read-only
+                    shard[i - lo : i - lo + len(rows)] = torch.as_tensor(rows if torch.is_tensor(rows) else np.array(rows)).to(dev)
             self.shards.append(shard)
             self.starts.append(lo)
-        kinds = sorted({str(dev) for dev in self.devices})
-        self.name = f"torch matmul+topk, {len(self.devices)} shard(s) on {', '.join(kinds)}, {str(dtype).split('.')[-1]} storage"
+        kinds = ", ".join(sorted({str(dev) for dev in self.devices}))
+        self.name = f"torch matmul+topk, {len(self.devices)} shard(s) on {kinds}, {str(dtype).split('.')[-1]} storage"
 
     @torch.inference_mode()
     def search(self, queries, k, batch_size=4096):
         precision = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")  # no TF32: scores must be float32-exact
         try:
-            scores, rows = zip(*(self._search_batch(queries[i : i + batch_size], k) for i in range(0, len(queries), batch_size)))
+            batches = (queries[i : i + batch_size] for i in range(0, len(queries), batch_size))
+            scores, rows = zip(*(self._search_batch(batch, k) for batch in batches))
         finally:
             torch.set_float32_matmul_precision(precision)
         return np.concatenate(scores), np.concatenate(rows)
 
     def _search_batch(self, queries, k):
+        """Each chunk's top-k is merged into a running top-k per shard, and the shards' top-k at the end."""
         queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
         q = [queries.to(dev) for dev in self.devices]
         best = [None] * len(self.shards)
         # Chunks interleaved over the shards: kernels queue on every GPU at once.
         for start in range(0, max(len(s) for s in self.shards), self.chunk_rows):
             for g, shard in enumerate(self.shards):
-                if start >= len(shard):
-                    continue
-                scores = q[g] @ shard[start : start + self.chunk_rows].float().T
-                top = scores.topk(min(k, scores.shape[1]), dim=1)
-                found = (top.values, top.indices + (self.starts[g] + start))
-                best[g] = found if best[g] is None else _merge(best[g], found, k)
-        result = None
-        for found in best:
-            found = (found[0].cpu(), found[1].cpu())
-            result = found if result is None else _merge(result, found, k)
-        return result[0].numpy(), result[1].numpy()
+                if start < len(shard):
+                    scores = q[g] @ shard[start : start + self.chunk_rows].float().T
+                    top = scores.topk(min(k, scores.shape[1]), dim=1)
+                    found = (top.values, top.indices + (self.starts[g] + start))
+                    best[g] = found if best[g] is None else _merge(best[g], found, k)
+        scores, rows = functools.reduce(lambda a, b: _merge(a, b, k), [(s.cpu(), r.cpu()) for s, r in best])
+        return scores.numpy(), rows.numpy()
 
 
 def _merge(a, b, k):
@@ -177,7 +158,8 @@ def _merge(a, b, k):
 
 
 def build_index(emb, device):
-    """Exact search. device "cpu": faiss on CPU. "gpu": faiss's GPU index when faiss has GPU support, else the torch path on every visible GPU."""
+    """Exact search. device "cpu": faiss on CPU. "gpu": faiss's GPU index when faiss has GPU support,
+    else the torch path on every visible GPU."""
     if device == "cpu":
         return FaissIndex(emb)
     if faiss_gpu_count() > 0:
@@ -196,17 +178,16 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
         return index, index.name
     faiss = _import_faiss()
     if device == "gpu" and not faiss_gpu_count():
-        raise ConfigError(f"--index {spec} on --index_device gpu needs faiss with GPU support (faiss-gpu); "
-                          "this faiss has none: use --index_device cpu, or --index flat (exact search on GPU through torch)")
+        raise ConfigError(f"--index {spec} on --index_device gpu needs faiss with GPU support (faiss-gpu); this faiss has "
+                          "none: use --index_device cpu, or --index flat (exact search on GPU through torch)")
     record = {"spec": spec, **_source(embedding_dir, meta, emb)}
     if path and os.path.exists(path):
         index, how = _load(path, record), f"loaded from {path}"
     else:
         index, built = build_factory_index(emb, spec)
-        record.update(built)
         how = "built" + (f", saved to {path}" if path else "")
         if path:
-            _save(index, path, record)
+            _save(index, path, {**record, **built})
     if device == "gpu":
         options = faiss.GpuMultipleClonerOptions()
         options.shard = True  # each GPU holds 1/n of the index: the point is to fit
@@ -214,7 +195,8 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
         try:
             index = faiss.index_cpu_to_all_gpus(index, options)
         except RuntimeError as e:
-            raise ConfigError(f"--index {spec}: faiss has no GPU version of it ({_faiss_message(e)}); use --index_device cpu") from None
+            raise ConfigError(f"--index {spec}: faiss has no GPU version of it ({_faiss_message(e)}); "
+                              "use --index_device cpu") from None
     space, params = faiss.GpuParameterSpace() if device == "gpu" else faiss.ParameterSpace(), []
     for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
         try:
@@ -235,7 +217,8 @@ def build_factory_index(emb, spec, seed=TRAIN_SEED):
         inner = faiss.downcast_index(ivf or index)
         if hasattr(inner, "do_polysemous_training"):  # faiss's default for PQ: it only serves Hamming-filtered
             inner.do_polysemous_training = False  # search, never used here, and takes minutes; same results without
-        size = 0 if index.is_trained else min(len(emb), TRAIN_MAX, max(TRAIN_MIN, TRAIN_PER_LIST * (ivf.nlist if ivf else 0)))
+        wanted = max(TRAIN_MIN, TRAIN_PER_LIST * (ivf.nlist if ivf else 0))
+        size = 0 if index.is_trained else min(len(emb), TRAIN_MAX, wanted)
         if size:
             print(f"training {spec} on {size:,} of {len(emb):,} passages (random, seed {seed})")
             rows = np.sort(np.random.default_rng(seed).choice(len(emb), size, replace=False))
@@ -260,16 +243,16 @@ def _source(embedding_dir, meta, emb):
     the vectors (embeddings re-made in the same dir by a retrained encoder differ there)."""
     probe = np.unique(np.linspace(0, len(emb) - 1, 16).astype(np.int64))
     return {"embedding_dir": os.path.abspath(embedding_dir), "model": meta.get("model"), "num_passages": len(emb),
-            "dim": int(emb.shape[1]), "dtype": str(emb.dtype), "vectors_sha1": hashlib.sha1(np.asarray(emb[probe]).tobytes()).hexdigest()}
+            "dim": int(emb.shape[1]), "dtype": str(emb.dtype),
+            "vectors_sha1": hashlib.sha1(np.asarray(emb[probe]).tobytes()).hexdigest()}
 
 
 def _load(path, record):
-    sidecar = path + ".json"
     try:
-        with open(sidecar) as f:
+        with open(path + ".json") as f:
             saved = json.load(f)
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read {sidecar}, which says what the index was built from ({e}); "
+        raise DataError(f"{path}: cannot read {path}.json, which says what the index was built from ({e}); "
                         f"delete {path} to rebuild it") from None
     differ = [f"{k} {saved.get(k)!r}, now {v!r}" for k, v in record.items() if saved.get(k) != v]
     if differ:
