@@ -13,6 +13,7 @@ import shutil
 import sys
 import zipfile
 
+import ijson
 import numpy as np
 
 from utils.errors import DataError
@@ -53,12 +54,11 @@ def normalize_question(question):
 
 
 def parse_passage_line(line, path, line_no):
-    """(id, text, title) from one raw line (str or bytes), as DPR's CsvCtxSrc reads it (csv field, '"' stripped)."""
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{line_no}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    """(id, text, title) from one raw line (bytes), as DPR's CsvCtxSrc reads it (csv field, '"' stripped)."""
+    try:
+        line = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not UTF-8 ({e.reason} at byte {e.start})") from None
     row = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"), [])
     if len(row) != 3:
         raise DataError(f"{path}:{line_no}: expected 3 tab-separated columns (id, text, title), got {len(row)}")
@@ -69,10 +69,16 @@ def parse_passage_line(line, path, line_no):
     return pid, row[1].strip('"'), row[2]
 
 
-def _check_header(f, path):
+def _open_passages(path):
+    """The passage file, opened in binary and positioned after its (checked) header."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: passage file not found")
+    f = open(path, "rb")
     header = f.readline()
     if header.rstrip(b"\r\n").split(b"\t")[:1] != [b"id"]:
+        f.close()
         raise DataError(f"{path}:1: expected the header 'id<TAB>text<TAB>title', got {header[:80]!r}")
+    return f
 
 
 def iter_passage_lines(path, start=None, end=None, line_no=None):
@@ -82,10 +88,7 @@ def iter_passage_lines(path, start=None, end=None, line_no=None):
     With no range, the whole file after the header. A range lets each process stream its own
     contiguous shard; the line number at `start` is counted unless the caller knows it (`line_no`).
     """
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: passage file not found")
-    with open(path, "rb") as f:
-        _check_header(f, path)
+    with _open_passages(path) as f:
         body = f.tell()
         if start is not None and start > body:
             f.seek(start - 1)
@@ -94,9 +97,8 @@ def iter_passage_lines(path, start=None, end=None, line_no=None):
         if line_no is None:
             line_no = 2 + count_lines(path, body, f.tell())
         pos = f.tell()
-        while end is None or pos < end:
-            raw = f.readline()
-            if not raw:
+        for raw in f:
+            if end is not None and pos >= end:
                 break
             pos += len(raw)
             if raw.strip():
@@ -112,26 +114,19 @@ def iter_passages(path, start=None, end=None):
 
 def count_lines(path, start=0, end=None):
     """Newlines in byte range [start, end), read in 16 MB blocks."""
-    n = 0
+    n, left = 0, (os.path.getsize(path) if end is None else end) - start
     with open(path, "rb") as f:
         f.seek(start)
-        left = (end - start) if end is not None else None
-        while left is None or left > 0:
-            block = f.read(1 << 24 if left is None else min(1 << 24, left))
-            if not block:
-                break
+        while left > 0 and (block := f.read(min(1 << 24, left))):
             n += block.count(b"\n")
-            if left is not None:
-                left -= len(block)
+            left -= len(block)
     return n
 
 
 def shard_byte_range(path, rank, world_size):
     """Contiguous byte range of the data rows for one process, cut at line starts."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        _check_header(f, path)
-        body = f.tell()
+    with _open_passages(path) as f:
+        size, body = os.path.getsize(path), f.tell()
         cuts = [body]
         for r in range(1, world_size):
             f.seek(body + (size - body) * r // world_size)
@@ -147,8 +142,6 @@ def passage_shard(path, rank, world_size, limit=None):
     Without a limit, shard_byte_range's contiguous byte range. With one, the file's first `limit`
     passages split by count; finding where this process's part starts takes one scan of the rows before it.
     """
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: passage file not found")
     if limit is None:
         start, end = shard_byte_range(path, rank, world_size)
         return start, end, 1 + count_lines(path, 0, start), None
@@ -163,9 +156,9 @@ class PassageStore:
     """Random access to passages by id through a byte-offset index, without loading the corpus.
 
     The index is built once (one streaming pass) and saved as `<index_path>` (.npz). When ids are
-    consecutive in file order (psgs_w100: 1..21,015,324) only the offsets are stored: 8 bytes/row;
-    otherwise ids (uint32 when they fit) sorted with their offsets: 12 bytes/row. Building peaks
-    at ~24 bytes/row (~0.5 GB for psgs_w100).
+    consecutive in file order (psgs_w100: 1..21,015,324) only the offsets are kept: 8 bytes/row;
+    otherwise the sorted ids with their offsets: 16 bytes/row. Building peaks at ~32 bytes/row
+    (~0.7 GB for psgs_w100).
     """
 
     def __init__(self, path, index_path=None):
@@ -187,177 +180,88 @@ class PassageStore:
         self._build(stamp)
 
     def _build(self, stamp):
-        ids, offsets = _Column(), _Column()
-        with open(self.path, "rb") as f:
-            _check_header(f, self.path)
-            pos, line_no = f.tell(), 2
-            for raw in f:
-                if raw.strip():
-                    tab = raw.find(b"\t")
-                    if tab < 0:
-                        raise DataError(f"{self.path}:{line_no}: expected 3 tab-separated columns (id, text, title), got 1")
-                    try:
-                        ids.append(int(raw[:tab]))
-                    except ValueError:
-                        raise DataError(f"{self.path}:{line_no}: passage id {raw[:tab][:40]!r} is not an integer") from None
-                    offsets.append(pos)
-                pos += len(raw)
-                line_no += 1
-        offsets = offsets.array()  # one column at a time keeps the peak at ~24 bytes/row
-        ids = ids.array()
-        if _is_range(ids):
-            self.first_id, self.ids, self.offsets = int(ids[0]), np.zeros(0, np.int64), offsets
+        rows = np.fromiter(self._scan(), dtype=[("id", np.int64), ("offset", np.int64)])
+        ids, offsets = rows["id"].copy(), rows["offset"].copy()  # contiguous: argsort would copy a strided column
+        del rows
+        n = len(ids)
+        # strictly increasing integers spanning n values are exactly first, first+1, ...
+        if n == 0 or (ids[-1] - ids[0] == n - 1 and (ids[1:] > ids[:-1]).all()):
+            self.first_id, self.ids = int(ids[0]) if n else 0, np.zeros(0, np.int64)
         else:
-            order = np.argsort(ids, kind="stable")
-            offsets = offsets[order]
-            del order
+            offsets = offsets[np.argsort(ids)]
             ids.sort()
-            if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
-                dup = ids[1:][ids[1:] == ids[:-1]][0]
-                raise DataError(f"{self.path}: passage id {dup} occurs more than once")
-            fits32 = len(ids) == 0 or (ids[0] >= 0 and ids[-1] < 2**32)
-            self.first_id, self.ids, self.offsets = -1, ids.astype(np.uint32) if fits32 else ids, offsets
+            dup = ids[1:][ids[1:] == ids[:-1]]
+            if len(dup):
+                raise DataError(f"{self.path}: passage id {dup[0]} occurs more than once")
+            self.first_id, self.ids = 0, ids
+        self.offsets = offsets
         with atomic_write(self.index_path, "wb") as f:
             np.savez(f, stamp=stamp, first_id=self.first_id, ids=self.ids, offsets=self.offsets)
+
+    def _scan(self):
+        """(id, byte offset) of every row; only the id column is parsed."""
+        for line_no, raw, after in iter_passage_lines(self.path, line_no=2):
+            tab = raw.find(b"\t")
+            if tab < 0:
+                raise DataError(f"{self.path}:{line_no}: expected 3 tab-separated columns (id, text, title), got 1")
+            try:
+                yield int(raw[:tab]), after - len(raw)
+            except ValueError:
+                raise DataError(f"{self.path}:{line_no}: passage id {raw[:tab][:40]!r} is not an integer") from None
 
     def __len__(self):
         return len(self.offsets)
 
-    def _rows(self, ids):
+    def get_passages(self, ids):
+        """[(id, text, title)] for `ids`, in the order asked; reads only those rows (seeks in file order)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if self.first_id >= 0:
+        if len(self.ids) == 0:  # consecutive ids: the row is id - first_id
             rows = ids - self.first_id
             found = (rows >= 0) & (rows < len(self.offsets))
         else:
-            rows = np.searchsorted(self.ids, ids).clip(0, max(len(self.ids) - 1, 0))
-            found = (self.ids[rows] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+            rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+            found = self.ids[rows] == ids
         if not found.all():
-            missing = ids[~found][:5].tolist()
-            raise DataError(f"{self.path}: passage id(s) {missing} not found ({(~found).sum()} missing)")
-        return rows
-
-    def get_passages(self, ids):
-        """[(id, text, title)] for `ids`, in the order asked; reads only those rows (seeks in file order)."""
-        rows = self._rows(ids)
+            raise DataError(f"{self.path}: passage id(s) {ids[~found][:5].tolist()} not found ({(~found).sum()} missing)")
         offsets = self.offsets[rows]
-        want = np.asarray(ids, dtype=np.int64).reshape(-1)
         out = [None] * len(rows)
         with open(self.path, "rb") as f:
             for i in np.argsort(offsets, kind="stable"):
                 f.seek(int(offsets[i]))
                 out[i] = parse_passage_line(f.readline(), self.path, f"byte {int(offsets[i])}")
-                if out[i][0] != want[i]:  # the file changed under an index with a matching stamp
-                    raise DataError(f"{self.path}: index {self.index_path} is stale (id {int(want[i])} "
+                if out[i][0] != ids[i]:  # the file changed under an index with a matching stamp
+                    raise DataError(f"{self.path}: index {self.index_path} is stale (id {int(ids[i])} "
                                     f"points at a row with id {out[i][0]}); delete the index to rebuild it")
         return out
-
-
-def _is_range(ids):
-    """ids == first, first+1, ... (first >= 0), checked in blocks: no 21M-entry temporary."""
-    if len(ids) == 0 or ids[0] < 0 or ids[-1] - ids[0] != len(ids) - 1:
-        return False
-    step = 1 << 20
-    return all(np.array_equal(ids[i : i + step], np.arange(ids[0] + i, ids[0] + min(i + step, len(ids))))
-               for i in range(0, len(ids), step))
-
-
-class _Column:
-    """Append-only int64 column kept in 64K-entry numpy blocks: a 21M-row index without 21M Python
-    ints and without the doubling copies of a growing array."""
-
-    def __init__(self):
-        self.blocks, self.block, self.n = [], np.empty(1 << 16, np.int64), 0
-
-    def append(self, x):
-        if self.n == len(self.block):
-            self.blocks.append(self.block)
-            self.block, self.n = np.empty(1 << 16, np.int64), 0
-        self.block[self.n] = x
-        self.n += 1
-
-    def array(self):
-        """The column as one array; the blocks are released."""
-        blocks, self.blocks = self.blocks + [self.block[: self.n]], []
-        self.block = None
-        return np.concatenate(blocks)
 
 
 # ---------------------------------------------------------------------------------------------
 # Biencoder JSON (biencoder-nq-*.json): a JSON list of question records
 
 
-def iter_json_list(path, block_size=1 << 22):
-    """Yield the items of a top-level JSON list one at a time (a streaming json.load).
+def iter_json_list(path, block_size=1 << 16):
+    """Yield the items of a top-level JSON list one at a time: a streaming json.load, by ijson (C backend).
 
-    Reads `block_size` characters at a time. An item counts as decoded only once the buffer also
-    holds the ',' or ']' after it, so an item cut by a block boundary (`1.` | `5`) is never mis-read.
+    Numbers come back as json.load gives them: int, or float (use_float; not Decimal). yajl is strict:
+    integers beyond 64 bits and NaN/Infinity (which json.load accepts) are errors; DPR's files hold none.
     """
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        reader = _JsonListReader(f, path, block_size)
-        ch = reader.next_char()
-        if ch != "[":
-            raise DataError(f"{path}: expected a JSON list, found {'end of file' if ch is None else repr(reader.peek())}")
-        reader.pos += 1
-        if reader.next_char() == "]":
-            reader.pos += 1
-        else:
-            index = 0
-            while True:
-                reader.next_char()  # skip the whitespace after ',' (indented files): raw_decode does not
-                item, after = reader.decode(index)
-                yield item
-                index, reader.pos = index + 1, after + 1
-                if reader.buf[after] == "]":
-                    break
-        if reader.next_char() is not None:
-            raise DataError(f"{path}: unexpected data after the closing ']': {reader.peek()!r}")
-
-
-class _JsonListReader:
-    """The buffer iter_json_list decodes from: `buf` holds unread text from `pos` on."""
-
-    def __init__(self, f, path, block_size):
-        self.f, self.path, self.block_size = f, path, block_size
-        self.buf, self.pos, self.decoder = "", 0, json.JSONDecoder()
-
-    def peek(self):
-        return self.buf[self.pos : self.pos + 20]
-
-    def more(self):
-        """Append the next block; False at end of file."""
+    index = 0  # items yielded so far: a parse error is in the item after them (or after the list)
+    with open(path, "rb") as f:
+        first = f.read(1)
+        while first.isspace():
+            first = f.read(1)
+        if first != b"[":  # ijson.items would yield nothing from an object or a string
+            raise DataError(f"{path}: expected a JSON list, found {repr(chr(first[0])) if first else 'end of file'}")
+        f.seek(0)
         try:
-            chunk = self.f.read(self.block_size)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{self.path}: not UTF-8 ({e.reason})") from None
-        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
-        return bool(chunk)
-
-    def next_char(self):
-        """The next non-whitespace character, None at end of file."""
-        while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
-                self.pos += 1
-            if self.pos < len(self.buf):
-                return self.buf[self.pos]
-            if not self.more():
-                return None
-
-    def decode(self, index):
-        """(item, position of the ',' or ']' after it)."""
-        while True:
-            try:
-                item, after = self.decoder.raw_decode(self.buf, self.pos)
-                while after < len(self.buf) and self.buf[after] in " \t\r\n":
-                    after += 1
-                if after < len(self.buf) and self.buf[after] in ",]":
-                    return item, after
-                error = "expected ',' or ']' after it" if after < len(self.buf) else "unexpected end of file"
-            except json.JSONDecodeError as e:
-                error = f"invalid JSON ({e.msg})"
-            if not self.more():  # else the item may just continue in the next block
-                raise DataError(f"{self.path}: record {index}: {error}")
+            for item in ijson.items(f, "item", buf_size=block_size, use_float=True):
+                yield item
+                index += 1
+        except ijson.JSONError as e:
+            reason = e.args[0].decode(errors="replace") if isinstance(e.args[0], bytes) else str(e.args[0])
+            raise DataError(f"{path}: record {index}: {reason.splitlines()[0]}") from None
 
 
 def _ctx(ctx, path, index):
@@ -407,8 +311,7 @@ def read_qas(path):
 
 def _json_qa(rec, path, index):
     answers = rec.get("answers") if isinstance(rec, dict) else None
-    if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(answers, list) \
-            or not all(isinstance(a, str) for a in answers):
+    if not isinstance(answers, list) or not isinstance(rec.get("question"), str) or not all(isinstance(a, str) for a in answers):
         raise DataError(f"{path}: record {index}: needs 'question' (a string) and 'answers' (a list of strings)")
     return rec["question"], answers
 
