@@ -31,10 +31,10 @@ mini-nq: install
 	PY=$(PY) bash scripts/pipeline.sh config/train_mini_nq.yaml $(MINI_NQ)/train.json $(MINI_NQ)/dev.json \
 		$(MINI_NQ)/psgs.tsv $(QA_FILE) $(MINILM) outputs/mini_nq
 
-# DPR's data recipes on mini-NQ (docs/own_data.md), dev top-k of the base model (0 steps) and after training on: the shipped train.json;
-# BM25 data made from train.qa.csv + psgs.tsv alone (round 1); round 1's data + hard negatives mined by the
+# DPR's data recipes on mini-NQ (docs/own_data.md), dev top-k of the base model (0 steps) and after training on:
+# the shipped train.json; BM25 data made from train.qa.csv + psgs.tsv alone (round 1); round 1's data + hard negatives mined by the
 # round-1 model (round 2, DPR's adv-hn; test_dpr.py retrieves for the training questions straight from the JSON).
-# Round 2 is capped at round 1's 56 steps: the two files make a 112-step epoch, and the comparison is at equal steps.
+# Round 2 is capped at 56 steps (an epoch of the shipped file; round 1's has 55): its two files make a 111-step epoch.
 OWN := outputs/own_data
 OWN_RUN = run() { name=$$1 data=$$2; shift 2; $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file "$$data" \
 	--dev_file $(MINI_NQ)/dev.json --base_model $(MINILM) --output_dir $(OWN)/$$name "$$@" && $(PY) doc2embedding.py \
