@@ -77,7 +77,7 @@ def build_index(path, tokenizer):
     token_ids = list(tokenizer.streaming_tokenize(texts()))
     if not token_ids:
         raise DataError(f"{path}: no passages")
-    retriever = bm25s.BM25(k1=K1, b=B, method="lucene", backend="auto")  # numba when installed: faster retrieval
+    retriever = bm25s.BM25(k1=K1, b=B, method="lucene", backend="auto")  # bm25s's compiled numba backend when installed
     retriever.index(bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()), show_progress=True)
     return retriever, np.frombuffer(pids, dtype=np.int64)
 
