@@ -146,6 +146,28 @@ def test_fixed_seed_gives_an_identical_file(recipe, tmp_path):
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_workers_give_the_same_file_as_one_process(tmp_path):
+    """More questions than one task holds (CHUNK), spread over 3 processes: the same bytes, the same counts."""
+    from utils.bm25_train_data import CHUNK
+
+    psgs = write_passages_tsv(tmp_path / "psgs.tsv", CORPUS)
+    qa = write_qas(tmp_path / "qa.csv", [QAS[i % len(QAS)] for i in range(2 * CHUNK + 7)])
+    runs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"out{workers}.json"
+        proc = run_tool("--wikipedia_path", psgs, "--qa_file", qa, "--output_file", out, "--num_other_negatives", 4,
+                        "--num_workers", workers)
+        assert proc.returncode == 0, proc.stderr
+        runs[workers] = out.read_bytes(), [line for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert runs[1] == runs[3]
+    records = json.loads(runs[1][0])
+    kept = {QAS[0][0], QAS[3][0]}  # as in the recipe test: the other questions are dropped
+    assert len(records) == sum(QAS[i % len(QAS)][0] in kept for i in range(2 * CHUNK + 7))
+    # each question draws from its own seed: a repeated question does not repeat its random negatives
+    same_question = [r["negative_ctxs"] for r in records if r["question"] == records[0]["question"]]
+    assert any(negatives != same_question[0] for negatives in same_question)
+
+
 def test_train_file_keeps_positives_and_adds_negatives(recipe, tmp_path):
     psgs, _, _, _ = recipe
     gold = {"title": "War", "text": CORPUS[2][1], "passage_id": "3", "score": 1000}

@@ -12,12 +12,14 @@ from bm25s, over "title text"; the index is built in memory in one streaming pas
 """
 import argparse
 import array
+import multiprocessing
 import os
 import random
 import re
 import resource
 import sys
 from collections import Counter
+from contextlib import nullcontext
 
 import bm25s
 import numpy as np
@@ -33,7 +35,7 @@ from utils.mine_negatives import check_answers, iter_train, passage_key, same_pa
 from utils.qa import has_answer
 
 K1, B = 0.9, 0.4  # the settings DPR reports for its Lucene BM25 baseline (as pyserini's DPR reproduction)
-CHUNK = 1024  # questions retrieved at a time: results for all 58,880 NQ questions at once are not needed
+CHUNK = 256  # questions retrieved at a time (one task of a worker): results for all NQ questions at once are not needed
 # Lucene's StandardTokenizer keeps words with an inner ' or . ("o'neill", "u.s") and digit groups ("1,000")
 _WORD = re.compile(r"\w+(?:(?:['’.]|(?<=\d),(?=\d))\w+)*")
 
@@ -49,9 +51,11 @@ def parse_args(argv=None):
     p.add_argument("--num_hard_negatives", type=int, default=30)
     p.add_argument("--num_other_negatives", type=int, default=30, help="random passages without an answer")
     p.add_argument("--seed", type=int, default=12345, help="for the random negatives")
+    p.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
+                   help="processes retrieving and labelling questions (forked: they share the index); default: all cores")
     args = p.parse_args(argv)
-    if args.top_k < 1 or args.num_hard_negatives < 0 or args.num_other_negatives < 0:
-        p.error("--top_k must be >= 1, the negative counts >= 0")
+    if args.top_k < 1 or args.num_hard_negatives < 0 or args.num_other_negatives < 0 or args.num_workers < 1:
+        p.error("--top_k and --num_workers must be >= 1, the negative counts >= 0")
     return args
 
 
@@ -161,18 +165,33 @@ def make_record(question, answers, positives, hits, store, pids, args, rng, stat
     return {"question": question, "answers": answers, "positive_ctxs": positives, "negative_ctxs": other, "hard_negative_ctxs": hard}
 
 
-def records(questions, retriever, tokenizer, store, pids, args, stats):
-    """The output records, BM25 retrieval done CHUNK questions at a time."""
-    rng = random.Random(args.seed)
+_SHARED = {}  # what the forked workers read: set before the pool starts, inherited, never pickled
+
+
+def label_chunk(start):
+    """(records or None, stats) of questions [start, start + CHUNK). Each question draws its random negatives
+    from its own seed, so the file does not depend on the number of workers."""
+    questions, retriever, tokenizer, store, pids, args = (_SHARED[k] for k in ("questions", "retriever", "tokenizer",
+                                                                             "store", "pids", "args"))
+    chunk, stats, out = questions[start : start + CHUNK], Counter(), []
     where = args.train_file or args.qa_file
-    with tqdm(total=len(questions), desc="BM25 retrieve + label", unit=" questions") as bar:
-        for start in range(0, len(questions), CHUNK):
-            chunk = questions[start : start + CHUNK]
-            for i, ((q, answers, positives), hits) in enumerate(zip(chunk, search(retriever, tokenizer, [c[0] for c in chunk], args.top_k))):
-                rec = make_record(q, answers, positives, hits, store, pids, args, rng, stats, f"{where}: record {start + i}")
-                if rec is not None:
-                    yield rec
-            bar.update(len(chunk))
+    for i, ((q, answers, positives), hits) in enumerate(zip(chunk, search(retriever, tokenizer, [c[0] for c in chunk], args.top_k))):
+        rng = random.Random(f"{args.seed}/{start + i}")
+        out.append(make_record(q, answers, positives, hits, store, pids, args, rng, stats, f"{where}: record {start + i}"))
+    return out, stats
+
+
+def records(questions, retriever, tokenizer, store, pids, args, stats):
+    """The output records in question order, CHUNK questions per task over args.num_workers processes."""
+    _SHARED.update(questions=questions, retriever=retriever, tokenizer=tokenizer, store=store, pids=pids, args=args)
+    starts = range(0, len(questions), CHUNK)
+    workers = min(args.num_workers, len(starts))
+    with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext() as pool, \
+            tqdm(total=len(questions), desc="BM25 retrieve + label", unit=" questions") as bar:
+        for recs, chunk_stats in (pool.imap(label_chunk, starts) if pool else map(label_chunk, starts)):
+            stats.update(chunk_stats)
+            yield from (rec for rec in recs if rec is not None)
+            bar.update(len(recs))
 
 
 def main(argv=None):
