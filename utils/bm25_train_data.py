@@ -171,19 +171,19 @@ _SHARED = {}  # what the forked workers read: set before the pool starts, inheri
 def label_chunk(start):
     """(records or None, stats) of questions [start, start + CHUNK). Each question draws its random negatives
     from its own seed, so the file does not depend on the number of workers."""
-    questions, retriever, tokenizer, store, pids, args = (_SHARED[k] for k in ("questions", "retriever", "tokenizer",
-                                                                             "store", "pids", "args"))
+    questions, retriever, tokenizer, store, pids, args = _SHARED["work"]
     chunk, stats, out = questions[start : start + CHUNK], Counter(), []
     where = args.train_file or args.qa_file
-    for i, ((q, answers, positives), hits) in enumerate(zip(chunk, search(retriever, tokenizer, [c[0] for c in chunk], args.top_k))):
-        rng = random.Random(f"{args.seed}/{start + i}")
-        out.append(make_record(q, answers, positives, hits, store, pids, args, rng, stats, f"{where}: record {start + i}"))
+    hits = search(retriever, tokenizer, [q for q, _, _ in chunk], args.top_k)
+    for i, ((q, answers, positives), hit) in enumerate(zip(chunk, hits), start):
+        rng = random.Random(f"{args.seed}/{i}")
+        out.append(make_record(q, answers, positives, hit, store, pids, args, rng, stats, f"{where}: record {i}"))
     return out, stats
 
 
 def records(questions, retriever, tokenizer, store, pids, args, stats):
     """The output records in question order, CHUNK questions per task over args.num_workers processes."""
-    _SHARED.update(questions=questions, retriever=retriever, tokenizer=tokenizer, store=store, pids=pids, args=args)
+    _SHARED["work"] = (questions, retriever, tokenizer, store, pids, args)
     starts = range(0, len(questions), CHUNK)
     workers = min(args.num_workers, len(starts))
     with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext() as pool, \
