@@ -157,8 +157,9 @@ def test_two_processes_equal_one(tmp_path, corpus):
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(),
            os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model, "--wikipedia_path", str(tsv),
            "--output_dir", str(tmp_path / "two"), *map(str, args)]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    # one thread each: two processes on a busy 2-core CI box; the timeout only catches a hang
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.load(open(tmp_path / "two" / "meta.json"))
     assert meta["num_shards"] == 2 and min(meta["shard_counts"]) > 0
@@ -188,7 +189,7 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
     cmd = [sys.executable, "-c", kill_after_chunk_2, "--pretrained_model_path", model,
            "--wikipedia_path", str(tsv), "--output_dir", str(out), *map(str, args)]
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr[-3000:]
     assert sorted(os.listdir(out / "chunks")) == ["rank0_000000.npz", "rank0_000001.npz", "rank0_000002.npz"]
     assert not os.path.exists(out / "meta.json")
