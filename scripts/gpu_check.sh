@@ -13,6 +13,7 @@
 # bench_table.md, bench.tgz (the benchmarks' JSON), e2e.tgz (training logs, results, timings).
 #   OUT=outputs/gpu_check bash scripts/gpu_check.sh
 #   GPU_CHECK_SCALE=tiny OUT=/tmp/gpu_check bash scripts/gpu_check.sh   # same stages, toy sizes, CPU
+#   GPU_CHECK_BENCHES=encode ...   # a rerun: only these benches (empty: none), then the end-to-end stages
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder for the results}
 PY=${PY:-python3}
@@ -32,6 +33,7 @@ else  # tiny: every stage on a CPU in a few minutes (CAP_X: a shared 2-core CPU 
   GC="--grad_cache_chunk_size 4 --max_train_steps 4 --eval_steps 2"
   BENCH=(--device cpu) BENCH_ONLY="score" EVAL_BATCH=32 CAP_X=5
 fi
+BENCH_ONLY=${GPU_CHECK_BENCHES-$BENCH_ONLY}  # a rerun can pick benches (GPU_CHECK_BENCHES=encode) or none ("")
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-$((470 * CAP_X))}))
 mkdir -p "$OUT" "$WORK"
 : > "$WORK/stages.tsv"
