@@ -73,5 +73,5 @@ gpu-assets: install
 		-d $(GPU_ASSETS)/whl "$(FAISS_CPU)" "$(IJSON)"
 	cd $(MINILM) && cp vocab.txt tokenizer.json tokenizer_config.json special_tokens_map.json $(CURDIR)/$(GPU_ASSETS)/bert-base-uncased/
 	@du -sh $(GPU_ASSETS)/whl/* $(GPU_ASSETS)/bert-base-uncased
-	@echo "on the GPU machine, in the repo root with $(GPU_ASSETS)/ copied there (under 8 min; results in \$$OUT):"
+	@echo 'on the GPU machine, in the repo root, carrying ["$(GPU_ASSETS)"] (the ignored folder), under 8 min, results in $$OUT:'
 	@echo 'python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $(GPU_ASSETS)/whl/*.whl && export PYTHONPATH=/tmp/site || exit; set -o pipefail; PYTHONUNBUFFERED=1 ASSETS=$(GPU_ASSETS) bash scripts/gpu_check.sh 2>&1 | tee $$OUT/log'
