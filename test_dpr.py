@@ -13,17 +13,17 @@ JSON (what DPR's reader, FiD and pyserini's evaluation read), a TREC run file an
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from utils.data import PassageStore, atomic_write, normalize_question, read_qas, write_results, write_run
 from utils.embeddings import load_embeddings, read_meta
 from utils.errors import ConfigError, DataError, NanoDPRError
+from utils.files import atomic_write
+from utils.formats import PassageStore, normalize_question, read_qas, write_results, write_run
 from utils.index import open_index
-from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
+from utils.models import autocast_dtype, encode_questions, load_encoder
+from utils.profile import LoopClock
 from utils.qa import score_passages, top_k_accuracy
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)
@@ -58,17 +58,6 @@ def parse_args(argv=None):
         p.error("--index_path saves a faiss index_factory index; --index flat searches the embeddings as they are "
                 "(--index Flat builds a faiss IndexFlatIP that can be saved)")
     return args
-
-
-def encode_questions(model, tokenizer, pooling, questions, batch_size, device):
-    """(num_questions, dim) float32, batched by length. The batches are cut from the shortest question up
-    and run longest first: the batch composition fixes the last float digits of the scores, and this one
-    keeps results byte-identical to earlier nanoDPR versions."""
-    ids = tokenize_questions(tokenizer, questions, MAX_LENGTH)  # normalizes as DPR does
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    batches = [(torch.from_numpy(rows), pad_batch([ids[i] for i in rows], tokenizer.pad_token_id))
-               for rows in (order[i : i + batch_size] for i in range(0, len(order), batch_size))][::-1]
-    return encode_batches(model, pooling, tqdm(batches, desc="encode questions"), len(ids), device)
 
 
 def fetch_and_score(store, ids, answers, match, num_workers):
@@ -125,12 +114,7 @@ def format_table(header, rows):
 
 
 def run(args):
-    timings, tick = {}, [time.perf_counter()]
-
-    def lap(name):
-        timings[name] = time.perf_counter() - tick[-1]
-        tick.append(time.perf_counter())
-
+    clock = LoopClock()  # seconds per stage, for the report
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     qas = read_qas(args.qa_file)
     questions, answers = [normalize_question(q) for q, _ in qas], [a for _, a in qas]
@@ -142,16 +126,17 @@ def run(args):
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question")
     model.to(device)
     print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
-    lap("load questions + encoder")
+    clock.lap("load questions + encoder")
 
-    q = encode_questions(model, tokenizer, pooling, questions, args.batch_size, device)
+    q = encode_questions(model, pooling, tokenizer, questions, args.batch_size, device, autocast_dtype(device),
+                         MAX_LENGTH, progress=True)
     if q.shape[1] != meta["dim"]:
         raise DataError(f"{args.embedding_dir}: passage embeddings are {meta['dim']}-d, but the question encoder "
                         f"{args.pretrained_model_path} gives {q.shape[1]}-d vectors (embed the passages with the matching passage encoder)")
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()  # hand the encoder's memory back for the index
-    lap("encode questions")
+    clock.lap("encode questions")
 
     ids, emb = load_embeddings(args.embedding_dir, mmap=True)
     k = min(args.top_k, len(ids))
@@ -159,7 +144,7 @@ def run(args):
         print(f"only {len(ids)} passages in {args.embedding_dir}: retrieving top {k}")
     index, name = open_index(args.index, emb, args.index_device, args.embedding_dir, meta, args.index_path, args.nprobe, args.ef_search)
     print(f"index: {len(ids):,} passages x {emb.shape[1]} ({emb.dtype} on disk), {name}")
-    lap("load + build index")
+    clock.lap("load + build index")
 
     scores, rows = index.search(q, k)
     del index, emb
@@ -167,7 +152,7 @@ def run(args):
         raise ConfigError(f"--index {args.index}: fewer than {k} passages found for {int((rows < 0).any(1).sum())} "
                           f"questions; raise --nprobe (now {args.nprobe})")
     retrieved = ids[rows]
-    lap("search")
+    clock.lap("search")
 
     offsets = os.path.join(args.embedding_dir, "passages.offsets.npz")
     if not os.path.exists(offsets):
@@ -175,11 +160,11 @@ def run(args):
     store = PassageStore(args.wikipedia_path, offsets)
     passages, hits = fetch_and_score(store, retrieved, answers, args.match, args.num_workers)
     curve = top_k_accuracy(hits, range(1, k + 1))
-    lap("fetch + score")
+    clock.lap("fetch + score")
     written = save(args, questions, answers, retrieved, scores, passages, hits, curve)
-    lap("write outputs")
-    timings["total"] = tick[-1] - tick[0]
-    report(args, len(questions), curve, timings, written)
+    clock.lap("write outputs")
+    clock["total"] = sum(clock.values())
+    report(args, len(questions), curve, clock, written)
     return curve
 
 

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from bm25s.stopwords import STOPWORDS_EN  # noqa: E402
 from utils.bm25_train_data import build_index, make_record, make_tokenizer, search  # noqa: E402
-from utils.data import PassageStore, read_qas  # noqa: E402
+from utils.formats import PassageStore, read_qas  # noqa: E402
 
 NQ_PASSAGES = 21_015_324
 NQ_TRAIN_QUESTIONS = 58_880

@@ -45,9 +45,11 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from utils.data import iter_passages  # noqa: E402
-from utils.embeddings import encode_defaults, flop_coefficients, load_embeddings  # noqa: E402
-from utils.models import encode_batches, load_encoder, padded_batches, save_encoder, tokenize_passages  # noqa: E402
+from utils.formats import iter_passages  # noqa: E402
+from utils.embeddings import encode_defaults, load_embeddings  # noqa: E402
+from utils.models import (autocast_dtype, encode_batches, load_encoder, padded_batches, save_encoder,  # noqa: E402
+                          tokenize_passages)
+from utils.profile import flop_coefficients  # noqa: E402
 
 MODELS = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -135,9 +137,10 @@ def run_doc2embedding(args, model_dir, tsv, out_dir):
 
 def timed_encode(model, batches, n, device, autocast=False):
     """(embeddings, passages/s) of one encode_batches call after a one-batch warm-up; it ends with a copy to the host: synced."""
-    encode_batches(model, "cls", batches[:1], n, device, autocast=autocast)
+    dtype = autocast_dtype(device) if autocast else None
+    encode_batches(model, "cls", batches[:1], n, device, dtype)
     t = time.perf_counter()
-    emb = encode_batches(model, "cls", batches, n, device, autocast=autocast)
+    emb = encode_batches(model, "cls", batches, n, device, dtype)
     return emb, n / (time.perf_counter() - t)
 
 

@@ -6,7 +6,7 @@
 
 Random-init weights and random token ids (the speed of a step does not depend on them), lengths drawn
 like NQ's: questions 10-20 tokens, passages 150-200. Variants, each a full optimizer step (forward,
-backward, clip, AdamW) through utils.biencoder.forward_backward:
+backward, clip, AdamW) through utils.biencoder.plain_step / grad_cache_step:
   nanodpr  fp32, eager attention, every sequence padded to 256, no gradient cache
   ours     bf16 autocast on GPU (fp32 on CPU), SDPA, padded per batch (on CPU in 4 length groups)
   ours_gc  ours + gradient cache (chunks of --chunk questions)
@@ -23,7 +23,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.biencoder import BiEncoder, forward_backward  # noqa: E402
+from utils.biencoder import BiEncoder, grad_cache_step, plain_step  # noqa: E402
 from utils.train_data import make_chunk, passage_groups, to_device  # noqa: E402
 from utils.models import pad_batch  # noqa: E402
 
@@ -89,12 +89,12 @@ def run_variant(name, args, device, batch_size):
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if bf16 else torch.float32, enabled=bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     grad_cache = name == "ours_gc"
+    train_step = grad_cache_step if grad_cache else plain_step
     chunk = args.chunk if grad_cache else batch_size
     batches = [to_device(b, device) for b in make_batches(4, batch_size, chunk, 256 if nano else None, 1, passage_groups(device))]
 
     def step(i):
-        loss = forward_backward(model, batches[i % len(batches)], grad_cache=grad_cache, autocast=autocast, scaler=scaler,
-                                loss_weight=1.0)
+        loss = train_step(model, batches[i % len(batches)], autocast, scaler, loss_weight=1.0)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -114,7 +114,7 @@ def run_variant(name, args, device, batch_size):
     result = {"variant": name, "batch_size": batch_size, "examples_per_s": batch_size * args.steps / elapsed,
               "steps_per_s": args.steps / elapsed, "loss": loss,
               "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None}
-    del model, optimizer, batches
+    model = optimizer = batches = None  # free the GPU memory before empty_cache (step holds them)
     if gpu:
         torch.cuda.empty_cache()
     return result

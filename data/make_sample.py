@@ -24,7 +24,7 @@ import sys
 from collections import Counter, defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.data import atomic_write  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 from utils.qa import has_answer  # noqa: E402  (the check the retriever is scored with)
 
 SEED = 2020

@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.data import read_results  # noqa: E402
+from utils.formats import read_results  # noqa: E402
 from utils.errors import DataError  # noqa: E402
 from utils.qa import top_k_accuracy  # noqa: E402
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, write_json, write_passages_tsv
 from utils.bm25_train_data import B, K1, build_index, make_tokenizer, search
-from utils.data import iter_biencoder
+from utils.formats import iter_biencoder
 from utils.qa import has_answer
 
 TOOL = os.path.join(ROOT, "utils", "bm25_train_data.py")

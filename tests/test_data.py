@@ -1,4 +1,4 @@
-"""DPR's file formats (utils/data.py): expectations are written by hand from DPR's readers
+"""DPR's file formats (utils/formats.py): expectations are written by hand from DPR's readers
 (CsvCtxSrc: csv field, text.strip('"'), title as is; CsvQASrc; JsonQADataset skips records without a
 positive ctx; BertTensorizer: tokenizer.encode(title, text_pair=text.strip(), truncation=True))."""
 import ast
@@ -14,9 +14,9 @@ import torch
 from transformers import AutoTokenizer
 
 from conftest import make_tiny_bert, mini_nq_or_skip, write_json, write_passages_tsv
-from utils.data import (
+from utils.files import atomic_write
+from utils.formats import (
     PassageStore,
-    atomic_write,
     count_lines,
     iter_biencoder,
     iter_json_list,
@@ -666,7 +666,7 @@ def test_tokenize_minilm_hand_checked(minilm_tokenizer):
     (ids,) = tokenize_passages(tok, ["Paris"], ["  Capital of France. "], 256)
     assert ids[0] == 101 and ids[-1] == 102  # bert-base-uncased [CLS], [SEP]
     assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "paris", "[SEP]", "capital", "of", "france", ".", "[SEP]"]
-    (q,) = tokenize_questions(tok, ["Who\u2019s the king?"], 256)
+    (q,) = tokenize_questions(tok, [normalize_question("Who\u2019s the king?")], 256)
     assert tok.convert_ids_to_tokens(q) == ["[CLS]", "who", "'", "s", "the", "king", "?", "[SEP]"]
     (q,) = tokenize_questions(tok, [" ".join(["word"] * 50)], 10)
     assert len(q) == 10 and q[-1] == 102

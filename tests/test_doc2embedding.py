@@ -14,10 +14,11 @@ from transformers import AutoTokenizer, BertModel, DPRConfig, DPRContextEncoder
 from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
 
 import doc2embedding
-from utils.data import passage_shard
+from utils.formats import passage_shard
 from utils.errors import DataError
 from utils.models import encode_batches, length_batches, load_encoder, padded_batches, tokenize_passages
-from utils.embeddings import PassageWindows, flop_coefficients, load_embeddings, shard_paths
+from utils.embeddings import PassageWindows, load_embeddings, shard_paths
+from utils.profile import flop_coefficients
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT
-from utils.data import PassageStore, iter_biencoder, iter_json_list, iter_passages, read_qas
+from utils.formats import PassageStore, iter_biencoder, iter_json_list, iter_passages, read_qas
 from utils.qa import has_answer
 
 SAMPLE = os.path.join(ROOT, "data", "sample")

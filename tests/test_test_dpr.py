@@ -13,7 +13,7 @@ from transformers import BertModel, BertTokenizerFast
 
 import test_dpr
 from conftest import ROOT, make_tiny_bert, write_passages_tsv
-from utils.data import PassageStore, read_results
+from utils.formats import PassageStore, read_results
 from utils.embeddings import shard_paths, write_meta
 from utils.index import FaissIndex, TorchIndex, build_index
 from utils.qa import has_answer, top_k_accuracy
@@ -300,7 +300,7 @@ def test_error_exits_non_zero_with_one_line(e2e, tmp_path):
                            "--pretrained_model_path", e2e["model"], "--qa_file", e2e["qa_file"]],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == [l for l in proc.stderr.strip().splitlines() if l.startswith("error: ")]
+    assert proc.stderr.strip().splitlines() == [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
     assert "meta.json" in proc.stderr
 
 

@@ -1,6 +1,9 @@
 """DPR's bi-encoder: question and passage towers (two BERTs, [CLS] vectors, dot-product scores), the NLL of each
-question's positive among all passages of the global batch, one training step (optionally with a gradient
+question's positive among all passages of the global batch, the training step (plain, or with a gradient
 cache), DPR's optimizer groups and learning-rate schedule, and DPR's validation (NLL and average rank).
+
+Shapes, for B questions per batch, h hard and o other negatives per question, d the vector size:
+q [B, d] question vectors, p [B·(1+h+o), d] passage vectors, scores = q @ p.T [B, B·(1+h+o)].
 """
 import contextlib
 import os
@@ -11,9 +14,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from utils.checkpoint import TOWER_DIRS, rng_state, set_rng_state
 from utils.errors import ConfigError, EncoderError
-from utils.models import embed, load_encoder, padded_batches, tokenize_passages, tokenize_questions
+from utils.models import (autocast_dtype, embed, embedding_dim, encode_batches, encode_questions, load_encoder,
+                          padded_batches, tokenize_passages)
+from utils.rng import rng_state, set_rng_state
+from utils.towers import TOWER_DIRS
 
 
 class BiEncoder(nn.Module):
@@ -24,7 +29,8 @@ class BiEncoder(nn.Module):
         self.question_model, self.passage_model = question_model, passage_model
 
     def forward(self, chunk):
-        """(question vectors, passage vectors) for a train_data.make_chunk input."""
+        """(q [B, d], p [B·(1+h+o), d]) for a train_data.make_chunk input of B questions; p in question order,
+        each question's positive first."""
         passages = torch.cat([embed(self.passage_model, "cls", group) for group in chunk["passages"]])
         return embed(self.question_model, "cls", chunk["question"]), passages[chunk["passage_order"]]
 
@@ -62,32 +68,20 @@ def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, dpr_schedule(warmup_steps, total_steps))
 
 
-def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm):
-    """Unscale (fp16), clip the gradient norm (0: no clipping), step, advance the schedule; returns the norm."""
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
 def dpr_schedule(warmup_steps, total_steps):
     """DPR's get_schedule_linear, as a LambdaLR factor: linear warm-up, then linear decay (floored at 1e-7)."""
     return lambda step: (step / max(1, warmup_steps) if step < warmup_steps
                          else max(1e-7, (total_steps - step) / max(1, total_steps - warmup_steps)))
 
 
-def training_autocast(precision, device):
-    """(precision, autocast) for mixed_precision: auto is bf16 on GPUs that have it, else fp16 (with loss
-    scaling); fp32 on CPU. Autocast is explicit, not accelerate's: the gradient cache splits forward and backward."""
+def training_precision(precision, device):
+    """(precision, autocast dtype or None) for mixed_precision: auto is the device's (models.autocast_dtype; fp16
+    comes with loss scaling). Autocast is explicit, not accelerate's: the gradient cache splits forward and backward."""
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "no"
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "no"}[autocast_dtype(device)]
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on CPU")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return precision, torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    return precision, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def dist_info():
@@ -117,8 +111,10 @@ def gather_rows(x):
 
 def nll_loss(questions, passages, positives):
     """DPR's BiEncoderNllLoss: scores = q . p for every question-passage pair, mean over questions
-    of -log softmax(scores)[positive]. Every passage of the other questions is an in-batch negative."""
-    return F.cross_entropy(questions @ passages.T, positives)
+    of -log softmax(scores)[positive]. Every passage of the other questions is an in-batch negative.
+    questions [B, d], passages [B·(1+h+o), d], positives [B]: the row of each question's positive passage."""
+    scores = questions @ passages.T  # [B, B·(1+h+o)]
+    return F.cross_entropy(scores, positives)
 
 
 def global_nll_loss(questions, passages, positives):
@@ -137,27 +133,26 @@ def no_sync(model, skip):
     return model.no_sync() if skip and hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
-def forward_backward(model, batch, *, grad_cache, autocast, scaler, loss_weight, sync=True):
-    """Forward and backward for one micro-batch (`batch` from train_data.Collate, on the device); returns the
-    global loss. Gradients are accumulated into .grad, weighted by `loss_weight`.
+def plain_step(model, batch, autocast, scaler, loss_weight, sync=True):
+    """Forward and backward of one micro-batch (`batch` from train_data.Collate, on the device): encode every
+    chunk with the autograd graph, the global loss, backward. Gradients accumulate into .grad, weighted by
+    `loss_weight`; `sync=False` keeps DDP from all-reducing (all but a step's last micro-batch). Returns the loss."""
+    with no_sync(model, not sync):
+        with autocast:
+            vectors = [model(chunk) for chunk in batch["chunks"]]
+        questions = torch.cat([q for q, _ in vectors]).float()
+        passages = torch.cat([p for _, p in vectors]).float()
+        loss = global_nll_loss(questions, passages, batch["positives"])
+        scaler.scale(loss * loss_weight).backward()
+    return loss.detach()
 
-    Plain: encode every chunk with the graph, loss, backward.
-    Gradient cache (Gao et al. 2021): encode all chunks without a graph, take the loss gradient with
-    respect to the vectors, then re-encode each chunk with the graph and back-propagate that cached
-    gradient through it. Each chunk's RNG state is replayed, so dropout draws the same masks both times
-    and the gradients equal the plain step's; memory holds one chunk's activations.
-    `sync=False` keeps DDP from all-reducing (all but the last micro-batch of a step)."""
-    chunks, positives = batch["chunks"], batch["positives"]
-    if not grad_cache:
-        with no_sync(model, not sync):
-            with autocast:
-                vectors = [model(chunk) for chunk in chunks]
-            loss = global_nll_loss(torch.cat([q for q, _ in vectors]).float(), torch.cat([p for _, p in vectors]).float(),
-                                   positives)
-            scaler.scale(loss * loss_weight).backward()
-        return loss.detach()
 
-    device = positives.device
+def grad_cache_step(model, batch, autocast, scaler, loss_weight, sync=True):
+    """plain_step's gradients with one chunk's activations in memory (gradient cache, Gao et al. 2021): encode
+    all chunks without a graph, take the loss gradient with respect to the vectors, then re-encode each chunk
+    with the graph and back-propagate that cached gradient through it. Each chunk's RNG state is replayed, so
+    dropout draws the same masks both times and the gradients equal the plain step's."""
+    chunks, device = batch["chunks"], batch["positives"].device
     bare = model.module if hasattr(model, "module") else model  # no DDP hooks for the graph-free pass
     chunk_rng, questions, passages = [], [], []
     with torch.no_grad(), autocast:
@@ -168,7 +163,7 @@ def forward_backward(model, batch, *, grad_cache, autocast, scaler, loss_weight,
             passages.append(p.float())
     all_questions = torch.cat(questions).requires_grad_()
     all_passages = torch.cat(passages).requires_grad_()
-    loss = global_nll_loss(all_questions, all_passages, positives)
+    loss = global_nll_loss(all_questions, all_passages, batch["positives"])
     loss.backward()
     question_grads = all_questions.grad.split([len(q) for q in questions])
     passage_grads = all_passages.grad.split([len(p) for p in passages])
@@ -185,29 +180,26 @@ def forward_backward(model, batch, *, grad_cache, autocast, scaler, loss_weight,
 
 
 @torch.no_grad()
-def encode(tower, tokenizer, read, ids, cfg, autocast, device):
-    """[CLS] vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's (title, text)).
-    DataLoader workers read and tokenize windows of texts; each is encoded in length-sorted batches."""
+def encode_passages(tower, tokenizer, read, ids, cfg, dtype, device):
+    """[CLS] vectors (fp32, on the device) of passages read(p) = (title, text) for p in ids. DataLoader workers
+    read and tokenize windows of 16 batches; each window is encoded in length-sorted batches (encode_batches)."""
     window = 16 * cfg.eval_batch_size
 
     def tokenize_window(start):
-        texts = [read(int(i)) for i in ids[start: start + window]]
-        tokens = (tokenize_questions(tokenizer, texts, cfg.max_length) if isinstance(texts[0], str) else
-                  tokenize_passages(tokenizer, [t for t, _ in texts], [x for _, x in texts], cfg.max_length))
-        return start, padded_batches(tokens, tokenizer.pad_token_id, cfg.eval_batch_size)
+        passages = [read(int(p)) for p in ids[start : start + window]]
+        tokens = tokenize_passages(tokenizer, [t for t, _ in passages], [x for _, x in passages], cfg.max_length)
+        return start, len(tokens), padded_batches(tokens, tokenizer.pad_token_id, cfg.eval_batch_size)
 
     loader = torch.utils.data.DataLoader(range(0, len(ids), window), batch_size=None, collate_fn=tokenize_window,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
-    out = torch.empty((len(ids), tower.config.hidden_size), device=device)
-    for start, batches in loader:
-        for rows, batch in batches:
-            with autocast:
-                out[(start + rows).to(device)] = embed(tower, "cls", {k: v.to(device) for k, v in batch.items()}).float()
+    out = torch.empty((len(ids), embedding_dim(tower)), device=device)
+    for start, n, batches in loader:
+        out[start : start + n] = encode_batches(tower, "cls", batches, n, device, dtype, host=False)
     return out
 
 
 @torch.no_grad()
-def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
+def validate(model, tokenizers, dev, cfg, with_rank, dtype, device):
     """DPR's two validations on the dev set (a train_data.BiencoderData), both independent of the number of processes.
 
     NLL (validate_nll): dev questions in file order, in batches of train_batch_size, each question with
@@ -221,10 +213,11 @@ def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
     nll_lists = [dev.ctxs(i, cfg.num_hard_negatives, cfg.num_other_negatives) for i in range(n)]
     rank_lists = [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)] if with_rank else []
     unique = np.unique(np.concatenate(nll_lists + rank_lists))  # each distinct passage encoded once
-    question_vectors, _ = gather_rows(encode(model.question_model, tokenizers["question"], dev.question_text,
-                                             np.array_split(np.arange(n), world)[rank], cfg, autocast, device))
-    passage_vectors, _ = gather_rows(encode(model.passage_model, tokenizers["passage"], dev.passage,
-                                            np.array_split(unique, world)[rank], cfg, autocast, device))
+    questions = [dev.question_text(i) for i in np.array_split(np.arange(n), world)[rank]]
+    question_vectors, _ = gather_rows(encode_questions(model.question_model, "cls", tokenizers["question"], questions,
+                                                       cfg.eval_batch_size, device, dtype, cfg.max_length, host=False))
+    passage_vectors, _ = gather_rows(encode_passages(model.passage_model, tokenizers["passage"], dev.passage,
+                                                     np.array_split(unique, world)[rank], cfg, dtype, device))
 
     def pooled(lists):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
         rows = np.searchsorted(unique, np.concatenate(lists))
@@ -232,18 +225,18 @@ def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
         return torch.as_tensor(rows, device=device), torch.as_tensor(starts, device=device)
 
     losses, correct, size = [], 0, cfg.train_batch_size
-    for s in range(0, n, size):
-        rows, positives = pooled(nll_lists[s: s + size])
-        scores = question_vectors[s: s + size] @ passage_vectors[rows].T
+    for start in range(0, n, size):
+        rows, positives = pooled(nll_lists[start : start + size])
+        scores = question_vectors[start : start + size] @ passage_vectors[rows].T  # [B, B·(1+h+o)]
         losses.append(F.cross_entropy(scores, positives).item())
         correct += (scores.argmax(1) == positives).sum().item()
     metrics = {"dev_nll": float(np.mean(losses)), "dev_accuracy": correct / n}
     if with_rank:
         rows, positives = pooled(rank_lists)
         higher = 0
-        for s in range(0, n, 64):
-            scores = (question_vectors[s: s + 64] @ passage_vectors.T)[:, rows]  # questions x pooled passages
-            higher += (scores > scores.gather(1, positives[s: s + 64, None])).sum().item()
+        for start in range(0, n, 64):
+            scores = (question_vectors[start : start + 64] @ passage_vectors.T)[:, rows]  # questions x pooled passages
+            higher += (scores > scores.gather(1, positives[start : start + 64, None])).sum().item()
         metrics["dev_avg_rank"] = higher / n
     model.train()
     return metrics

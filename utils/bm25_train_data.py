@@ -29,9 +29,9 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # `python utils/bm25_train_data.py`: make the `utils` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.data import PassageStore, iter_passages, read_qas
 from utils.errors import DataError, NanoDPRError
-from utils.mine_negatives import check_answers, iter_train, passage_key, same_passage_file, write_json_list
+from utils.formats import (PassageStore, check_answers, iter_labelled_records, iter_passages, passage_key, read_qas,
+                           same_passage_file, write_json_list)
 from utils.qa import has_answer
 
 K1, B = 0.9, 0.4  # the settings DPR reports for its Lucene BM25 baseline (as pyserini's DPR reproduction)
@@ -100,9 +100,9 @@ def load_questions(args):
     if args.qa_file:
         qas = read_qas(args.qa_file)
         for i, (_, answers) in enumerate(qas):
-            check_answers(answers, f"{args.qa_file}: question {i + 1}")
+            check_answers(answers, f"{args.qa_file}: question {i + 1}", usable=True)
         return [(q, answers, None) for q, answers in qas]
-    return [(rec["question"], rec["answers"], rec["positive_ctxs"]) for rec in iter_train(args.train_file)]
+    return [(rec["question"], rec["answers"], rec["positive_ctxs"]) for rec in iter_labelled_records(args.train_file)]
 
 
 def ctx(passage, score=None):

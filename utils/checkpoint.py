@@ -1,11 +1,11 @@
 """Training checkpoints: the encoder dirs other scripts read (best/, step-N/) and last_state/, from which a
 run continues exactly (weights, optimizer, schedule, loss scale, progress, every process's RNG state).
 
-Each is written under a temp name and renamed into place (utils.data.replace_dir / atomic_write).
+Each is written under a temp name and renamed into place (utils.files.atomic_dir / atomic_write).
 """
+import contextlib
 import json
 import os
-import random
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -13,11 +13,11 @@ from typing import Optional
 
 import torch
 
-from utils.data import atomic_write, replace_dir
+from utils.files import atomic_dir, atomic_write
 from utils.models import save_encoder
+from utils.rng import rng_state, set_rng_state
+from utils.towers import TOWER_DIRS, unused_by_dpr
 
-# the on-disk format doc2embedding.py and test_dpr.py read
-TOWER_DIRS = {"question": "query_encoder", "passage": "doc_encoder"}
 # settings that make a resumed run a different run than the one interrupted
 RESUME_KEYS = ("train_file", "train_batch_size", "gradient_accumulation_steps", "seed", "num_hard_negatives",
                "num_other_negatives", "max_length", "lr", "warmup_steps")
@@ -33,28 +33,13 @@ class Progress:
     last_eval_step: Optional[int] = None
 
 
-def rng_state(device):
-    """Every generator training draws from: torch's (dropout on CPU), the GPU's (dropout there), Python's."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state, device):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def save_encoders(model, tokenizers, out_dir, info):
     """out_dir/{query_encoder,doc_encoder} (plain HF dirs with tokenizer and role) + trainer_state.json (info)."""
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for role, name in TOWER_DIRS.items():
-        save_encoder(getattr(model, f"{role}_model"), tokenizers[role], os.path.join(tmp, name), role)
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump(info, f, indent=1)
-    replace_dir(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for role, name in TOWER_DIRS.items():
+            save_encoder(getattr(model, f"{role}_model"), tokenizers[role], os.path.join(tmp, name), role)
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump(info, f, indent=1)
 
 
 def prune_step_dirs(output_dir, keep):
@@ -69,26 +54,23 @@ def last_state_dir(resume_from, output_dir):
     if resume_from != "last":
         return resume_from
     path = os.path.join(output_dir, "last_state")
-    if not os.path.isdir(path) and os.path.isdir(path + ".old"):  # stopped between replace_dir's two renames
+    if not os.path.isdir(path) and os.path.isdir(path + ".old"):  # stopped between atomic_dir's two renames
         path += ".old"
     return path
 
 
 def save_state(path, model, optimizer, scheduler, scaler, progress, config, accelerator):
     """last_state/: everything on the main process, plus one RNG file per process (each draws its own dropout)."""
-    tmp = path + ".tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(accelerator.device), os.path.join(tmp, f"rng_{accelerator.process_index}.pt"))
-    if accelerator.is_main_process:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "state": asdict(progress), "config": asdict(config),
-                    "world_size": accelerator.num_processes}, os.path.join(tmp, "state.pt"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        replace_dir(tmp, path)
+    main, tmp = accelerator.is_main_process, path + ".tmp"
+    with atomic_dir(path, tmp) if main else contextlib.nullcontext():  # the main process creates and renames it
+        accelerator.wait_for_everyone()
+        torch.save(rng_state(accelerator.device), os.path.join(tmp, f"rng_{accelerator.process_index}.pt"))
+        if main:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": asdict(progress),
+                        "config": asdict(config), "world_size": accelerator.num_processes},
+                       os.path.join(tmp, "state.pt"))
+        accelerator.wait_for_everyone()
     accelerator.wait_for_everyone()
 
 
@@ -100,7 +82,7 @@ def load_state(path, model, optimizer, scheduler, scaler, config, accelerator, l
     if changed:
         log(f"warning: resuming with changed {', '.join(changed)}: not the run that was interrupted")
     missing, unexpected = model.load_state_dict(saved["model"], strict=False)
-    if unexpected or any("pooler." not in k for k in missing):  # states saved before the (frozen) pooler was kept lack it
+    if unexpected or not all(unused_by_dpr(k) for k in missing):
         raise RuntimeError(f"{path}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -8,14 +8,13 @@ itself, through utils.models.load_encoder; converting once saves re-reading the 
 """
 import argparse
 import os
-import shutil
 import sys
 
-from utils.checkpoint import TOWER_DIRS
-from utils.data import replace_dir
 from utils.dpr_checkpoint import checkpoint_tokenizer, describe, encoder_from_state, read_dpr_checkpoint
 from utils.errors import EncoderError
+from utils.files import atomic_dir
 from utils.models import quiet_transformers, save_encoder
+from utils.towers import TOWER_DIRS
 
 
 def parse_args(argv=None):
@@ -41,10 +40,9 @@ def main(argv=None):
             if pooling == "pooler_output" and not args.hf_dpr:
                 print(f"note: the {role} encoder has a projection (encode_proj), which a plain BertModel dir cannot "
                       f"hold: writing it as a transformers {type(model).__name__} dir")
-            out, tmp = os.path.join(args.output_dir, name), os.path.join(args.output_dir, f".{name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_encoder(model, tokenizer, tmp, role, converted_from=os.path.abspath(args.checkpoint))
-            replace_dir(tmp, out)
+            out = os.path.join(args.output_dir, name)
+            with atomic_dir(out, os.path.join(args.output_dir, f".{name}.tmp")) as tmp:
+                save_encoder(model, tokenizer, tmp, role, converted_from=os.path.abspath(args.checkpoint))
             cfg = model.config
             print(f"wrote {out}: {role} encoder, {type(model).__name__}, {cfg.num_hidden_layers} layers, "
                   f"hidden {cfg.hidden_size}, projection {getattr(cfg, 'projection_dim', 0)}")

@@ -24,11 +24,9 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, DPRConfig
 
 from utils.errors import EncoderError
-from utils.models import DPR_CLASSES
+from utils.towers import DPR_CLASSES, DPR_PREFIXES, unused_by_dpr
 
 log = logging.getLogger(__name__)
-
-PREFIXES = {"question": "question_model.", "passage": "ctx_model."}  # DPR's BiEncoder attribute names
 
 
 class _Stub:
@@ -163,14 +161,14 @@ def encoder_from_state(state, role, path, hf_dpr=False):
     model_type = params.get("encoder_model_type")
     if model_type not in (None, "hf_bert"):
         raise EncoderError(f"{path}: encoder_model_type {model_type!r}; only DPR's hf_bert encoders are supported")
-    prefix = PREFIXES[role]
+    prefix = DPR_PREFIXES[role]
     weights = {k[len(prefix):]: v for k, v in state["model_dict"].items() if k.startswith(prefix)}
     if not weights:
         found = sorted({k.split(".")[0] for k in state["model_dict"]})
         raise EncoderError(f"{path}: model_dict has no '{prefix}*' weights for the {role} encoder (found {found})")
     proj = {k[len("encode_proj."):]: v for k, v in weights.items() if k.startswith("encode_proj.")}
     bert = {k: v for k, v in weights.items()
-            if not k.startswith(("encode_proj.", "pooler.")) and k != "embeddings.position_ids"}  # pooler: unused
+            if not k.startswith("encode_proj.") and not unused_by_dpr(k) and k != "embeddings.position_ids"}
     arch = _bert_config(bert, params, path)
     if not proj and not hf_dpr:
         model = BertModel(BertConfig(**arch), add_pooling_layer=False)

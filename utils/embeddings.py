@@ -1,5 +1,5 @@
 """Passage-embedding shards written by doc2embedding.py and read by test_dpr.py, and the machinery
-that writes them: passage windows for the tokenizing workers, run signature, resumable chunks.
+that writes them: passage windows for the tokenizing workers, device defaults, run signature, resumable chunks.
 
 Layout of an embedding dir D:
   meta.json                    model, role, pooling, dim, dtype, max_length, num_passages,
@@ -10,7 +10,6 @@ While a run is going (chunks/ is removed once meta.json is written; run.json sta
   run.json                     the arguments the chunks depend on (run_signature)
   chunks/rank{r}_{k:06d}.npz   window k of rank r: ids, embeddings, next (byte offset, line number after it)
 """
-import collections
 import glob
 import itertools
 import json
@@ -21,9 +20,10 @@ import time
 import numpy as np
 import torch
 
-from utils.data import atomic_write, iter_passage_lines, parse_passage_line
+from utils.files import atomic_write
+from utils.formats import iter_passage_lines, parse_passage_line
 from utils.errors import DataError
-from utils.models import padded_batches, tokenize_passages
+from utils.models import autocast_dtype, padded_batches, tokenize_passages
 
 META, RUN_FILE, CHUNKS = "meta.json", "run.json", "chunks"
 
@@ -118,9 +118,9 @@ class PassageWindows(torch.utils.data.IterableDataset):
         try:
             for k, lines, next_offset, next_line in self.read_windows():
                 if (k - self.first_window) % num_workers == worker:
-                    t = time.perf_counter()
+                    started = time.perf_counter()
                     yield {"window": k, **self.prepare(lines), "next": torch.tensor([next_offset, next_line]),
-                           "prepare_s": time.perf_counter() - t}
+                           "prepare_s": time.perf_counter() - started}
         except DataError as e:  # a message, not a traceback wrapped by the DataLoader
             yield {"error": str(e)}
 
@@ -151,32 +151,8 @@ def encode_defaults(device):
     if device.type != "cuda":
         return {"compute_dtype": "float32", "max_tokens_per_batch": min(65536, 4096 * torch.get_num_threads()), "num_workers": 1}
     cores_per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return {"compute_dtype": "bfloat16" if torch.cuda.is_bf16_supported() else "float16", "max_tokens_per_batch": 65536,
+    return {"compute_dtype": str(autocast_dtype(device)).removeprefix("torch."), "max_tokens_per_batch": 65536,
             "num_workers": max(1, min(8, cores_per_process - 2))}
-
-
-class LoopClock(collections.Counter):
-    """Sums for a loop's report: lap(name) adds the seconds since the previous lap (or since creation) to name."""
-
-    def __init__(self):
-        super().__init__()
-        self.last = time.perf_counter()
-
-    def lap(self, name):
-        now = time.perf_counter()
-        self[name] += now - self.last
-        self.last = now
-
-
-def flop_coefficients(model):
-    """(a, b) with forward FLOPs ~= a * tokens + b * sum(length^2) over a batch's real (unpadded) passages.
-
-    a = 2 x the parameters that multiply every token (not the embedding tables, which only look up, nor
-    a pooler or DPR projection, which see the [CLS] vector alone); b = 4 x layers x hidden: QK^T and
-    attention x V, each 2 x length^2 x hidden per layer."""
-    not_per_token = ("embeddings.", "pooler.", "encode_proj.")
-    params = sum(p.numel() for name, p in model.named_parameters() if not any(s in name for s in not_per_token))
-    return 2 * params, 4 * model.config.num_hidden_layers * model.config.hidden_size
 
 
 # The output dir while a run is going: run signature, committed chunks, shards

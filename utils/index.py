@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.data import atomic_write
+from utils.files import atomic_write
 from utils.errors import ConfigError, DataError
 
 COPY_ROWS = 1 << 18  # rows converted/copied at a time while building: never a full-size temporary

@@ -9,7 +9,6 @@ the model's top-ranked passages that hold no answer (DPR's has_answer, text only
 positive. Train round 2 on both: train_dpr.py --train_file "[IN, OUT]" (docs/own_data.md).
 """
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -17,8 +16,9 @@ from collections import Counter
 if __package__ in (None, ""):  # `python utils/mine_negatives.py`: make the `utils` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.data import atomic_write, iter_json_list, normalize_question
 from utils.errors import DataError, NanoDPRError
+from utils.formats import (iter_labelled_records, iter_results, normalize_question, passage_key, same_passage_file,
+                           write_json_list)
 from utils.qa import has_answer
 
 
@@ -35,62 +35,9 @@ def parse_args(argv=None):
     return args
 
 
-def check_answers(answers, where):
-    """DPR's has_answer matches any text for an answer with no tokens: refuse such records."""
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-        raise DataError(f"{where}: answers must be a non-empty list of non-empty strings, got {str(answers)[:80]}")
-
-
-def iter_train(path):
-    """IN's records one at a time (NQ's train file is GBs), question, answers and positives checked."""
-    for i, rec in enumerate(iter_json_list(path)):
-        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(rec.get("positive_ctxs"), list):
-            raise DataError(f"{path}: record {i}: needs 'question' (string) and 'positive_ctxs' (list)")
-        if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in rec["positive_ctxs"]):
-            raise DataError(f"{path}: record {i}: every positive ctx needs a 'text' string")
-        check_answers(rec.get("answers"), f"{path}: record {i}")
-        yield rec
-
-
-def iter_results(path):
-    """test_dpr.py's results one at a time, with the keys mining reads checked."""
-    for i, rec in enumerate(iter_json_list(path)):
-        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str) or not isinstance(rec.get("ctxs"), list):
-            raise DataError(f"{path}: record {i}: needs 'question' (string) and 'ctxs' (list): not a results file")
-        for ctx in rec["ctxs"]:
-            if not isinstance(ctx, dict) or {"id", "title", "text", "score"} - set(ctx):
-                raise DataError(f"{path}: record {i}: every ctx needs 'id', 'title', 'text' and 'score'")
-        yield rec
-
-
-def write_json_list(path, records):
-    """A biencoder JSON list written one record at a time, at `path` only once complete. Returns the count."""
-    n = 0
-    with atomic_write(path) as f:
-        f.write("[")
-        for n, rec in enumerate(records, 1):
-            f.write(",\n" if n > 1 else "\n")
-            json.dump(rec, f, ensure_ascii=False)
-        f.write("\n]\n")
-    return n
-
-
-def passage_key(ctx):
-    """A ctx's passage id as psgs_w100's integer id string: DPR's own results write 'wiki:123'."""
-    pid = ctx.get("passage_id", ctx.get("id"))
-    return None if pid is None else str(pid).removeprefix("wiki:")
-
-
-def same_passage_file(ctx, positive, where):
-    """A ctx and a positive with one id must have one text, else they come from different passage files."""
-    if " ".join(ctx["text"].split()) != " ".join(positive["text"].split()):
-        raise DataError(f"{where}: passage id {passage_key(positive)} has another text than the train file's positive "
-                        f"({ctx['text'][:40]!r} vs {positive['text'][:40]!r}): made over another passage file?")
-
-
 def mine(rec, result, args, stats, where):
     """The hard negatives of one question: its top-ranked answer-free passages that are not a positive."""
-    positives = {passage_key(c): c for c in rec["positive_ctxs"] if isinstance(c, dict) and "text" in c}
+    positives = {passage_key(c): c for c in rec["positive_ctxs"]}
     mined = []
     for rank, ctx in enumerate(result["ctxs"]):
         key = passage_key(ctx)
@@ -112,7 +59,7 @@ def mine(rec, result, args, stats, where):
 
 def mined_records(args, stats):
     """IN's records with their hard negatives replaced by the mined ones, IN and RESULTS read in lockstep."""
-    train, results, i = iter_train(args.train_file), iter_results(args.results_file), -1
+    train, results, i = iter_labelled_records(args.train_file), iter_results(args.results_file), -1
     for i, rec in enumerate(train):
         result = next(results, None)
         if result is None:

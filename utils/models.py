@@ -11,15 +11,15 @@ import os
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from transformers import AutoConfig, AutoModel, AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from utils.data import normalize_question
+from utils.dpr_checkpoint import load_dpr_checkpoint_encoder
 from utils.errors import EncoderError
+from utils.towers import DPR_CLASSES, ROLES, unused_by_dpr
 
-ROLES = ("question", "passage")
 ROLE_FILE = "nanodpr.json"  # written next to our checkpoints: which tower and how to pool
-DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
 
 
 @contextlib.contextmanager
@@ -46,8 +46,6 @@ def load_encoder(path, role, tokenizer=None, pooler=False):
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if os.path.isfile(path):
-        from utils.dpr_checkpoint import load_dpr_checkpoint_encoder  # it imports this module
-
         return load_dpr_checkpoint_encoder(path, role, tokenizer)
     saved = os.path.join(path, ROLE_FILE)
     if os.path.isfile(saved):
@@ -83,7 +81,7 @@ def _from_pretrained(cls, path, **kwargs):
         model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise EncoderError(f"{path}: cannot load {cls.__name__} weights ({type(e).__name__}: {e})") from None
-    missing = sorted(k for k in info["missing_keys"] if "pooler." not in k)  # unused: DPR pools the [CLS] state
+    missing = sorted(k for k in info["missing_keys"] if not unused_by_dpr(k))
     if missing or info.get("mismatched_keys"):
         raise EncoderError(f"{path}: weights do not match the {type(model).__name__} config: missing {missing[:5]}, "
                            f"wrong shape {sorted(info.get('mismatched_keys') or [])[:5]}")
@@ -109,7 +107,7 @@ def tokenize_passages(tokenizer, titles, texts, max_length):
 
 
 def tokenize_questions(tokenizer, questions, max_length):
-    questions = [normalize_question(q) for q in questions]
+    """Token ids `[CLS] question [SEP]`, unpadded; questions as read, normalized (formats.normalize_question)."""
     return tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
 
 
@@ -176,24 +174,55 @@ def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact
     return out
 
 
-@torch.inference_mode()
-def encode_batches(model, pooling, batches, n, device, host=True, autocast=True):
-    """(n, dim) float32 embeddings of padded_batches' output, row r where it was before sorting:
-    numpy, or a tensor left on the device (host=False) for the caller to time and copy.
+def autocast_dtype(device):
+    """The half precision a device computes in: bf16 on GPUs that have it, else fp16; None (fp32) on CPU, where
+    most chips emulate half precision slowly."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    autocast: on a GPU, bf16 where it has it, else fp16 (fp32 on CPU); False runs the model in its weights'
-    dtype (bf16 weights keep the residual stream in bf16 too: half the memory traffic of autocast's fp32 one).
-    Results stay on the device until all batches are done, so padding the next batch on the CPU
-    overlaps with the GPU's work.
+
+def autocast(device, dtype):
+    """torch.autocast to `dtype`; None: a disabled one (the model computes in its weights' dtype)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def embedding_dim(model):
+    """Size of the vectors `embed` returns: a DPR model's projection when it has one, else the hidden size."""
+    return getattr(model.config, "projection_dim", 0) or model.config.hidden_size
+
+
+@torch.inference_mode()
+def encode_batches(model, pooling, batches, n, device, dtype=None, host=True):
+    """(n, dim) float32 embeddings of padded_batches' output, row r where it was before sorting: numpy, or a
+    tensor left on the device (host=False) for the caller to time and copy. Every text nanoDPR encodes
+    outside a training step goes through here: passages, questions, validation.
+
+    dtype: autocast to it (autocast_dtype); None runs the model in its weights' dtype (bf16 weights keep the
+    residual stream in bf16 too: half the memory traffic of autocast's fp32 one). Results stay on the device
+    until all batches are done, so padding the next batch on the CPU overlaps with the GPU's work.
     """
-    amp = autocast and device.type == "cuda"
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else torch.float32
-    out = None
+    out = torch.empty(n, embedding_dim(model), device=device)
     for rows, batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+        with autocast(device, dtype):
             emb = embed(model, pooling, batch).float()
-        if out is None:
-            out = torch.empty(n, emb.shape[1], device=device)
         out[rows.to(device, non_blocking=True)] = emb  # a blocking copy would wait for this batch's forward
     return out.cpu().numpy() if host else out
+
+
+def question_batches(tokens, pad_token_id, batch_size):
+    """[(row indices, padded batch)] of questions: cut from the shortest up, run longest first. The composition
+    decides the last float digits of the scores, so it stays fixed (results files compare byte for byte)."""
+    order = np.argsort([len(x) for x in tokens], kind="stable")
+    cuts = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+    return [(torch.from_numpy(rows), pad_batch([tokens[i] for i in rows], pad_token_id)) for rows in cuts][::-1]
+
+
+def encode_questions(model, pooling, tokenizer, questions, batch_size, device, dtype=None, max_length=256,
+                     host=True, progress=False):
+    """(len(questions), dim) float32 question vectors (question_batches, encode_batches)."""
+    tokens = tokenize_questions(tokenizer, questions, max_length) if questions else []  # it fails on []
+    batches = question_batches(tokens, tokenizer.pad_token_id, batch_size)
+    batches = tqdm(batches, desc="encode questions", disable=not progress)
+    return encode_batches(model, pooling, batches, len(tokens), device, dtype, host)

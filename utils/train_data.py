@@ -6,14 +6,14 @@ are functions of (seed, epoch, question): they do not depend on workers, process
 import json
 import os
 import random
-import shutil
 import socket
 from array import array
 
 import numpy as np
 import torch
 
-from utils.data import iter_biencoder, replace_dir
+from utils.files import atomic_dir
+from utils.formats import iter_biencoder
 from utils.models import pad_batch, tokenize_passages, tokenize_questions
 
 ARRAYS = ("offsets", "question", "source", "positive", "hard_ptr", "hard", "other_ptr", "other",
@@ -61,13 +61,13 @@ class BiencoderData:
 
 
 def build_cache(files, out_dir, max_hard, max_other, other_only_without_hard):
-    """Stream the JSON files once into out_dir (created), the arrays BiencoderData maps; returns out_dir.
+    """Stream the JSON files once into out_dir, the arrays BiencoderData maps; returns out_dir.
 
     Kept per question: the text, the first positive ctx (DPR nq: shuffle_positives false), up to
     `max_hard` hard negatives and `max_other` other negatives (None: all, for per-epoch shuffling).
     With other_only_without_hard, other negatives are kept only for questions with no hard negative
     (the fallback pool). Identical passages are stored once (keyed by a 64-bit hash of title and text)."""
-    os.makedirs(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
     columns = {name: array("q", [0] if name in ("offsets", "hard_ptr", "other_ptr") else []) for name in ARRAYS}
     passage_ids, title_ids, stats = {}, {}, {"skipped": 0}
     with open(os.path.join(out_dir, "strings.bin"), "wb") as blob:
@@ -114,21 +114,23 @@ def load_cache(files, cache_dir, keep, accelerator, log):
     key = {"files": [[f, os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files], "keep": keep}
     key_file = os.path.join(cache_dir, "key.json")
     with accelerator.local_main_process_first():
-        fresh = False
-        if accelerator.is_local_main_process and os.path.isfile(key_file):
-            with open(key_file) as f:
-                fresh = json.load(f) == key
-        if accelerator.is_local_main_process and not fresh:
+        if accelerator.is_local_main_process and not has_key(key_file, key):
             log(f"reading {', '.join(files)} into {cache_dir}")
-            tmp = f"{cache_dir}.tmp-{socket.gethostname()}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            with open(os.path.join(build_cache(files, tmp, **keep), "key.json"), "w") as f:
-                json.dump(key, f)
             try:
-                replace_dir(tmp, cache_dir)
-            except OSError:  # another machine sharing output_dir renamed its identical copy first
-                shutil.rmtree(tmp, ignore_errors=True)
+                with atomic_dir(cache_dir, f"{cache_dir}.tmp-{socket.gethostname()}-{os.getpid()}") as tmp:
+                    with open(os.path.join(build_cache(files, tmp, **keep), "key.json"), "w") as f:
+                        json.dump(key, f)
+            except OSError:
+                if not has_key(key_file, key):  # else another machine sharing output_dir renamed its copy first
+                    raise
         return BiencoderData(cache_dir)
+
+
+def has_key(key_file, key):
+    if not os.path.isfile(key_file):
+        return False
+    with open(key_file) as f:
+        return json.load(f) == key
 
 
 def epoch_batches(data, epoch, seed, batch_size):

@@ -4,12 +4,10 @@ Everything streams: the 21M-row passage file and the multi-GB training JSON are 
 Malformed input raises DataError naming the file and the line (TSV/CSV) or record (JSON).
 """
 import ast
-import contextlib
 import csv
 import itertools
 import json
 import os
-import shutil
 import sys
 import zipfile
 
@@ -17,35 +15,14 @@ import ijson
 import numpy as np
 
 from utils.errors import DataError
+from utils.files import atomic_write
 
 csv.field_size_limit(sys.maxsize)
 
 
-@contextlib.contextmanager
-def atomic_write(path, mode="w"):
-    """Write to `path.tmp`, rename into place only on success: no half-written file looks complete."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def replace_dir(tmp, final):
-    """Put a finished temp dir in place; at no moment is a half-written dir at the final name."""
-    old = final + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def normalize_question(question):
-    """DPR's normalize_question (biencoder_data.py), applied to every question at train and test."""
+    """DPR's normalize_question (biencoder_data.py): applied once to every question as it is read, at train
+    (iter_biencoder) and test time (test_dpr.py)."""
     return question.replace("\u2019", "'")
 
 
@@ -264,29 +241,73 @@ def iter_json_list(path, block_size=1 << 16):
             raise DataError(f"{path}: record {index}: {reason.splitlines()[0]}") from None
 
 
-def _ctx(ctx, path, index):
-    if not isinstance(ctx, dict) or "text" not in ctx:
-        raise DataError(f"{path}: record {index}: every ctx needs a 'text' key")
-    return {"title": ctx.get("title") or "", "text": ctx["text"]}
+CTX_LISTS = ("positive_ctxs", "negative_ctxs", "hard_negative_ctxs")
+
+
+def check_record(rec, where):
+    """A biencoder record: a 'question' string, a 'positive_ctxs' list, every ctx a dict with a 'text' string."""
+    if not (isinstance(rec, dict) and isinstance(rec.get("question"), str) and isinstance(rec.get("positive_ctxs"), list)):
+        raise DataError(f"{where}: needs 'question' (a string) and 'positive_ctxs' (a list)")
+    for key in CTX_LISTS:
+        if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in rec.get(key) or []):
+            raise DataError(f"{where}: every ctx in {key} needs a 'text' string")
+
+
+def check_answers(answers, where, usable=False):
+    """A list of strings; `usable`: non-empty and none blank, for tools that label passages with has_answer
+    (DPR's has_answer matches any text for an answer with no tokens)."""
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise DataError(f"{where}: answers must be a list of strings, got {str(answers)[:60]}")
+    if usable and not (answers and all(a.strip() for a in answers)):
+        raise DataError(f"{where}: answers must be a non-empty list of non-empty strings, got {str(answers)[:60]}")
 
 
 def iter_biencoder(path, stats=None):
-    """Yield {question, answers, positive_ctxs, negative_ctxs, hard_negative_ctxs} records, ctxs
-    reduced to {title, text}. Records with no positive ctx are skipped (as DPR does) and counted
-    in stats['skipped']."""
+    """Yield {question, answers, positive_ctxs, negative_ctxs, hard_negative_ctxs} records, questions normalized,
+    ctxs reduced to {title, text}. Records with no positive ctx are skipped (as DPR does) and counted in
+    stats['skipped']."""
     stats = stats if stats is not None else {}
     stats.setdefault("skipped", 0)
     for index, rec in enumerate(iter_json_list(path)):
-        if not isinstance(rec, dict) or "question" not in rec or "positive_ctxs" not in rec:
-            raise DataError(f"{path}: record {index}: needs 'question' and 'positive_ctxs' keys")
+        check_record(rec, f"{path}: record {index}")
         if not rec["positive_ctxs"]:
             stats["skipped"] += 1
             continue
-        yield {
-            "question": normalize_question(rec["question"]),
-            "answers": rec.get("answers", []),
-            **{k: [_ctx(c, path, index) for c in rec.get(k) or []] for k in ("positive_ctxs", "negative_ctxs", "hard_negative_ctxs")},
-        }
+        ctxs = {key: [{"title": c.get("title") or "", "text": c["text"]} for c in rec.get(key) or []] for key in CTX_LISTS}
+        yield {"question": normalize_question(rec["question"]), "answers": rec.get("answers", []), **ctxs}
+
+
+def iter_labelled_records(path):
+    """A biencoder JSON's records as they are, for the tools that rewrite them: checked, answers usable."""
+    for index, rec in enumerate(iter_json_list(path)):
+        check_record(rec, f"{path}: record {index}")
+        check_answers(rec.get("answers"), f"{path}: record {index}", usable=True)
+        yield rec
+
+
+def write_json_list(path, records):
+    """A biencoder JSON list written one record at a time, at `path` only once complete. Returns the count."""
+    n = 0
+    with atomic_write(path) as f:
+        f.write("[")
+        for n, rec in enumerate(records, 1):
+            f.write(",\n" if n > 1 else "\n")
+            json.dump(rec, f, ensure_ascii=False)
+        f.write("\n]\n")
+    return n
+
+
+def passage_key(ctx):
+    """A ctx's passage id as psgs_w100's integer id string: DPR's own results write 'wiki:123'."""
+    pid = ctx.get("passage_id", ctx.get("id"))
+    return None if pid is None else str(pid).removeprefix("wiki:")
+
+
+def same_passage_file(ctx, positive, where):
+    """A ctx and a positive with one id must have one text, else they come from different passage files."""
+    if " ".join(ctx["text"].split()) != " ".join(positive["text"].split()):
+        raise DataError(f"{where}: passage id {passage_key(positive)} has another text than the train file's positive "
+                        f"({ctx['text'][:40]!r} vs {positive['text'][:40]!r}): made over another passage file?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,10 +331,10 @@ def read_qas(path):
 
 
 def _json_qa(rec, path, index):
-    answers = rec.get("answers") if isinstance(rec, dict) else None
-    if not isinstance(answers, list) or not isinstance(rec.get("question"), str) or not all(isinstance(a, str) for a in answers):
+    if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
         raise DataError(f"{path}: record {index}: needs 'question' (a string) and 'answers' (a list of strings)")
-    return rec["question"], answers
+    check_answers(rec.get("answers"), f"{path}: record {index}")
+    return rec["question"], rec["answers"]
 
 
 def _read_qas_csv(path):
@@ -340,8 +361,7 @@ def _parse_answers(row, path, line_no):
         answers = ast.literal_eval(row[1])
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise DataError(f"{path}:{line_no}: answers {row[1][:60]!r} is not a Python list literal") from None
-    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-        raise DataError(f"{path}:{line_no}: answers must be a list of strings, got {row[1][:60]!r}")
+    check_answers(answers, f"{path}:{line_no}")
     return answers
 
 
@@ -363,16 +383,22 @@ def write_run(path, ids, scores, tag):
             f.writelines(f"{qid} Q0 {pid} {rank} {score!s} {tag}\n" for rank, (pid, score) in enumerate(zip(row_ids, row_scores), 1))
 
 
-def read_results(path):
-    records = list(iter_json_list(path))
-    for index, rec in enumerate(records):
+def iter_results(path):
+    """A results JSON's records one at a time, each checked: question, answers, ctxs with DPR's keys."""
+    for index, rec in enumerate(iter_json_list(path)):
         if not isinstance(rec, dict):
             raise DataError(f"{path}: record {index}: expected an object, got {type(rec).__name__}")
         for key in ("question", "answers", "ctxs"):
             if key not in rec:
                 raise DataError(f"{path}: record {index}: missing key {key!r}")
+        if not isinstance(rec["question"], str) or not isinstance(rec["ctxs"], list):
+            raise DataError(f"{path}: record {index}: needs 'question' (a string) and 'ctxs' (a list)")
         for ctx in rec["ctxs"]:
             missing = {"id", "title", "text", "score", "has_answer"} - set(ctx if isinstance(ctx, dict) else ())
             if missing:
                 raise DataError(f"{path}: record {index}: ctx missing {sorted(missing)}")
-    return records
+        yield rec
+
+
+def read_results(path):
+    return list(iter_results(path))
