@@ -27,12 +27,12 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm import tqdm
 
+from bench.profiling import LoopClock, encoding_report
 from utils.embeddings import (PassageWindows, check_run, chunk_path, committed_chunks, encode_defaults, finish_run,
                               read_meta, run_signature, start_run, write_chunk, write_shard)
 from utils.errors import DataError, EncoderError
 from utils.formats import count_lines, passage_shard
 from utils.models import embedding_dim, encode_batches, load_encoder
-from utils.profile import LoopClock, encoding_report
 
 try:  # glibc: hand freed heap pages back to the OS once per window (see the loop)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
@@ -143,7 +143,7 @@ def encode(args, state, loaded):
             chunks.append(chunk_path(args.output_dir, state.process_index, k))
             pending = writer.submit(write_chunk, chunks[-1], ids, emb, item["next"].numpy(), args.dtype)
             clock.lap("write_wait_s")
-            clock.count_window(item)
+            clock.update(encoded=len(ids), tokens=item["tokens"], tokens_sq=item["tokens_sq"], prepare_s=item["prepare_s"])
             bar.update(len(ids))
             # Each window's arrays differ in size; glibc keeps freed ones in a fragmented heap, so without
             # handing the pages back, RSS creeps up window after window instead of staying bounded by the window.

@@ -17,13 +17,13 @@ import sys
 import numpy as np
 import torch
 
+from bench.profiling import LoopClock
 from utils.embeddings import load_embeddings, read_meta
 from utils.errors import ConfigError, DataError, NanoDPRError
 from utils.files import atomic_write
 from utils.formats import PassageStore, normalize_question, read_qas, write_results, write_run
 from utils.index import open_index
 from utils.models import autocast_dtype, encode_questions, load_encoder
-from utils.profile import LoopClock
 from utils.qa import score_passages, top_k_accuracy
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)

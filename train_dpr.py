@@ -29,7 +29,7 @@ from typing import List, Literal, Optional, get_args, get_type_hints
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
@@ -38,16 +38,15 @@ from utils.checkpoint import Progress, last_state_dir, load_state, prune_step_di
 from utils.errors import ConfigError, DataError, NanoDPRError
 from utils.models import autocast
 from utils.train_data import (Collate, TrainSet, epoch_batches, load_cache, passage_groups, process_slices,
-                              steps_per_epoch, to_device)
+                              steps_per_epoch)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers run in DataLoader workers instead
 
 
 def option(default, meaning):
-    """One option: its default and the line --help shows."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": meaning})
-    return field(default=default, metadata={"help": meaning})
+    """One option: its default (a list: a fresh copy per Config) and the line --help shows."""
+    fresh = {"default_factory": default.copy} if isinstance(default, list) else {"default": default}
+    return field(**fresh, metadata={"help": meaning})
 
 
 DOWNLOADS = "downloads/data/retriever/"  # where utils/download_data.py puts DPR's biencoder files
@@ -108,28 +107,22 @@ class ArgumentParser(HfArgumentParser):
 
 def make_parser():
     """`--key value` for every Config field (types, choices and lists from its annotation), `null` for None."""
-    formatter = functools.partial(argparse.RawDescriptionHelpFormatter, max_help_position=34, width=118)
     parser = ArgumentParser(Config, usage="train_dpr.py [--config_file FILE] [--key value ...]", description=__doc__,
-                            formatter_class=formatter, allow_abbrev=False)
+                            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config_file", metavar="FILE", help="YAML file of options (those that differ from the defaults)")
     hints = get_type_hints(Config)
     for action in parser._actions:
         if action.dest in hints:
-            if type(None) in get_args(hints[action.dest]):
-                action.type = functools.partial(null_or, action.type)
+            if type(None) in get_args(hints[action.dest]):  # Optional: `null` is None
+                action.type = functools.partial(lambda kind, text: None if text == "null" else kind(text), action.type)
             default = " ".join(action.default) if isinstance(action.default, list) else action.default
             action.help = f"{action.help} (default: {'null' if default is None else default})"
             action.option_strings, action.metavar = action.option_strings[:1], "VALUE"  # --help: no --key-name alias
     return parser
 
 
-def null_or(kind, text):
-    return None if text == "null" else kind(text)
-
-
 def parse_args(argv=None):
     """Config: the defaults, then `--config_file FILE` (YAML), then `--key value` / `--key=value` overrides."""
-    argv = sys.argv[1:] if argv is None else argv
     parser = make_parser()
     path = parser.parse_args(argv).config_file
     if path:
@@ -157,8 +150,7 @@ def yaml_arguments(path):
     arguments = []
     for key, value in options.items():
         if value is None or value is False:  # YAML reads `null`, and a bare `no` as false
-            choices = get_args(get_type_hints(Config).get(key))
-            value = "no" if "no" in choices else "none" if "none" in choices else "null"
+            value = {"mixed_precision": "no", "report_to": "none"}.get(key, "null")
         arguments += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
     return arguments
 
@@ -170,8 +162,7 @@ def check_inputs(cfg, world_size):
             resource = "data.retriever." + os.path.basename(path).removesuffix(".json")  # at downloads/data/retriever/
             hint = f"; DPR's file: python utils/download_data.py --resource {resource}" if path.startswith(DOWNLOADS) else ""
             raise DataError(f"{path}: file not found{hint}")
-    per_step = world_size * cfg.gradient_accumulation_steps
-    if cfg.train_batch_size % per_step:
+    if cfg.train_batch_size % (world_size * cfg.gradient_accumulation_steps):
         raise ConfigError(f"train_batch_size {cfg.train_batch_size} is not divisible by processes x "
                           f"gradient_accumulation_steps = {world_size} x {cfg.gradient_accumulation_steps}")
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
@@ -264,6 +255,7 @@ def train_loop(run, train_data, progress, total_steps):
     run.model.train()
     while progress.step < total_steps and progress.epoch < cfg.max_train_epochs:
         batches = epoch_batches(train_data, progress.epoch, cfg.seed, cfg.train_batch_size)[progress.batch_in_epoch :]
+        batches = batches[: total_steps - progress.step]  # the last epoch may end early
         slices = process_slices(batches, progress.epoch, accumulation, accelerator.process_index, world)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=slices, collate_fn=collate,
                                              num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
@@ -273,7 +265,7 @@ def train_loop(run, train_data, progress, total_steps):
             # accumulate: gradients of the batch's micro-batches add up in .grad; DDP all-reduces after the last
             loss = 0
             for micro in range(accumulation):
-                batch = to_device(next(micro_batches), device)
+                batch = send_to_device(next(micro_batches), device, non_blocking=True)
                 loss += step(run.model, batch, amp, run.scaler, loss_weight, sync=micro == accumulation - 1)
             # clip and step: unscale (fp16), clip the gradient norm (0: no clipping), AdamW, schedule
             run.scaler.unscale_(run.optimizer)
@@ -293,10 +285,8 @@ def train_loop(run, train_data, progress, total_steps):
             if (cfg.eval_steps and progress.step % cfg.eval_steps == 0) or progress.step == total_steps:
                 evaluate_and_save(run, progress)
                 interval["start"] = time.time()  # examples/s measures training only
-            if progress.step >= total_steps:
-                break
-        if progress.step >= total_steps:
-            break
+        if progress.step == total_steps:
+            break  # validated and saved above
         del micro_batches, loader
         if progress.last_eval_step != progress.step and not cfg.eval_steps:
             evaluate_and_save(run, progress)  # DPR validates after every epoch

@@ -49,7 +49,7 @@ from utils.formats import iter_passages  # noqa: E402
 from utils.embeddings import encode_defaults, load_embeddings  # noqa: E402
 from utils.models import (autocast_dtype, encode_batches, load_encoder, padded_batches, save_encoder,  # noqa: E402
                           tokenize_passages)
-from utils.profile import flop_coefficients  # noqa: E402
+from bench.profiling import flop_coefficients  # noqa: E402
 
 MODELS = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),

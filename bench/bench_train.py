@@ -24,7 +24,8 @@ from transformers import BertConfig, BertModel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.biencoder import BiEncoder, grad_cache_step, plain_step  # noqa: E402
-from utils.train_data import make_chunk, passage_groups, to_device  # noqa: E402
+from accelerate.utils import send_to_device  # noqa: E402
+from utils.train_data import make_chunk, passage_groups  # noqa: E402
 from utils.models import pad_batch  # noqa: E402
 
 SIZES = {  # hidden, layers, heads, intermediate
@@ -91,7 +92,7 @@ def run_variant(name, args, device, batch_size):
     grad_cache = name == "ours_gc"
     train_step = grad_cache_step if grad_cache else plain_step
     chunk = args.chunk if grad_cache else batch_size
-    batches = [to_device(b, device) for b in make_batches(4, batch_size, chunk, 256 if nano else None, 1, passage_groups(device))]
+    batches = [send_to_device(b, device, non_blocking=True) for b in make_batches(4, batch_size, chunk, 256 if nano else None, 1, passage_groups(device))]
 
     def step(i):
         loss = train_step(model, batches[i % len(batches)], autocast, scaler, loss_weight=1.0)

@@ -18,7 +18,7 @@ from utils.formats import passage_shard
 from utils.errors import DataError
 from utils.models import encode_batches, length_batches, load_encoder, padded_batches, tokenize_passages
 from utils.embeddings import PassageWindows, load_embeddings, shard_paths
-from utils.profile import flop_coefficients
+from bench.profiling import flop_coefficients
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ConfigError, EncoderError
-from utils.models import (autocast_dtype, embed, embedding_dim, encode_batches, encode_questions, load_encoder,
-                          padded_batches, tokenize_passages)
+from utils.models import (autocast_dtype, embed, embedding_dim, encode_batches, load_encoder, padded_batches,
+                          tokenize_passages, tokenize_questions)
 from utils.rng import rng_state, set_rng_state
 from utils.towers import TOWER_DIRS
 
@@ -180,15 +180,16 @@ def grad_cache_step(model, batch, autocast, scaler, loss_weight, sync=True):
 
 
 @torch.no_grad()
-def encode_passages(tower, tokenizer, read, ids, cfg, dtype, device):
-    """[CLS] vectors (fp32, on the device) of passages read(p) = (title, text) for p in ids. DataLoader workers
-    read and tokenize windows of 16 batches; each window is encoded in length-sorted batches (encode_batches)."""
+def encode(tower, tokenizer, read, ids, cfg, dtype, device):
+    """[CLS] vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's (title, text)).
+    DataLoader workers read and tokenize windows of texts; each is encoded in length-sorted batches (encode_batches)."""
     window = 16 * cfg.eval_batch_size
 
     def tokenize_window(start):
-        passages = [read(int(p)) for p in ids[start : start + window]]
-        tokens = tokenize_passages(tokenizer, [t for t, _ in passages], [x for _, x in passages], cfg.max_length)
-        return start, len(tokens), padded_batches(tokens, tokenizer.pad_token_id, cfg.eval_batch_size)
+        texts = [read(int(i)) for i in ids[start : start + window]]
+        tokens = (tokenize_questions(tokenizer, texts, cfg.max_length) if isinstance(texts[0], str) else
+                  tokenize_passages(tokenizer, [t for t, _ in texts], [x for _, x in texts], cfg.max_length))
+        return start, len(texts), padded_batches(tokens, tokenizer.pad_token_id, cfg.eval_batch_size)
 
     loader = torch.utils.data.DataLoader(range(0, len(ids), window), batch_size=None, collate_fn=tokenize_window,
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
@@ -213,11 +214,10 @@ def validate(model, tokenizers, dev, cfg, with_rank, dtype, device):
     nll_lists = [dev.ctxs(i, cfg.num_hard_negatives, cfg.num_other_negatives) for i in range(n)]
     rank_lists = [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)] if with_rank else []
     unique = np.unique(np.concatenate(nll_lists + rank_lists))  # each distinct passage encoded once
-    questions = [dev.question_text(i) for i in np.array_split(np.arange(n), world)[rank]]
-    question_vectors, _ = gather_rows(encode_questions(model.question_model, "cls", tokenizers["question"], questions,
-                                                       cfg.eval_batch_size, device, dtype, cfg.max_length, host=False))
-    passage_vectors, _ = gather_rows(encode_passages(model.passage_model, tokenizers["passage"], dev.passage,
-                                                     np.array_split(unique, world)[rank], cfg, dtype, device))
+    question_vectors, _ = gather_rows(encode(model.question_model, tokenizers["question"], dev.question_text,
+                                             np.array_split(np.arange(n), world)[rank], cfg, dtype, device))
+    passage_vectors, _ = gather_rows(encode(model.passage_model, tokenizers["passage"], dev.passage,
+                                            np.array_split(unique, world)[rank], cfg, dtype, device))
 
     def pooled(lists):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
         rows = np.searchsorted(unique, np.concatenate(lists))

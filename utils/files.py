@@ -21,22 +21,17 @@ def atomic_write(path, mode="w"):
 
 @contextlib.contextmanager
 def atomic_dir(final, tmp=None):
-    """Yield an empty temp dir (`final.tmp` unless named); on success it replaces `final`, else it is removed."""
-    tmp = tmp or final + ".tmp"
+    """Yield an empty temp dir (`final.tmp` unless named); on success it replaces `final`, else it is removed.
+    The old `final` is renamed `final.old` first and removed last: at no moment is a half-written dir at `final`."""
+    tmp, old = tmp or final + ".tmp", final + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
         yield tmp
-        replace_dir(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_dir(tmp, final):
-    """Put a finished temp dir in place; at no moment is a half-written dir at the final name."""
-    old = final + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)

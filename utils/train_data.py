@@ -218,10 +218,3 @@ class Collate:
                                      self.groups))
         return {"chunks": chunks, "positives": torch.tensor(positives)}
 
-
-def to_device(x, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
-    return [to_device(v, device) for v in x]

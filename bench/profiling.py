@@ -1,6 +1,6 @@
-"""Where the time goes, off the scripts' reading path: per-stage seconds of a loop (LoopClock), the FLOPs of an
-encoder's forward pass, and doc2embedding.py's end report, to hold against bench/bench_embed.py's model-alone
-ceiling."""
+"""Where the time goes, kept beside the benchmarks and off the scripts' reading path: per-stage seconds of a loop
+(LoopClock: doc2embedding.py's encode loop, test_dpr.py's stages), the FLOPs of an encoder's forward pass, and
+doc2embedding.py's end report, to hold against bench/bench_embed.py's model-alone ceiling."""
 
 import collections
 import resource
@@ -18,11 +18,6 @@ class LoopClock(collections.Counter):
         now = time.perf_counter()
         self[name] += now - self.last
         self.last = now
-
-    def count_window(self, window):
-        """A PassageWindows item encoded: its passages, tokens and the worker's seconds."""
-        self.update(encoded=len(window["ids"]), tokens=window["tokens"], tokens_sq=window["tokens_sq"],
-                    prepare_s=window["prepare_s"])
 
 
 def flop_coefficients(model):
