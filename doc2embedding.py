@@ -107,8 +107,8 @@ def load(args, state):
     if state.is_main_process:
         total = (count if count is not None else count_lines(args.wikipedia_path, start, end)) + done
     state.print(f"encoding {args.wikipedia_path} with {args.pretrained_model_path} ({pooling}, dim {dim}, "
-                f"{settings['compute_dtype']}) on {state.num_processes} process(es), {state.device}; rank 0: ~{total} "
-                "passages" + (f", resuming after {len(chunks)} committed chunks" if chunks else ""))
+                f"{settings['compute_dtype']}) on {state.num_processes} process(es), {state.device}; "
+                f"rank 0: ~{total} passages" + (f", resuming after {len(chunks)} committed chunks" if chunks else ""))
     windows = PassageWindows(args.wikipedia_path, start, end, line_no, count, len(chunks), args.window, tokenizer,
                              args.max_length, args.batch_size, settings["max_tokens_per_batch"])
     return Loaded(model, pooling, dim, settings, num_workers, signature, windows, chunks, done, total)

@@ -58,7 +58,7 @@ class Config:
     [paper] Karpukhin et al. 2020, "Dense Passage Retrieval for Open-Domain Question Answering", Sec. 5 (Training)
     [nq] facebookresearch/DPR conf/train/biencoder_nq.yaml     [enc] conf/encoder/hf_bert.yaml
     [cfg] conf/biencoder_train_cfg.yaml     [code] train_dense_encoder.py, dpr/models/{biencoder,hf_models}.py
-    x 8: DPR's 8 GPUs each stepped on 1/8 of the gradient computed here (docs/faithfulness.md, Gradient scale)."""
+    x 8: DPR's 8 GPUs stepped on 1/8 of the gradient computed here (docs/faithfulness.md, Gradient scale)."""
     train_file: List[str] = option([DOWNLOADS + "nq-train.json"], "biencoder JSON file(s) (a batch never mixes files)")
     dev_file: Optional[str] = option(DOWNLOADS + "nq-dev.json", "biencoder JSON for validation; null: none, no best/")
     base_model: str = option("bert-base-uncased", "both towers start from it (BERT dir, hub name, DPR .cp, our checkpoint)")  # [enc]
@@ -91,7 +91,7 @@ class Config:
     resume_from_checkpoint: Optional[str] = option(None, "'last' (output_dir/last_state) or a last_state dir")
 
     def __post_init__(self):
-        """Minimums (the parser has checked the types): counts >= 0, sizes >= 1, max_length >= 4 ([CLS] x [SEP] y)."""
+        """Minimums (the parser checked the types): counts >= 0, sizes >= 1, max_length >= 4 ([CLS] x [SEP] y)."""
         sizes = ("train_batch_size", "gradient_accumulation_steps", "eval_steps", "eval_batch_size",
                  "grad_cache_chunk_size", "log_steps")
         for name, value in asdict(self).items():
@@ -106,7 +106,7 @@ class ArgumentParser(HfArgumentParser):
 
 
 def make_parser():
-    """`--key value` for every Config field (types, choices and lists from its annotation), `null` for None."""
+    """`--key value` for every Config field (type, choices or list from its annotation), `null` for None."""
     parser = ArgumentParser(Config, usage="train_dpr.py [--config_file FILE] [--key value ...]", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config_file", metavar="FILE", help="YAML file of options (those that differ from the defaults)")
@@ -122,7 +122,7 @@ def make_parser():
 
 
 def parse_args(argv=None):
-    """Config: the defaults, then `--config_file FILE` (YAML), then `--key value` / `--key=value` overrides."""
+    """Config: the defaults, then `--config_file FILE` (YAML), then `--key value` / `--key=value`."""
     parser = make_parser()
     path = parser.parse_args(argv).config_file
     if path:
@@ -262,7 +262,7 @@ def train_loop(run, train_data, progress, total_steps):
                                              generator=torch.Generator().manual_seed(cfg.seed + progress.epoch))
         micro_batches = iter(loader)
         for _ in batches:
-            # accumulate: gradients of the batch's micro-batches add up in .grad; DDP all-reduces after the last
+            # accumulate: the micro-batches' gradients add up in .grad; DDP all-reduces after the last one
             loss = 0
             for micro in range(accumulation):
                 batch = send_to_device(next(micro_batches), device, non_blocking=True)

@@ -1,6 +1,6 @@
-"""Where the time goes, kept beside the benchmarks and off the scripts' reading path: per-stage seconds of a loop
-(LoopClock: doc2embedding.py's encode loop, test_dpr.py's stages), the FLOPs of an encoder's forward pass, and
-doc2embedding.py's end report, to hold against bench/bench_embed.py's model-alone ceiling."""
+"""Where the time goes, kept beside the benchmarks and off the scripts' reading path: per-stage seconds
+of a loop (LoopClock: doc2embedding.py's encode loop, test_dpr.py's stages), the FLOPs of an encoder's
+forward pass, and doc2embedding.py's end report, to hold against bench/bench_embed.py's model-alone ceiling."""
 
 import collections
 import resource
@@ -8,7 +8,7 @@ import time
 
 
 class LoopClock(collections.Counter):
-    """Sums for a loop's report: lap(name) adds the seconds since the previous lap (or since creation) to name."""
+    """Sums for a loop's report: lap(name) adds the seconds since the previous lap (or creation) to name."""
 
     def __init__(self):
         super().__init__()
@@ -32,9 +32,10 @@ def flop_coefficients(model):
 
 
 def encoding_report(clock, model, state, settings, passages, encoded_all, seconds):
-    """doc2embedding.py's figures (printed on rank 0, returned): rates, the model's TFLOP/s over the real tokens
-    (flop_coefficients), where rank 0's device sat idle, peak memory. `clock`: rank 0's encode loop (LoopClock);
-    settings: output_dir, num_workers, compute_dtype; passages: in the shards; encoded_all: by this run."""
+    """doc2embedding.py's figures (printed on rank 0, returned): rates, the model's TFLOP/s over the real
+    tokens (flop_coefficients), where rank 0's device sat idle, peak memory. `clock`: rank 0's encode loop
+    (LoopClock); settings: output_dir, num_workers, compute_dtype; passages: in the shards; encoded_all: by
+    this run."""
     encoded, (per_token, per_length_sq) = clock["encoded"], flop_coefficients(model)
     rate = lambda part: encoded / part if encoded else None  # noqa: E731  passages per second of a part
     idle = clock["wait_s"] + clock["copy_s"] + clock["write_wait_s"] + clock["other_s"]

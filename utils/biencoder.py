@@ -75,8 +75,9 @@ def dpr_schedule(warmup_steps, total_steps):
 
 
 def training_precision(precision, device):
-    """(precision, autocast dtype or None) for mixed_precision: auto is the device's (models.autocast_dtype; fp16
-    comes with loss scaling). Autocast is explicit, not accelerate's: the gradient cache splits forward and backward."""
+    """(precision, autocast dtype or None) for mixed_precision: auto is the device's (models.autocast_dtype;
+    fp16 comes with loss scaling). Autocast is explicit, not accelerate's: the gradient cache splits forward
+    and backward."""
     if precision == "auto":
         precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "no"}[autocast_dtype(device)]
     if precision == "fp16" and device.type != "cuda":
@@ -136,7 +137,8 @@ def no_sync(model, skip):
 def plain_step(model, batch, autocast, scaler, loss_weight, sync=True):
     """Forward and backward of one micro-batch (`batch` from train_data.Collate, on the device): encode every
     chunk with the autograd graph, the global loss, backward. Gradients accumulate into .grad, weighted by
-    `loss_weight`; `sync=False` keeps DDP from all-reducing (all but a step's last micro-batch). Returns the loss."""
+    `loss_weight`; `sync=False` keeps DDP from all-reducing (all but a step's last micro-batch).
+    Returns the loss."""
     with no_sync(model, not sync):
         with autocast:
             vectors = [model(chunk) for chunk in batch["chunks"]]
@@ -181,8 +183,9 @@ def grad_cache_step(model, batch, autocast, scaler, loss_weight, sync=True):
 
 @torch.no_grad()
 def encode(tower, tokenizer, read, ids, cfg, dtype, device):
-    """[CLS] vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's (title, text)).
-    DataLoader workers read and tokenize windows of texts; each is encoded in length-sorted batches (encode_batches)."""
+    """[CLS] vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's
+    (title, text)). DataLoader workers read and tokenize windows of texts; each window is encoded in
+    length-sorted batches (encode_batches)."""
     window = 16 * cfg.eval_batch_size
 
     def tokenize_window(start):

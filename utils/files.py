@@ -22,7 +22,7 @@ def atomic_write(path, mode="w"):
 @contextlib.contextmanager
 def atomic_dir(final, tmp=None):
     """Yield an empty temp dir (`final.tmp` unless named); on success it replaces `final`, else it is removed.
-    The old `final` is renamed `final.old` first and removed last: at no moment is a half-written dir at `final`."""
+    The old `final` is renamed `final.old` first and removed last: no half-written dir is ever at `final`."""
     tmp, old = tmp or final + ".tmp", final + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

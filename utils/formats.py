@@ -245,8 +245,9 @@ CTX_LISTS = ("positive_ctxs", "negative_ctxs", "hard_negative_ctxs")
 
 
 def check_record(rec, where):
-    """A biencoder record: a 'question' string, a 'positive_ctxs' list, every ctx a dict with a 'text' string."""
-    if not (isinstance(rec, dict) and isinstance(rec.get("question"), str) and isinstance(rec.get("positive_ctxs"), list)):
+    """A biencoder record: a 'question' string, a 'positive_ctxs' list, each ctx a dict with a 'text' string."""
+    question, positives = (rec.get("question"), rec.get("positive_ctxs")) if isinstance(rec, dict) else (None, None)
+    if not (isinstance(question, str) and isinstance(positives, list)):
         raise DataError(f"{where}: needs 'question' (a string) and 'positive_ctxs' (a list)")
     for key in CTX_LISTS:
         if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in rec.get(key) or []):
@@ -263,9 +264,9 @@ def check_answers(answers, where, usable=False):
 
 
 def iter_biencoder(path, stats=None):
-    """Yield {question, answers, positive_ctxs, negative_ctxs, hard_negative_ctxs} records, questions normalized,
-    ctxs reduced to {title, text}. Records with no positive ctx are skipped (as DPR does) and counted in
-    stats['skipped']."""
+    """Yield {question, answers, positive_ctxs, negative_ctxs, hard_negative_ctxs} records, questions
+    normalized, ctxs reduced to {title, text}. Records with no positive ctx are skipped (as DPR does) and
+    counted in stats['skipped']."""
     stats = stats if stats is not None else {}
     stats.setdefault("skipped", 0)
     for index, rec in enumerate(iter_json_list(path)):
@@ -273,7 +274,8 @@ def iter_biencoder(path, stats=None):
         if not rec["positive_ctxs"]:
             stats["skipped"] += 1
             continue
-        ctxs = {key: [{"title": c.get("title") or "", "text": c["text"]} for c in rec.get(key) or []] for key in CTX_LISTS}
+        ctxs = {key: [{"title": c.get("title") or "", "text": c["text"]} for c in rec.get(key) or []]
+                for key in CTX_LISTS}
         yield {"question": normalize_question(rec["question"]), "answers": rec.get("answers", []), **ctxs}
 
 

@@ -107,7 +107,7 @@ def tokenize_passages(tokenizer, titles, texts, max_length):
 
 
 def tokenize_questions(tokenizer, questions, max_length):
-    """Token ids `[CLS] question [SEP]`, unpadded; questions as read, normalized (formats.normalize_question)."""
+    """Token ids `[CLS] question [SEP]`, unpadded, of questions normalized as read (formats.normalize_question)."""
     return tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
 
 
@@ -175,8 +175,8 @@ def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact
 
 
 def autocast_dtype(device):
-    """The half precision a device computes in: bf16 on GPUs that have it, else fp16; None (fp32) on CPU, where
-    most chips emulate half precision slowly."""
+    """The half precision a device computes in: bf16 on GPUs that have it, else fp16; None (fp32) on CPU,
+    where most chips emulate half precision slowly."""
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -212,8 +212,8 @@ def encode_batches(model, pooling, batches, n, device, dtype=None, host=True):
 
 
 def question_batches(tokens, pad_token_id, batch_size):
-    """[(row indices, padded batch)] of questions: cut from the shortest up, run longest first. The composition
-    decides the last float digits of the scores, so it stays fixed (results files compare byte for byte)."""
+    """[(row indices, padded batch)] of questions: cut from the shortest up, run longest first. The batch
+    composition decides the last float digits of the scores, so it stays fixed (results compare byte for byte)."""
     order = np.argsort([len(x) for x in tokens], kind="stable")
     cuts = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
     return [(torch.from_numpy(rows), pad_batch([tokens[i] for i in rows], pad_token_id)) for rows in cuts][::-1]

@@ -10,5 +10,5 @@ DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
 
 
 def unused_by_dpr(weight_name):
-    """BERT's pooler layer: DPR pools the last layer's [CLS] state itself, so the pooler may be missing or random."""
+    """BERT's pooler layer: DPR pools the last layer's [CLS] state itself; the pooler may be missing or random."""
     return "pooler." in weight_name
