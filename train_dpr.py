@@ -36,7 +36,6 @@ from transformers import HfArgumentParser
 from utils.biencoder import grad_cache_step, load_biencoder, make_optimizer, plain_step, training_precision, validate
 from utils.checkpoint import Progress, last_state_dir, load_state, prune_step_dirs, save_encoders, save_state
 from utils.errors import ConfigError, DataError, NanoDPRError
-from utils.models import autocast
 from utils.train_data import (Collate, TrainSet, epoch_batches, load_cache, passage_groups, process_slices,
                               steps_per_epoch)
 
@@ -245,7 +244,7 @@ def train_loop(run, train_data, progress, total_steps):
     dataset = TrainSet(train_data, cfg.num_hard_negatives, cfg.num_other_negatives, cfg.seed)
     loss_weight = world / accumulation  # DDP averages gradients over processes; the global loss needs their sum
     step = grad_cache_step if cfg.grad_cache_chunk_size else plain_step
-    amp = autocast(device, run.dtype)
+    amp = torch.autocast(device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None)
     # a progress bar on a terminal; elsewhere (logs, pipes) the log lines alone
     bar = tqdm(total=total_steps, initial=progress.step, desc="train",
                disable=not (accelerator.is_main_process and sys.stderr.isatty()))

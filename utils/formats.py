@@ -153,7 +153,7 @@ class PassageStore:
                         self.first_id, self.ids, self.offsets = int(z["first_id"]), z["ids"], z["offsets"]
                         return
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-                pass  # unreadable index (e.g. killed mid-write by an older version): rebuild it
+                pass  # an unreadable index (e.g. killed mid-write): rebuild it
         self._build(stamp)
 
     def _build(self, stamp):

@@ -6,7 +6,7 @@ and the single-adv-hn checkpoint), which DPR describes but did not release as co
 RESULTS is test_dpr.py's results JSON over IN's questions, in IN's order (retrieved by the round-1
 model). OUT keeps IN's questions, answers, positives and other negatives; its hard_negative_ctxs are
 the model's top-ranked passages that hold no answer (DPR's has_answer, text only) and are not a
-positive. Train round 2 on both: train_dpr.py --train_file "[IN, OUT]" (docs/own_data.md).
+positive. Train round 2 on both: train_dpr.py --train_file IN OUT (docs/own_data.md).
 """
 import argparse
 import os

@@ -182,11 +182,6 @@ def autocast_dtype(device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(device, dtype):
-    """torch.autocast to `dtype`; None: a disabled one (the model computes in its weights' dtype)."""
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def embedding_dim(model):
     """Size of the vectors `embed` returns: a DPR model's projection when it has one, else the hidden size."""
     return getattr(model.config, "projection_dim", 0) or model.config.hidden_size
@@ -205,24 +200,20 @@ def encode_batches(model, pooling, batches, n, device, dtype=None, host=True):
     out = torch.empty(n, embedding_dim(model), device=device)
     for rows, batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast(device, dtype):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             emb = embed(model, pooling, batch).float()
         out[rows.to(device, non_blocking=True)] = emb  # a blocking copy would wait for this batch's forward
     return out.cpu().numpy() if host else out
 
 
-def question_batches(tokens, pad_token_id, batch_size):
-    """[(row indices, padded batch)] of questions: cut from the shortest up, run longest first. The batch
-    composition decides the last float digits of the scores, so it stays fixed (results compare byte for byte)."""
-    order = np.argsort([len(x) for x in tokens], kind="stable")
-    cuts = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
-    return [(torch.from_numpy(rows), pad_batch([tokens[i] for i in rows], pad_token_id)) for rows in cuts][::-1]
-
-
 def encode_questions(model, pooling, tokenizer, questions, batch_size, device, dtype=None, max_length=256,
                      host=True, progress=False):
-    """(len(questions), dim) float32 question vectors (question_batches, encode_batches)."""
+    """(len(questions), dim) float32 question vectors (encode_batches). The batches are cut from the shortest
+    question up and run longest first: the batch composition decides the last float digits of the scores, so
+    it stays fixed (results files compare byte for byte)."""
     tokens = tokenize_questions(tokenizer, questions, max_length) if questions else []  # it fails on []
-    batches = question_batches(tokens, tokenizer.pad_token_id, batch_size)
-    batches = tqdm(batches, desc="encode questions", disable=not progress)
+    order = np.argsort([len(x) for x in tokens], kind="stable")
+    cuts = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+    batches = [(torch.from_numpy(rows), pad_batch([tokens[i] for i in rows], tokenizer.pad_token_id)) for rows in cuts]
+    batches = tqdm(batches[::-1], desc="encode questions", disable=not progress)
     return encode_batches(model, pooling, batches, len(tokens), device, dtype, host)
