@@ -14,7 +14,7 @@ import torch
 from transformers import AutoTokenizer
 
 from conftest import make_tiny_bert, mini_nq_or_skip, write_json, write_passages_tsv
-from utils.files import atomic_write
+from utils.files import atomic_dir, atomic_write
 from utils.formats import (
     PassageStore,
     count_lines,
@@ -580,6 +580,22 @@ def test_atomic_write(tmp_path):
     with open(path, encoding="utf-8") as f:
         assert f.read() == "caf\u00e9"  # the old complete file survives a failed rewrite
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_atomic_dir(tmp_path):
+    """A dir appears whole or not at all; a failed rewrite leaves the old one and no temp dir behind."""
+    final = str(tmp_path / "ckpt")
+    with atomic_dir(final) as tmp:
+        assert os.listdir(tmp) == [] and not os.path.exists(final)
+        open(os.path.join(tmp, "a"), "w").write("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            open(os.path.join(tmp, "b"), "w").write("half")
+            raise RuntimeError("crash mid-write")
+    assert os.listdir(tmp_path) == ["ckpt"] and os.listdir(final) == ["a"]
+    with atomic_dir(final, str(tmp_path / "elsewhere")) as tmp:
+        open(os.path.join(tmp, "c"), "w").write("2")
+    assert os.listdir(tmp_path) == ["ckpt"] and os.listdir(final) == ["c"]
 
 
 # ---------------------------------------------------------------------------------------------
