@@ -78,11 +78,10 @@ def load(args, state):
     start, end, line_no, count = passage_shard(args.wikipedia_path, state.process_index, state.num_processes, args.limit)
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage")
     defaults = encode_defaults(state.device)
-    settings = {"max_length": args.max_length, "dtype": args.dtype,
-                "compute_dtype": args.compute_dtype or defaults["compute_dtype"], "limit": args.limit,
-                "window": args.window, "batch_size": args.batch_size,
-                "max_tokens_per_batch": args.max_tokens_per_batch
-                or (None if args.batch_size else defaults["max_tokens_per_batch"])}
+    budget = args.max_tokens_per_batch or (None if args.batch_size else defaults["max_tokens_per_batch"])
+    settings = {"max_length": args.max_length, "dtype": args.dtype, "limit": args.limit, "window": args.window,
+                "compute_dtype": args.compute_dtype or defaults["compute_dtype"], "batch_size": args.batch_size,
+                "max_tokens_per_batch": budget}  # what the chunks depend on (run_signature), with the defaults
     num_workers = defaults["num_workers"] if args.num_workers is None else args.num_workers
     model.to(state.device, getattr(torch, settings["compute_dtype"]))
     dim = embedding_dim(model)
