@@ -48,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--output_file", help="write DPR's results JSON here, and the top-k curve next to it (.topk.csv, .topk.png)")
     p.add_argument("--run_file", help="write a TREC run file here: qid Q0 passage_id rank score tag (qid: 0-based row in --qa_file)")
     p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="auto: gpu when CUDA is available (for a factory --index: when faiss has GPU support)")
+                   help="auto: exact search on the GPU(s) when the vectors fit in their free memory (float16, 80%%), "
+                   "else CPU; a factory --index: gpu when faiss has GPU support")
     p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
     p.add_argument("--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)")
     args = p.parse_args(argv)
