@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from utils.data import PassageStore, atomic_write, normalize_question, read_qas, write_results, write_run
 from utils.embeddings import load_embeddings, read_meta
-from utils.errors import ConfigError, DataError, NanoDPRError
+from utils.errors import ConfigError, DataError, HelpFormatter, NanoDPRError
 from utils.index import open_index
 from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
 from utils.qa import score_passages, top_k_accuracy
@@ -31,7 +31,8 @@ MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Top-k retrieval accuracy of a DPR question encoder over passage embeddings.")
+    p = argparse.ArgumentParser(description="Top-k retrieval accuracy of a DPR question encoder over passage embeddings.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--embedding_dir", required=True, help="passage embeddings written by doc2embedding.py")
     p.add_argument("--pretrained_model_path", required=True,
                    help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")

@@ -18,12 +18,12 @@ if __package__ in (None, ""):  # `python utils/mine_negatives.py`: make the `uti
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.data import atomic_write, iter_json_list, normalize_question
-from utils.errors import DataError, NanoDPRError
+from utils.errors import DataError, HelpFormatter, NanoDPRError
 from utils.qa import has_answer
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--train_file", required=True, help="biencoder JSON with positives (round 1's training data)")
     p.add_argument("--results_file", required=True, help="test_dpr.py --output_file over the train file's questions")
     p.add_argument("--output_file", required=True, help="biencoder JSON with the mined hard negatives")
