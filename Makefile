@@ -43,7 +43,8 @@ mini-nq: install
 # DPR's data recipes on mini-NQ (docs/own_data.md), dev top-k of the base model (0 steps) and after training on:
 # the shipped train.json; BM25 data made from train.qa.csv + psgs.tsv alone (round 1); round 1's data + hard negatives mined by the
 # round-1 model (round 2, DPR's adv-hn; test_dpr.py retrieves for the training questions straight from the JSON).
-# Round 2 is capped at 56 steps (an epoch of the shipped file; round 1's has 55): its two files make a 111-step epoch.
+# Round 2 is capped at 56 steps (an epoch of the shipped file; round 1's has 55): its two files make a 110-step epoch
+# (55 + 55: each file's last partial batch of 32 is dropped).
 OWN := outputs/own_data
 OWN_RUN = run() { name=$$1 data=$$2; shift 2; $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file "$$data" \
 	--dev_file $(MINI_NQ)/dev.json --base_model $(MINILM) --output_dir $(OWN)/$$name "$$@" && $(PY) doc2embedding.py \
