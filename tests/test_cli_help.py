@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-SCRIPTS = ["doc2embedding", "test_dpr", "utils.bm25_train_data", "utils.mine_negatives", "utils.convert_dpr_checkpoint",
-           "utils.download_data"]
+SCRIPTS = ["doc2embedding", "test_dpr", "utils.bm25_train_data", "utils.mine_negatives",
+           "utils.convert_dpr_checkpoint", "utils.download_data"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

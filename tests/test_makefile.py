@@ -12,7 +12,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 
 
 def dry_run(cwd, *args):
-    return subprocess.run(["make", "-n", "install", *args], cwd=cwd, capture_output=True, text=True, timeout=60).stdout
+    """What `make -n install ARGS` would run (-p: also make's variables)."""
+    proc = subprocess.run(["make", "-n", *args, "install"], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return proc.stdout
 
 
 def test_install_reinstalls_torch_when_torch_changes(tmp_path):
@@ -20,8 +22,8 @@ def test_install_reinstalls_torch_when_torch_changes(tmp_path):
         shutil.copy(os.path.join(ROOT, name), tmp_path)
     assert 'pip install -q "torch==' in dry_run(tmp_path)  # a fresh clone installs everything
     os.mkdir(tmp_path / ".venv")
-    stamp = subprocess.run(["make", "-n", "-p", "install"], cwd=tmp_path, capture_output=True, text=True).stdout
-    torch_stamp = next(line.split(" := ")[1] for line in stamp.splitlines() if line.startswith("TORCH_STAMP := "))
+    variables = dry_run(tmp_path, "-p").splitlines()
+    torch_stamp = next(line.split(" := ")[1] for line in variables if line.startswith("TORCH_STAMP := "))
     (tmp_path / torch_stamp).touch()
     past = time.time() - 10
     os.utime(tmp_path / torch_stamp, (past, past))

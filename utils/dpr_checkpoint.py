@@ -86,7 +86,7 @@ restricted_pickle.load = lambda f, **kwargs: _RestrictedUnpickler(f, **kwargs).l
 
 class _SizedReader:
     """A legacy (non-zip) checkpoint file whose reads never ask for more bytes than are left: a length field
-    in a corrupt file's pickle (a FRAME of 2^62 bytes) then ends in a short read, never in a buffer that size."""
+    in a corrupt file's pickle (a FRAME of 2^62 bytes) ends in a short read, never in a buffer that size."""
 
     def __init__(self, f):
         self.f, self.size = f, os.fstat(f.fileno()).st_size

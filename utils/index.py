@@ -58,17 +58,18 @@ def _float32_fits(n, d, devices):
 
 
 def exact_search_device(n, d, free):
-    """("gpu" or "cpu", why) for --index_device auto: the GPUs (free: bytes free on each) when a float16 copy of
-    the n x d corpus, split evenly over them, fits in 80% of each one's free memory (the GPU paths store float16
-    when float32 does not fit; the rest is room for the search); else faiss on CPU, which holds it as float32."""
+    """("gpu" or "cpu", why) for --index_device auto: the GPUs (free: bytes free on each) when a float16
+    copy of the n x d corpus, split evenly over them, fits in 80% of each one's free memory (the GPU paths
+    store float16 when float32 does not fit; the rest is room for the search); else faiss on CPU (float32)."""
     need, gib = n * d * 2, 1 << 30
     if not free:
         return "cpu", None
     if all(need / len(free) < 0.8 * f for f in free):
         return "gpu", None
+    free_gib = " + ".join(f"{f / gib:.1f}" for f in free)
     return "cpu", (f"index: {n:,} x {d} vectors take {need / gib:.1f} GiB in float16, more than 80% of the "
-                   f"{' + '.join(f'{f / gib:.1f}' for f in free)} GiB free on the GPU(s): exact search on CPU "
-                   f"(faiss, float32, {2 * need / gib:.1f} GiB of RAM); --index_device gpu forces the GPU")
+                   f"{free_gib} GiB free on the GPU(s): exact search on CPU (faiss, float32, "
+                   f"{2 * need / gib:.1f} GiB of RAM); --index_device gpu forces the GPU")
 
 
 class FaissIndex:
