@@ -1,5 +1,4 @@
 """utils/mine_negatives.py: adv-hn mining from a retriever's results, its false-negative control, bad input."""
-import csv
 import json
 import os
 import subprocess
@@ -7,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, write_json
+from conftest import ROOT, write_json, write_passages_tsv
 from utils.data import PassageStore
 from utils.qa import has_answer
 
@@ -95,10 +94,7 @@ def test_quoted_passages_read_as_dpr_match_the_csv_field(tmp_path):
     """A passage whose text starts and ends with a quote: test_dpr.py's results hold it as DPR's CsvCtxSrc
     reads it (text.strip('"')), a biencoder JSON (mini-NQ's train.json) as the csv field: one passage."""
     texts = {**TEXTS, 1: '"Paris" is the capital of france, "la ville lumiere"'}
-    with open(tmp_path / "psgs.tsv", "w", newline="") as f:  # DPR's format: text quoted, inner quotes doubled
-        f.write("id\ttext\ttitle\n")
-        csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").writerows(
-            [pid, text, f"t{pid}"] for pid, text in texts.items())
+    write_passages_tsv(tmp_path / "psgs.tsv", [(pid, text, f"t{pid}") for pid, text in texts.items()])
     read = {pid: text for pid, text, _ in PassageStore(str(tmp_path / "psgs.tsv")).get_passages(list(texts))}
     assert read[1] == texts[1].strip('"') != texts[1]  # the data path under test: how test_dpr.py reads them
     train = [dict(TRAIN[0], positive_ctxs=[dict(POS0, text=texts[1])]), TRAIN[1]]
