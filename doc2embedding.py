@@ -44,8 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained_model_path", required=True,
                    help="passage encoder: our doc_encoder dir, an HF (DPR) model, or a DPR .cp file")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv",
-                   help="passages to encode")
+    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="passages")
     p.add_argument("--max_length", type=int, default=256, help="tokens per passage (title [SEP] text)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--batch_size", type=int, help="fixed number of passages per batch (instead of a token budget)")

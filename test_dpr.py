@@ -31,10 +31,7 @@ MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="Top-k retrieval accuracy of a DPR question encoder over passage embeddings.",
-        formatter_class=HelpFormatter,
-    )
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--embedding_dir", required=True, help="passage embeddings written by doc2embedding.py")
     p.add_argument("--pretrained_model_path", required=True,
                    help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")

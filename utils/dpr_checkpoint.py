@@ -90,19 +90,11 @@ class _SizedReader:
 
     def __init__(self, f):
         self.f, self.size = f, os.fstat(f.fileno()).st_size
+        self.readline, self.seek, self.tell = f.readline, f.seek, f.tell
 
     def read(self, n=-1):
         left = max(self.size - self.f.tell(), 0)
         return self.f.read(left if n is None or n < 0 else min(n, left))
-
-    def readline(self, n=-1):
-        return self.f.readline(n)
-
-    def seek(self, *args):
-        return self.f.seek(*args)
-
-    def tell(self):
-        return self.f.tell()
 
 
 def plain(x):
