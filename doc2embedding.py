@@ -30,7 +30,7 @@ from tqdm import tqdm
 from bench.profiling import LoopClock, encoding_report
 from utils.embeddings import (PassageWindows, check_run, chunk_path, committed_chunks, encode_defaults, finish_run,
                               read_meta, run_signature, start_run, write_chunk, write_shard)
-from utils.errors import DataError, EncoderError
+from utils.errors import DataError, EncoderError, HelpFormatter
 from utils.formats import count_lines, passage_shard
 from utils.models import embedding_dim, encode_batches, load_encoder
 
@@ -41,12 +41,12 @@ except (OSError, AttributeError):  # another libc: nothing to do
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pretrained_model_path", required=True,
                    help="passage encoder: our doc_encoder dir, an HF (DPR) model, or a DPR .cp file")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv")
-    p.add_argument("--max_length", type=int, default=256)
+    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="passages")
+    p.add_argument("--max_length", type=int, default=256, help="tokens per passage (title [SEP] text)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--batch_size", type=int, help="fixed number of passages per batch (instead of a token budget)")
     size.add_argument("--max_tokens_per_batch", type=int,

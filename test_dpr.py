@@ -19,7 +19,7 @@ import torch
 
 from bench.profiling import LoopClock
 from utils.embeddings import load_embeddings, read_meta
-from utils.errors import ConfigError, DataError, NanoDPRError
+from utils.errors import ConfigError, DataError, HelpFormatter, NanoDPRError
 from utils.files import atomic_write
 from utils.formats import PassageStore, normalize_question, read_qas, write_results, write_run
 from utils.index import open_index
@@ -31,7 +31,7 @@ MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Top-k retrieval accuracy of a DPR question encoder over passage embeddings.")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--embedding_dir", required=True, help="passage embeddings written by doc2embedding.py")
     p.add_argument("--pretrained_model_path", required=True,
                    help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")
@@ -48,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--output_file", help="write DPR's results JSON here, and the top-k curve next to it (.topk.csv, .topk.png)")
     p.add_argument("--run_file", help="write a TREC run file here: qid Q0 passage_id rank score tag (qid: 0-based row in --qa_file)")
     p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="auto: gpu when CUDA is available (for a factory --index: when faiss has GPU support)")
+                   help="auto: exact search on the GPU(s) when the vectors fit in their free memory "
+                   "(float16, 80%%), else CPU; a factory --index: gpu when faiss has GPU support")
     p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
     p.add_argument("--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)")
     args = p.parse_args(argv)

@@ -183,6 +183,19 @@ def test_train_file_keeps_positives_and_adds_negatives(recipe, tmp_path):
     assert "3" not in [c["passage_id"] for c in negatives]
 
 
+def test_train_file_positive_may_keep_the_quotes_dpr_strips(tmp_path):
+    """mini-NQ's train.json holds a passage's csv field as is ('"Paris" is ...'); the passage file read as DPR's
+    CsvCtxSrc reads it has the quotes stripped. Same passage: kept, not refused as another passage file."""
+    text = '"Paris" is the capital of france, "the city of light"'
+    psgs = write_passages_tsv(tmp_path / "psgs.tsv", [(2, text, "Paris")] + [r for r in CORPUS if r[0] != 2])
+    gold = {"title": "Paris", "text": text, "passage_id": "2"}
+    train = write_json(tmp_path / "gold.json", [{"question": QAS[0][0], "answers": ["Paris"], "positive_ctxs": [gold],
+                                                 "negative_ctxs": [], "hard_negative_ctxs": []}])
+    proc = run_tool("--wikipedia_path", psgs, "--train_file", train, "--output_file", tmp_path / "out.json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out.json").read_text())[0]["positive_ctxs"] == [gold]
+
+
 BAD = {
     "missing passage file": (lambda d: {"--wikipedia_path": d / "nowhere.tsv"}, "nowhere.tsv"),
     "malformed passage file": (lambda d: {"--wikipedia_path": write_text(d / "bad.tsv", "id\ttext\ttitle\n1\tonly two\n")}, "bad.tsv:2"),

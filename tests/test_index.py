@@ -174,3 +174,41 @@ def test_unreadable_saved_index_is_one_data_error(saved):
         f.write(b"not an index")
     with pytest.raises(DataError, match="not a readable faiss index"):
         open_index("HNSW8", emb, "cpu", emb_dir, META, path)
+
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize("n, d, free, device", [
+    (1000, 768, [], "cpu"),  # no CUDA
+    (1000, 768, [1_920_001], "gpu"),  # 1,536,000 float16 bytes < 0.8 x 1,920,001
+    (1000, 768, [1_920_000], "cpu"),  # exactly 80%: no margin left
+    (1000, 768, [960_001, 960_001], "gpu"),  # split: 768,000 bytes each < 0.8 x 960,001
+    (1000, 768, [960_001, 900_000], "cpu"),  # the fullest GPU decides
+    (21_015_324, 768, [22 * GIB], "cpu"),  # NQ (30.1 GiB in float16) after training on a 24 GB card
+    (21_015_324, 768, [139 * GIB], "gpu"),  # NQ on an H200
+    (21_015_324, 768, [20 * GIB] * 2, "gpu"),  # NQ split over two 24 GB cards: 15.0 GiB each < 16 GiB
+])
+def test_exact_search_placement(n, d, free, device):
+    placed, why = utils.index.exact_search_device(n, d, free)
+    assert placed == device
+    assert (why is not None) == (device == "cpu" and bool(free))  # CPU for lack of GPU memory says so
+
+
+def test_auto_puts_exact_search_where_free_memory_allows(data, monkeypatch, capsys):
+    """open_index reads each GPU's free memory (faked here) and builds the exact index where it fits."""
+    emb = data[0]  # 4000 x 32 float16: 256,000 bytes
+    free = {0: 400_000, 1: 100_000}
+    monkeypatch.setattr(utils.index.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(utils.index.torch.cuda, "device_count", lambda: len(free))
+    monkeypatch.setattr(utils.index.torch.cuda, "mem_get_info", lambda g: (free[g], 80 * GIB))
+    monkeypatch.setattr(utils.index, "build_index", lambda emb, device: type("I", (), {"name": device})())
+    assert open_index("flat", emb, "auto", "emb", META)[1] == "cpu"  # 128,000 per GPU > 0.8 x 100,000
+    out = capsys.readouterr().out
+    assert "4,000 x 32 vectors take 0.0 GiB in float16" in out and "exact search on CPU" in out
+    free[1] = 200_000
+    assert open_index("flat", emb, "auto", "emb", META)[1] == "gpu"
+    assert open_index("flat", emb, "cpu", "emb", META)[1] == "cpu"  # an explicit device is kept as asked
+    monkeypatch.setattr(utils.index.torch.cuda, "is_available", lambda: False)
+    assert open_index("flat", emb, "auto", "emb", META)[1] == "cpu"
+    assert capsys.readouterr().out == ""  # no GPU at all: nothing to explain

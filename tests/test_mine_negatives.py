@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, write_json
+from conftest import ROOT, write_json, write_passages_tsv
+from utils.data import PassageStore
 from utils.qa import has_answer
 
 TOOL = os.path.join(ROOT, "utils", "mine_negatives.py")
@@ -87,6 +88,19 @@ def test_question_normalization_as_dpr(tmp_path):
     train = [dict(TRAIN[1], question="which city\u2019s in france")]
     proc, out = mine(tmp_path, results()[1:], train=train)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_quoted_passages_read_as_dpr_match_the_csv_field(tmp_path):
+    """A passage whose text starts and ends with a quote: test_dpr.py's results hold it as DPR's CsvCtxSrc
+    reads it (text.strip('"')), a biencoder JSON (mini-NQ's train.json) as the csv field: one passage."""
+    texts = {**TEXTS, 1: '"Paris" is the capital of france, "la ville lumiere"'}
+    write_passages_tsv(tmp_path / "psgs.tsv", [(pid, text, f"t{pid}") for pid, text in texts.items()])
+    read = {pid: text for pid, text, _ in PassageStore(str(tmp_path / "psgs.tsv")).get_passages(list(texts))}
+    assert read[1] == texts[1].strip('"') != texts[1]  # the data path under test: how test_dpr.py reads them
+    train = [dict(TRAIN[0], positive_ctxs=[dict(POS0, text=texts[1])]), TRAIN[1]]
+    proc, out = mine(tmp_path, results(train, texts=read), "--num_hard_negatives", 3, train=train)
+    assert proc.returncode == 0, proc.stderr  # was: "passage id 1 has another text than the train file's ..."
+    assert [ids(r["hard_negative_ctxs"]) for r in json.loads(out.read_text())] == [[2, 5, 6], [2, 6, 7]]
 
 
 BAD = {

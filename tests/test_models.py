@@ -274,7 +274,10 @@ def test_corrupt_and_foreign_files(tmp_path, towers):
     truncated.write_bytes(open(good, "rb").read()[: os.path.getsize(good) // 2])
     garbage = tmp_path / "garbage.cp"
     garbage.write_bytes(os.urandom(4096))
-    for path in (truncated, garbage):
+    # a pickle FRAME opcode whose 8-byte length says 2^62 bytes: a reader that trusts it allocates 4 EiB
+    huge_frame = tmp_path / "huge_frame.cp"
+    huge_frame.write_bytes(b"\x80\x04\x95" + (1 << 62).to_bytes(8, "little") + bytes(64))
+    for path in (truncated, garbage, huge_frame):
         with pytest.raises(EncoderError, match=f"{path.name}: not a readable torch checkpoint"):
             load_encoder(str(path), "question", tokenizer=bert_dir)
     state_dict_only = tmp_path / "pytorch_model.bin"

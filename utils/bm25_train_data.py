@@ -29,7 +29,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # `python utils/bm25_train_data.py`: make the `utils` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.errors import DataError, NanoDPRError
+from utils.errors import DataError, HelpFormatter, NanoDPRError
 from utils.formats import (PassageStore, check_answers, iter_labelled_records, iter_passages, passage_key, read_qas,
                            same_passage_file, write_json_list)
 from utils.qa import has_answer
@@ -41,14 +41,14 @@ _WORD = re.compile(r"\w+(?:(?:['’.]|(?<=\d),(?=\d))\w+)*")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--wikipedia_path", required=True, help="passages, psgs_w100.tsv format")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--qa_file", help="questions and answers, DPR's qas CSV: BM25 finds the positives")
     src.add_argument("--train_file", help="biencoder JSON with positives: BM25 adds the negatives")
     p.add_argument("--output_file", required=True, help="biencoder JSON")
     p.add_argument("--top_k", type=int, default=100, help="BM25 passages searched for the positive and hard negatives")
-    p.add_argument("--num_hard_negatives", type=int, default=30)
+    p.add_argument("--num_hard_negatives", type=int, default=30, help="BM25 passages without an answer")
     p.add_argument("--num_other_negatives", type=int, default=30, help="random passages without an answer")
     p.add_argument("--seed", type=int, default=12345, help="for the random negatives")
     p.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,

@@ -10,15 +10,18 @@ import argparse
 import os
 import sys
 
+if __package__ in (None, ""):  # `python utils/convert_dpr_checkpoint.py`: make the `utils` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from utils.dpr_checkpoint import checkpoint_tokenizer, describe, encoder_from_state, read_dpr_checkpoint
-from utils.errors import EncoderError
+from utils.errors import EncoderError, HelpFormatter
 from utils.files import atomic_dir
 from utils.models import quiet_transformers, save_encoder
 from utils.towers import TOWER_DIRS
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="DPR .cp file written by train_dense_encoder.py")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--tokenizer", help="tokenizer name or dir (default: the checkpoint's pretrained_model_cfg, "

@@ -213,7 +213,9 @@ def download(name, output_dir="downloads", resources=RESOURCES, retries=3):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--resource", help="resource name or prefix (see --list)")
     parser.add_argument("--output_dir", default="downloads", help="resource a.b.c lands at OUTPUT_DIR/a/b/c.EXT")
     parser.add_argument("--list", action="store_true", help="print the resources and exit")

@@ -82,6 +82,19 @@ restricted_pickle.Unpickler = _RestrictedUnpickler
 restricted_pickle.load = lambda f, **kwargs: _RestrictedUnpickler(f, **kwargs).load()
 
 
+class _SizedReader:
+    """A legacy (non-zip) checkpoint file whose reads never ask for more bytes than are left: a length field
+    in a corrupt file's pickle (a FRAME of 2^62 bytes) ends in a short read, never in a buffer that size."""
+
+    def __init__(self, f):
+        self.f, self.size = f, os.fstat(f.fileno()).st_size
+        self.readline, self.seek, self.tell = f.readline, f.seek, f.tell
+
+    def read(self, n=-1):
+        left = max(self.size - self.f.tell(), 0)
+        return self.f.read(left if n is None or n < 0 else min(n, left))
+
+
 def plain(x):
     """omegaconf stand-ins -> dicts/lists/values (DictConfig/ListConfig `_content`, nodes `_val`, metadata and
     annotations None); the `_parent` link (a pickled child DictConfig drags its whole root config along) is dropped."""
@@ -96,10 +109,12 @@ def plain(x):
 
 def read_dpr_checkpoint(path):
     """The checkpoint dict, encoder_params flat and plain. EncoderError if unreadable or not DPR's."""
+    zipped = zipfile.is_zipfile(path)
     try:
         # mmap: the optimizer state (2x the model) is never read into memory; the legacy format can't mmap
-        state = torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False,
-                           mmap=zipfile.is_zipfile(path))
+        with open(path, "rb") as f:
+            state = torch.load(path if zipped else _SizedReader(f), map_location="cpu",
+                               pickle_module=restricted_pickle, weights_only=False, mmap=zipped)
     except RefusedGlobal as e:
         raise EncoderError(f"{path}: {e}") from None
     except MemoryError:

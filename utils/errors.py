@@ -1,7 +1,17 @@
 """The errors a user can fix: each message names the file (and line or record) or the option at fault.
 
-Scripts catch NanoDPRError and exit with one line instead of a traceback.
+Scripts catch NanoDPRError and exit with one line instead of a traceback. HelpFormatter: their --help.
 """
+import argparse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with the description's own line breaks and each option's default (unless its help states it)."""
+
+    def _get_help_string(self, action):
+        if action.required or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class NanoDPRError(ValueError):

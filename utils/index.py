@@ -57,6 +57,21 @@ def _float32_fits(n, d, devices):
     return all(n * d * 4 / len(devices) < 0.8 * torch.cuda.mem_get_info(dev)[0] for dev in devices)
 
 
+def exact_search_device(n, d, free):
+    """("gpu" or "cpu", why) for --index_device auto: the GPUs (free: bytes free on each) when a float16
+    copy of the n x d corpus, split evenly over them, fits in 80% of each one's free memory (the GPU paths
+    store float16 when float32 does not fit; the rest is room for the search); else faiss on CPU (float32)."""
+    need, gib = n * d * 2, 1 << 30
+    if not free:
+        return "cpu", None
+    if all(need / len(free) < 0.8 * f for f in free):
+        return "gpu", None
+    free_gib = " + ".join(f"{f / gib:.1f}" for f in free)
+    return "cpu", (f"index: {n:,} x {d} vectors take {need / gib:.1f} GiB in float16, more than 80% of the "
+                   f"{free_gib} GiB free on the GPU(s): exact search on CPU (faiss, float32, "
+                   f"{2 * need / gib:.1f} GiB of RAM); --index_device gpu forces the GPU")
+
+
 class FaissIndex:
     def __init__(self, emb, gpu=False):
         faiss = _import_faiss()
@@ -171,8 +186,13 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
     """(index, description) for test_dpr.py. A factory index is read from `path` when that was built
     from these embeddings with this spec, else built (and saved to `path`); device "gpu" (or "auto"
     with faiss-gpu) copies it onto every GPU, each holding a slice."""
-    if device == "auto":
-        device = "gpu" if (torch.cuda.is_available() if spec == "flat" else faiss_gpu_count() > 0) else "cpu"
+    if device == "auto" and spec == "flat":
+        gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+        device, why = exact_search_device(*emb.shape, [torch.cuda.mem_get_info(g)[0] for g in gpus])
+        if why:
+            print(why)
+    elif device == "auto":
+        device = "gpu" if faiss_gpu_count() > 0 else "cpu"
     if spec == "flat":
         index = build_index(emb, device)
         return index, index.name

@@ -16,14 +16,14 @@ from collections import Counter
 if __package__ in (None, ""):  # `python utils/mine_negatives.py`: make the `utils` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.errors import DataError, NanoDPRError
+from utils.errors import DataError, HelpFormatter, NanoDPRError
 from utils.formats import (iter_labelled_records, iter_results, normalize_question, passage_key, same_passage_file,
                            write_json_list)
 from utils.qa import has_answer
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--train_file", required=True, help="biencoder JSON with positives (round 1's training data)")
     p.add_argument("--results_file", required=True, help="test_dpr.py --output_file over the train file's questions")
     p.add_argument("--output_file", required=True, help="biencoder JSON with the mined hard negatives")
