@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, write_json, write_passages_tsv
-from utils.data import PassageStore
+from utils.formats import PassageStore
 from utils.qa import has_answer
 
 TOOL = os.path.join(ROOT, "utils", "mine_negatives.py")
