@@ -1,6 +1,6 @@
 """Evaluate a DPR retriever: encode the questions, search the passage embeddings, report top-k accuracy.
 
-python test_dpr.py --embedding_dir D --pretrained_model_path P [--qa_file nq-test.csv] [--top_k 100]
+python test_dpr.py [--embedding_dir D] [--pretrained_model_path P] [--qa_file nq-test.csv] [--top_k 100]
     [--index flat|HNSW32|SQfp16|IVF4096,PQ64|... --index_path P] [--output_file R.json] [--run_file R.trec]
 
 --index flat (default) is DPR's exact inner-product search (IndexFlatIP) over the embeddings that
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.data import PassageStore, atomic_write, normalize_question, read_qas, write_results, write_run
-from utils.embeddings import load_embeddings, read_meta
+from utils.data import (RECIPE, PassageStore, atomic_write, check_made, normalize_question, read_qas,
+                        write_results, write_run)
+from utils.embeddings import check_provenance, load_embeddings, read_meta
 from utils.errors import ConfigError, DataError, NanoDPRError
 from utils.index import open_index
 from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
@@ -32,11 +33,12 @@ MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Top-k retrieval accuracy of a DPR question encoder over passage embeddings.")
-    p.add_argument("--embedding_dir", required=True, help="passage embeddings written by doc2embedding.py")
-    p.add_argument("--pretrained_model_path", required=True,
+    p.add_argument("--embedding_dir", default=RECIPE["embeddings"], help="doc2embedding.py's output")
+    p.add_argument("--pretrained_model_path", default=RECIPE["query_encoder"],
                    help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")
-    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="the passages the embeddings were made from")
-    p.add_argument("--qa_file", "--nq_test_file", dest="qa_file", default="downloads/data/retriever/qas/nq-test.csv",
+    p.add_argument("--trust_encoder_pair", action="store_true", help="pair them anyway (e.g. DPR's)")
+    p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="the passages embedded there")
+    p.add_argument("--qa_file", "--nq_test_file", dest="qa_file", default=RECIPE["questions"],
                    help="questions with answers: question<TAB>['answer', ...], or a biencoder JSON (its questions and answers)")
     p.add_argument("--top_k", type=int, default=100, help="passages retrieved per question")
     p.add_argument("--match", choices=["string", "regex"], default="string",
@@ -132,14 +134,13 @@ def run(args):
         tick.append(time.perf_counter())
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_made(args.embedding_dir, args.pretrained_model_path, args.qa_file, args.wikipedia_path)
     qas = read_qas(args.qa_file)
     questions, answers = [normalize_question(q) for q, _ in qas], [a for _, a in qas]
     meta = read_meta(args.embedding_dir)
-    source_size = (meta.get("source") or {}).get("size")
-    if source_size is not None and os.path.isfile(args.wikipedia_path) and os.path.getsize(args.wikipedia_path) != source_size:
-        print(f"warning: {args.wikipedia_path} has {os.path.getsize(args.wikipedia_path)} bytes, but the embeddings "
-              f"were made from a {source_size}-byte file ({meta['source'].get('path')})")
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question")
+    check_provenance(args.embedding_dir, meta, args.wikipedia_path, model, args.pretrained_model_path,
+                     args.trust_encoder_pair)
     model.to(device)
     print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
     lap("load questions + encoder")

@@ -34,7 +34,8 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
 from utils.biencoder import forward_backward, load_biencoder, make_optimizer, optimizer_step, training_autocast, validate
-from utils.checkpoint import Progress, last_state_dir, load_state, prune_step_dirs, save_encoders, save_state
+from utils.checkpoint import (Progress, check_output_dir, claim_output_dir, last_state_dir, load_state,
+                              prune_step_dirs, save_encoders, save_state)
 from utils.errors import ConfigError, DataError, NanoDPRError
 from utils.train_data import (Collate, TrainSet, epoch_batches, load_cache, passage_groups, process_slices,
                               steps_per_epoch, to_device)
@@ -88,6 +89,7 @@ class Config:
     num_workers: int = opt(4, "DataLoader workers (tokenization)", 0)
     report_to: Literal["none", "tensorboard", "wandb"] = opt("none", "none, or also log to tensorboard or wandb (pip install it)")
     resume_from_checkpoint: Optional[str] = opt(None, "'last' (output_dir/last_state) or a last_state dir")
+    overwrite_output_dir: bool = opt(False, "true: delete another run's checkpoints and log first")
 
 
 FIELDS = {f.name: f for f in fields(Config)}
@@ -112,6 +114,7 @@ def typed(key, value, where):
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     paths = isinstance(value, str) or isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
     ok, expected = {float: (number, "a number"), int: (number and isinstance(value, int), "an integer"),
+                    bool: (isinstance(value, bool), "true or false"),
                     str: (number or isinstance(value, str), "a string"), list: (paths, "a path or a list of paths"),
                     Literal: (value in choices, "one of " + ", ".join(map(str, choices)))}[base]
     if not ok:
@@ -179,9 +182,7 @@ def check_inputs(cfg, world_size):
                           f"gradient_accumulation_steps = {world_size} x {cfg.gradient_accumulation_steps}")
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
         raise ConfigError(f"report_to {cfg.report_to}: the {cfg.report_to} package is not installed (pip install it)")
-    resume = cfg.resume_from_checkpoint and last_state_dir(cfg.resume_from_checkpoint, cfg.output_dir)
-    if resume and not os.path.isdir(resume):
-        raise ConfigError(f"resume_from_checkpoint: {resume} does not exist")
+    check_output_dir(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
 
 
 # --- Load: processes and precision, data, model ---------------------------------------------------
@@ -196,7 +197,7 @@ def make_accelerator(cfg):
     accelerator = Accelerator(mixed_precision="no", project_dir=cfg.output_dir,
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    claim_output_dir(cfg.output_dir, cfg.overwrite_output_dir, accelerator)  # fails fast: before the data
     precision, autocast = training_autocast(cfg.mixed_precision, accelerator.device)
     if cfg.report_to != "none":  # both write under output_dir: tensorboard to nanodpr/, wandb (offline too) to wandb/
         config = {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in asdict(cfg).items()}
@@ -335,9 +336,10 @@ def evaluate_and_save(run, progress):
             progress.best = {"metric": name, "value": metrics[name], "step": progress.step}
     progress.last_eval_step = progress.step
     if accelerator.is_main_process:
-        save_encoders(run.model, run.tokenizers, os.path.join(out, f"step-{progress.step}"), info)
+        saved = {"run": progress.run_id, **info}  # test_dpr.py pairs the towers by run and step
+        save_encoders(run.model, run.tokenizers, os.path.join(out, f"step-{progress.step}"), saved)
         if improved:
-            save_encoders(run.model, run.tokenizers, os.path.join(out, "best"), info)
+            save_encoders(run.model, run.tokenizers, os.path.join(out, "best"), saved)
             run.log(f"new best {name} {metrics[name]:.4f}: {out}/best")
         prune_step_dirs(out, cfg.save_total_limit)
     save_state(os.path.join(out, "last_state"), run.model, run.optimizer, run.scheduler, run.scaler, progress, cfg,

@@ -20,6 +20,27 @@ from utils.errors import DataError
 
 csv.field_size_limit(sys.maxsize)
 
+# The NQ recipe's files where the bare commands (doc2embedding.py, test_dpr.py) look for them, and the
+# command that makes each, named when one is missing
+RECIPE = {"passages": "downloads/data/wikipedia_split/psgs_w100.tsv",
+          "questions": "downloads/data/retriever/qas/nq-test.csv",
+          "query_encoder": "outputs/dpr_nq/best/query_encoder",
+          "doc_encoder": "outputs/dpr_nq/best/doc_encoder",
+          "embeddings": "outputs/dpr_nq/embeddings"}
+DOWNLOAD = "download it with: python utils/download_data.py --resource "
+MADE_BY = {RECIPE["passages"]: DOWNLOAD + "data.wikipedia_split.psgs_w100",
+           RECIPE["questions"]: DOWNLOAD + "data.retriever.qas.nq-test",
+           RECIPE["query_encoder"]: "train it with: accelerate launch train_dpr.py",
+           RECIPE["doc_encoder"]: "train it with: accelerate launch train_dpr.py",
+           RECIPE["embeddings"]: "make them with: accelerate launch doc2embedding.py"}
+
+
+def check_made(*paths):
+    """A missing input of the recipe is one line naming the command that makes it."""
+    for path in paths:
+        if path in MADE_BY and not os.path.exists(path):
+            raise DataError(f"{path}: not found; {MADE_BY[path]}")
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w"):
