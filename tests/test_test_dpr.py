@@ -16,7 +16,7 @@ from conftest import ROOT, make_tiny_bert, write_passages_tsv
 from utils.data import PassageStore, read_results
 from utils.embeddings import shard_paths, write_meta
 from utils.index import FaissIndex, TorchIndex, build_index
-from utils.models import encoder_identity, load_encoder
+from utils.models import encoder_identity, load_encoder, save_encoder
 from utils.qa import has_answer, top_k_accuracy
 
 
@@ -260,12 +260,16 @@ def test_top_k_larger_than_corpus_is_clamped(e2e, capsys):
 # Bad input: one clear error line, non-zero exit
 
 
-def run_main(e2e, **over):
+def run_main(e2e, ok=False, **over):
+    """test_dpr.main on the e2e files with `over` (a None value: a flag); its one error line, or (ok) its curve."""
     argv = {"--embedding_dir": e2e["emb_dir"], "--pretrained_model_path": e2e["model"], "--wikipedia_path": e2e["tsv"],
             "--qa_file": e2e["qa_file"], "--index_device": "cpu", "--num_workers": "1", "--top_k": "5"}
     argv.update(over)
+    argv = [x for kv in argv.items() for x in kv if x is not None]
+    if ok:
+        return test_dpr.main(argv)
     with pytest.raises(SystemExit) as exc:
-        test_dpr.main([x for kv in argv.items() for x in kv])
+        test_dpr.main(argv)
     message = str(exc.value.code)
     assert message.startswith("error: ") and "\n" not in message
     return message
@@ -383,3 +387,37 @@ def test_error_biencoder_record_without_answers(e2e, tmp_path):
     bad.write_text(json.dumps([{"question": "q", "answers": ["a"]}, {"question": "q2", "positive_ctxs": []}]))
     message = run_main(e2e, **{"--qa_file": str(bad)})
     assert str(bad) in message and "record 1" in message and "answers" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: the question encoder must belong with the passage encoder that made the embeddings
+
+
+def test_question_encoder_must_belong_with_the_passage_encoder(e2e, tmp_path):
+    """Ours: the same training run and step. Not ours: one model serving both towers (equal digests).
+    Anything else is refused with one line naming both, unless --trust_encoder_pair."""
+    ids, emb = [r[0] for r in e2e["rows"]], e2e["emb"]
+    torch.manual_seed(0)
+    tok = BertTokenizerFast.from_pretrained(e2e["model"])
+    towers = {}
+    for name, role, run, step in (("p", "passage", "runA", 4), ("q", "question", "runA", 4),
+                                  ("q_step2", "question", "runA", 2), ("q_runB", "question", "runB", 4)):
+        towers[name] = str(tmp_path / name)
+        model = BertModel.from_pretrained(make_tiny_bert(str(tmp_path / f"{name}_base"), seed=len(towers)),
+                                          add_pooling_layer=False)
+        save_encoder(model, tok, towers[name], role, run=run, step=step)
+    passage = encoder_identity(load_encoder(towers["p"], "passage")[0], towers["p"])
+    assert (passage["run"], passage["step"]) == ("runA", 4)
+    emb_dir = write_embedding_dir(str(tmp_path / "emb"), ids, emb, e2e["tsv"], encoder=passage)
+    assert len(run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": towers["q"]}, ok=True)) == 5
+    for name, why in (("q_step2", "run runA step 2 vs run runA step 4"), ("q_runB", "run runB step 4 vs run runA step 4"),
+                      (e2e["model"], "no run, digest ")):
+        path = towers.get(name, name)
+        message = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": path})
+        assert f"question encoder {path} does not belong with passage encoder tiny, which made {emb_dir}" in message
+        assert why in message and "--trust_encoder_pair" in message
+        curve = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": path,
+                                 "--trust_encoder_pair": None}, ok=True)
+        assert len(curve) == 5
+    unrecorded = write_embedding_dir(str(tmp_path / "old"), ids, emb, e2e["tsv"])  # made before meta named its encoder
+    assert "meta.json names no passage encoder" in run_main(e2e, **{"--embedding_dir": unrecorded})
