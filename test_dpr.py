@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--embedding_dir", default=RECIPE["embeddings"], help="doc2embedding.py's output")
     p.add_argument("--pretrained_model_path", default=RECIPE["query_encoder"],
                    help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")
-    p.add_argument("--trust_encoder_pair", action="store_true", help="pair them anyway (e.g. DPR's)")
+    p.add_argument("--trust_encoder_pair", action="store_true", help="vouch for the pair (e.g. official DPR)")
     p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="the passages embedded there")
     p.add_argument("--qa_file", "--nq_test_file", dest="qa_file", default=RECIPE["questions"],
                    help="questions with answers: question<TAB>['answer', ...], or a biencoder JSON (its questions and answers)")

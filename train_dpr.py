@@ -197,7 +197,7 @@ def make_accelerator(cfg):
     accelerator = Accelerator(mixed_precision="no", project_dir=cfg.output_dir,
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-    claim_output_dir(cfg.output_dir, cfg.overwrite_output_dir, accelerator)  # fails fast: before the data
+    claim_output_dir(cfg.output_dir, cfg.overwrite_output_dir, accelerator)  # before the data cache
     precision, autocast = training_autocast(cfg.mixed_precision, accelerator.device)
     if cfg.report_to != "none":  # both write under output_dir: tensorboard to nanodpr/, wandb (offline too) to wandb/
         config = {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in asdict(cfg).items()}

@@ -23,7 +23,7 @@ stage train $PY train_dpr.py --config_file "$CONFIG" --train_file "$TRAIN" --dev
 for name in untrained trained; do
   # untrained: the base model serves both towers (test_dpr.py accepts that pair: the same weights)
   if [ $name = untrained ]; then Q=$BASE P=$BASE; else Q=$OUT/train/best/query_encoder P=$OUT/train/best/doc_encoder; fi
-  # --overwrite: a rerun retrains at the same path, and doc2embedding.py refuses the changed weights without it
+  # --overwrite: a rerun retrains at the same path; doc2embedding.py refuses the changed weights without it
   stage "encode ($name)" $PY doc2embedding.py --pretrained_model_path "$P" --output_dir "$OUT/emb_$name" \
     --wikipedia_path "$PSGS" --overwrite
   stage "evaluate ($name)" $PY test_dpr.py --embedding_dir "$OUT/emb_$name" --pretrained_model_path "$Q" \

@@ -17,7 +17,8 @@ from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_pas
 import doc2embedding
 from utils.data import passage_shard
 from utils.errors import DataError
-from utils.models import encode_batches, length_batches, load_encoder, padded_batches, save_encoder, tokenize_passages
+from utils.models import (encode_batches, length_batches, load_encoder, padded_batches, save_encoder,
+                          tokenize_passages)
 from utils.embeddings import PassageWindows, flop_coefficients, load_embeddings, shard_paths
 
 
@@ -326,8 +327,8 @@ def test_bfloat16_weights_within_tolerance(tmp_path, corpus):
 
 
 def test_retrained_model_in_the_same_dir_is_refused_then_redone_with_overwrite(tmp_path, corpus):
-    """The run record names the encoder by content: new weights in the same dir are a changed argument, never
-    "nothing to do" (which would leave the old model's vectors to be scored against the new question encoder)."""
+    """The run record names the encoder by content: new weights in the same dir are a changed argument,
+    never "nothing to do" (the old model's vectors would be scored against the new question encoder)."""
     _, rows, tsv = corpus
     model = make_tiny_bert(str(tmp_path / "doc_encoder"), seed=1)
     encode(model, tsv, tmp_path / "out", "--max_length", 32, "--dtype", "float32")
@@ -339,7 +340,8 @@ def test_retrained_model_in_the_same_dir_is_refused_then_redone_with_overwrite(t
     encode(model, tsv, tmp_path / "out", "--max_length", 32, "--dtype", "float32", "--overwrite")
     again = json.load(open(tmp_path / "out" / "meta.json"))["encoder"]
     assert again["digest"] != first["digest"]
-    np.testing.assert_allclose(load_embeddings(tmp_path / "out")[1], reference(model, rows, 32), atol=1e-5, rtol=0)
+    emb = load_embeddings(tmp_path / "out")[1]
+    np.testing.assert_allclose(emb, reference(model, rows, 32), atol=1e-5, rtol=0)
 
 
 def test_meta_records_the_encoder_by_content_and_its_training_run(tmp_path, corpus):
@@ -349,7 +351,8 @@ def test_meta_records_the_encoder_by_content_and_its_training_run(tmp_path, corp
     shutil.copytree(model, copy)
     tok = AutoTokenizer.from_pretrained(model)
     ours = str(tmp_path / "ours")
-    save_encoder(BertModel.from_pretrained(model, add_pooling_layer=False), tok, ours, "passage", run="r1", step=7)
+    weights = BertModel.from_pretrained(model, add_pooling_layer=False)
+    save_encoder(weights, tok, ours, "passage", run="r1", step=7)
     for name, path in (("a", model), ("b", copy), ("c", ours)):
         encode(path, tsv, tmp_path / name, "--max_length", 32, "--limit", 5)
     a, b, c = (json.load(open(tmp_path / name / "meta.json"))["encoder"] for name in "abc")
@@ -363,9 +366,11 @@ def test_processes_that_see_different_dirs_fail_fast(tmp_path, corpus):
     model, rows, tsv = corpus
     wrapper = tmp_path / "per_rank_dir.py"
     wrapper.write_text("import os, sys\nimport doc2embedding\nargv = sys.argv[1:]\n"
-                       "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\ndoc2embedding.main(argv)\n")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(),
-           str(wrapper), "--pretrained_model_path", model, "--wikipedia_path", str(tsv), "--output_dir", str(tmp_path / "out")]
+                       "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\n"
+                       "doc2embedding.main(argv)\n")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
+           "--master_port", free_port(), str(wrapper), "--pretrained_model_path", model,
+           "--wikipedia_path", str(tsv), "--output_dir", str(tmp_path / "out")]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0

@@ -261,7 +261,7 @@ def test_top_k_larger_than_corpus_is_clamped(e2e, capsys):
 
 
 def run_main(e2e, ok=False, **over):
-    """test_dpr.main on the e2e files with `over` (a None value: a flag); its one error line, or (ok) its curve."""
+    """test_dpr.main on the e2e files with `over` (None: a flag); its one error line, or (ok) its curve."""
     argv = {"--embedding_dir": e2e["emb_dir"], "--pretrained_model_path": e2e["model"], "--wikipedia_path": e2e["tsv"],
             "--qa_file": e2e["qa_file"], "--index_device": "cpu", "--num_workers": "1", "--top_k": "5"}
     argv.update(over)
@@ -277,8 +277,8 @@ def run_main(e2e, ok=False, **over):
 
 def test_error_embedding_dim_differs_from_encoder(e2e, tmp_path):
     ids = [r[0] for r in e2e["rows"]]
-    emb_dir = write_embedding_dir(str(tmp_path / "emb16"), ids, np.zeros((len(ids), 16), np.float16), e2e["tsv"],
-                                  encoder=e2e["encoder"])
+    emb_dir = write_embedding_dir(str(tmp_path / "emb16"), ids, np.zeros((len(ids), 16), np.float16),
+                                  e2e["tsv"], encoder=e2e["encoder"])
     message = run_main(e2e, **{"--embedding_dir": emb_dir})
     assert "16-d" in message and "32-d" in message and emb_dir in message
 
@@ -286,8 +286,8 @@ def test_error_embedding_dim_differs_from_encoder(e2e, tmp_path):
 def test_error_ids_not_in_passage_file(e2e, tmp_path):
     ids = [r[0] for r in e2e["rows"]]
     ids[3] = 999
-    emb_dir = write_embedding_dir(str(tmp_path / "emb_bad_ids"), ids, np.ones((len(ids), 32), np.float16), e2e["tsv"],
-                                  encoder=e2e["encoder"])
+    emb_dir = write_embedding_dir(str(tmp_path / "emb_bad_ids"), ids, np.ones((len(ids), 32), np.float16),
+                                  e2e["tsv"], encoder=e2e["encoder"])
     message = run_main(e2e, **{"--embedding_dir": emb_dir, "--top_k": "40"})
     assert "999" in message and "not found" in message and e2e["tsv"] in message
 
@@ -308,7 +308,8 @@ def test_error_malformed_qa_row(e2e, tmp_path):
 
 def test_error_exits_non_zero_with_one_line(e2e, tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "test_dpr.py"), "--embedding_dir", str(tmp_path / "nowhere"),
-                           "--pretrained_model_path", e2e["model"], "--qa_file", e2e["qa_file"], "--wikipedia_path", e2e["tsv"]],
+                           "--pretrained_model_path", e2e["model"], "--qa_file", e2e["qa_file"],
+                           "--wikipedia_path", e2e["tsv"]],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [l for l in proc.stderr.strip().splitlines() if l.startswith("error: ")]
@@ -409,15 +410,17 @@ def test_question_encoder_must_belong_with_the_passage_encoder(e2e, tmp_path):
     passage = encoder_identity(load_encoder(towers["p"], "passage")[0], towers["p"])
     assert (passage["run"], passage["step"]) == ("runA", 4)
     emb_dir = write_embedding_dir(str(tmp_path / "emb"), ids, emb, e2e["tsv"], encoder=passage)
-    assert len(run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": towers["q"]}, ok=True)) == 5
-    for name, why in (("q_step2", "run runA step 2 vs run runA step 4"), ("q_runB", "run runB step 4 vs run runA step 4"),
-                      (e2e["model"], "no run, digest ")):
+    curve = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": towers["q"]}, ok=True)
+    assert len(curve) == 5
+    for name, why in (("q_step2", "run runA step 2 vs run runA step 4"),
+                      ("q_runB", "run runB step 4 vs run runA step 4"), (e2e["model"], "no run, digest ")):
         path = towers.get(name, name)
         message = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": path})
-        assert f"question encoder {path} does not belong with passage encoder tiny, which made {emb_dir}" in message
+        assert f"question encoder {path} does not belong with passage encoder tiny, which made {emb_dir}" \
+            in message
         assert why in message and "--trust_encoder_pair" in message
         curve = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": path,
                                  "--trust_encoder_pair": None}, ok=True)
         assert len(curve) == 5
-    unrecorded = write_embedding_dir(str(tmp_path / "old"), ids, emb, e2e["tsv"])  # made before meta named its encoder
+    unrecorded = write_embedding_dir(str(tmp_path / "old"), ids, emb, e2e["tsv"])  # older: no "encoder"
     assert "meta.json names no passage encoder" in run_main(e2e, **{"--embedding_dir": unrecorded})

@@ -372,6 +372,7 @@ def test_config_file_then_overrides(tmp_path):
     ("", ["--epochs=3"], "--epochs=3: unknown config key 'epochs'"),
     ("", ["--lr"], "--lr: expected one argument"),
     ("", ["stray"], "unexpected argument 'stray'"),
+    ("", ["--overwrite_output_dir", "maybe"], "overwrite_output_dir must be true or false, got 'maybe'"),
 ])
 def test_config_errors_name_where(tmp_path, text, args, message):
     path = tmp_path / "c.yaml"
@@ -446,8 +447,8 @@ def encoder_origin(out, checkpoint):
 
 
 def test_second_run_into_a_used_dir_is_refused_unless_overwrite(setup, tmp_path):
-    """A new run into another run's dir would append to its log, and pruning (the highest step numbers stay)
-    would delete the new run's step-N/ dirs: refused before any work, unless overwrite_output_dir deletes them."""
+    """A new run into another run's dir would append to its log, and pruning (the highest step numbers
+    stay) would delete the new run's step-N/ dirs: refused before any work, unless overwrite_output_dir."""
     out = tmp_path / "run"
     common = dict(dev_file=None, eval_steps=2, log_steps=1)
     train_dpr.main(argv(setup, out, max_train_steps=4, **common))
@@ -464,16 +465,16 @@ def test_second_run_into_a_used_dir_is_refused_unless_overwrite(setup, tmp_path)
 
     train_dpr.main(argv(setup, out, max_train_steps=2, eval_steps=1, dev_file=None, log_steps=1,
                         overwrite_output_dir="true"))
-    assert sorted(d for d in os.listdir(out) if d.startswith("step-")) == ["step-1", "step-2"]  # the new run's
+    assert sorted(d for d in os.listdir(out) if d.startswith("step-")) == ["step-1", "step-2"]  # new run's
     assert [r["step"] for r in read_log(out)] == [1, 2]
-    (q, p), new_run = encoder_origin(out, "step-2"), encoder_origin(out, "step-2")[0][0]
-    assert q == p == (new_run, 2) and new_run != first_run  # both towers name this run and step
+    (q, p) = encoder_origin(out, "step-2")
+    assert q == p == (q[0], 2) and q[0] != first_run  # both towers name this (new) run and step
     assert os.path.isdir(out / "data_cache")  # kept: keyed by its inputs
 
 
 def test_processes_that_see_different_dirs_fail_fast(setup, tmp_path):
-    """Two processes whose output dirs differ (two nodes without a shared filesystem; simulated by a wrapper that
-    gives each rank its own dir) stop at once with one line, before the data cache is built."""
+    """Two processes whose output dirs differ (two nodes without a shared filesystem; simulated by a wrapper
+    that gives each rank its own dir) stop at once with one line, before the data cache is built."""
     wrapper = tmp_path / "per_rank_dir.py"
     wrapper.write_text("import os, sys\nimport train_dpr\nargv = sys.argv[1:]\n"
                        "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\ntrain_dpr.main(argv)\n")
