@@ -117,11 +117,7 @@ def check_shared_dir(path, state):
         with atomic_write(token_file) as f:
             f.write(token[0])
     broadcast_object_list(token)  # rank 0's token; also a barrier: the file is there before anyone reads
-    try:
-        with open(token_file) as f:
-            sees = f.read() == token[0]
-    except OSError:
-        sees = False
+    sees = os.path.isfile(token_file) and open(token_file).read() == token[0]  # rank 0 removes it only below
     blind = [rank for rank, ok in enumerate(gather_object([sees])) if not ok]
     if state.is_main_process:
         os.remove(token_file)

@@ -20,19 +20,15 @@ from utils.errors import DataError
 
 csv.field_size_limit(sys.maxsize)
 
-# The NQ recipe's files where the bare commands (doc2embedding.py, test_dpr.py) look for them, and the
-# command that makes each, named when one is missing
-RECIPE = {"passages": "downloads/data/wikipedia_split/psgs_w100.tsv",
-          "questions": "downloads/data/retriever/qas/nq-test.csv",
-          "query_encoder": "outputs/dpr_nq/best/query_encoder",
-          "doc_encoder": "outputs/dpr_nq/best/doc_encoder",
-          "embeddings": "outputs/dpr_nq/embeddings"}
-DOWNLOAD = "download it with: python utils/download_data.py --resource "
-MADE_BY = {RECIPE["passages"]: DOWNLOAD + "data.wikipedia_split.psgs_w100",
-           RECIPE["questions"]: DOWNLOAD + "data.retriever.qas.nq-test",
-           RECIPE["query_encoder"]: "train it with: accelerate launch train_dpr.py",
-           RECIPE["doc_encoder"]: "train it with: accelerate launch train_dpr.py",
-           RECIPE["embeddings"]: "make them with: accelerate launch doc2embedding.py"}
+# The NQ recipe's files where the bare commands (doc2embedding.py, test_dpr.py) look for them (RECIPE), and
+# the command that makes each, named when one is missing
+_GET = "download it with: python utils/download_data.py --resource data."
+_TRAIN = "train it with: accelerate launch train_dpr.py"
+MADE_BY = {"downloads/data/wikipedia_split/psgs_w100.tsv": _GET + "wikipedia_split.psgs_w100",
+           "downloads/data/retriever/qas/nq-test.csv": _GET + "retriever.qas.nq-test",
+           "outputs/dpr_nq/best/query_encoder": _TRAIN, "outputs/dpr_nq/best/doc_encoder": _TRAIN,
+           "outputs/dpr_nq/embeddings": "make them with: accelerate launch doc2embedding.py"}
+RECIPE = dict(zip(("passages", "questions", "query_encoder", "doc_encoder", "embeddings"), MADE_BY))
 
 
 def check_made(*paths):
