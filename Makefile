@@ -47,7 +47,8 @@ mini-nq: install
 # (55 + 55: each file's last partial batch of 32 is dropped).
 OWN := outputs/own_data
 OWN_RUN = run() { name=$$1 data=$$2; shift 2; $(PY) train_dpr.py --config_file config/train_mini_nq.yaml --train_file $$data \
-	--dev_file $(MINI_NQ)/dev.json --base_model $(MINILM) --output_dir $(OWN)/$$name "$$@" && $(PY) doc2embedding.py \
+	--dev_file $(MINI_NQ)/dev.json --base_model $(MINILM) --output_dir $(OWN)/$$name --overwrite_output_dir true "$$@" \
+	&& $(PY) doc2embedding.py \
 	--pretrained_model_path $(OWN)/$$name/best/doc_encoder --output_dir $(OWN)/$$name/emb --wikipedia_path $(MINI_NQ)/psgs.tsv \
 	--overwrite && $(PY) test_dpr.py --embedding_dir $(OWN)/$$name/emb --pretrained_model_path $(OWN)/$$name/best/query_encoder \
 	--wikipedia_path $(MINI_NQ)/psgs.tsv --qa_file $(QA_FILE) --output_file $(OWN)/$$name.json; }

@@ -1,7 +1,7 @@
 """Encode the passage file (psgs_w100.tsv) with a passage encoder into embedding shards, one per process.
 
-    accelerate launch doc2embedding.py --pretrained_model_path outputs/nq/doc_encoder --output_dir outputs/nq/embeddings
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 doc2embedding.py ...     # two CPU processes
+    accelerate launch doc2embedding.py        # outputs/dpr_nq/best/doc_encoder -> outputs/dpr_nq/embeddings
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 doc2embedding.py --pretrained_model_path P --output_dir D
 
 Fast: each process streams its own contiguous part of the file; DataLoader workers parse, tokenize,
 sort each window of passages by length and pad them in batches of about max_tokens_per_batch tokens,
@@ -28,11 +28,11 @@ from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm import tqdm
 
 from bench.profiling import LoopClock, encoding_report
-from utils.embeddings import (PassageWindows, check_run, chunk_path, committed_chunks, encode_defaults, finish_run,
-                              read_meta, run_signature, start_run, write_chunk, write_shard)
-from utils.errors import DataError, EncoderError, HelpFormatter
-from utils.formats import count_lines, passage_shard
-from utils.models import embedding_dim, encode_batches, load_encoder
+from utils.embeddings import (PassageWindows, chunk_path, claim_run, committed_chunks, encode_defaults, finish_run,
+                              run_signature, write_chunk, write_shard)
+from utils.errors import ConfigError, DataError, EncoderError, HelpFormatter
+from utils.formats import RECIPE, check_made, count_lines, passage_shard
+from utils.models import embedding_dim, encode_batches, encoder_identity, load_encoder
 
 try:  # glibc: hand freed heap pages back to the OS once per window (see the loop)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
@@ -42,10 +42,10 @@ except (OSError, AttributeError):  # another libc: nothing to do
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--pretrained_model_path", required=True,
+    p.add_argument("--pretrained_model_path", default=RECIPE["doc_encoder"],
                    help="passage encoder: our doc_encoder dir, an HF (DPR) model, or a DPR .cp file")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="passages")
+    p.add_argument("--output_dir", default=RECIPE["embeddings"], help="the embedding dir")
+    p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="passages")
     p.add_argument("--max_length", type=int, default=256, help="tokens per passage (title [SEP] text)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--batch_size", type=int, help="fixed number of passages per batch (instead of a token budget)")
@@ -75,8 +75,10 @@ Loaded = namedtuple("Loaded", "model pooling dim settings num_workers signature 
 def load(args, state):
     """The passage file and the model are checked before anything is written; then the run dir is claimed
     (or found finished: returns None) and this process's rows are located, after its committed chunks."""
+    check_made(args.pretrained_model_path, args.wikipedia_path)
     start, end, line_no, count = passage_shard(args.wikipedia_path, state.process_index, state.num_processes, args.limit)
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage")
+    encoder = encoder_identity(model, args.pretrained_model_path)  # by content: a retrained model is another
     defaults = encode_defaults(state.device)
     budget = args.max_tokens_per_batch or (None if args.batch_size else defaults["max_tokens_per_batch"])
     settings = {"max_length": args.max_length, "dtype": args.dtype, "limit": args.limit, "window": args.window,
@@ -86,16 +88,11 @@ def load(args, state):
     model.to(state.device, getattr(torch, settings["compute_dtype"]))
     dim = embedding_dim(model)
 
-    signature = run_signature(args.pretrained_model_path, args.wikipedia_path, state.num_processes, settings)
-    os.makedirs(args.output_dir, exist_ok=True)
-    if check_run(args.output_dir, signature, args.overwrite, state.is_main_process):
-        n = read_meta(args.output_dir)["num_passages"]
+    signature = run_signature(args.pretrained_model_path, encoder, args.wikipedia_path, state.num_processes, settings)
+    if finished := claim_run(args.output_dir, signature, args.overwrite, state):
+        n = finished["num_passages"]
         state.print(f"{args.output_dir} already holds these embeddings ({n} passages); nothing to do")
         return None
-    state.wait_for_everyone()
-    if state.is_main_process:
-        start_run(args.output_dir, signature)
-    state.wait_for_everyone()
 
     chunks, done, resume = committed_chunks(args.output_dir, state.process_index)
     if resume:  # continue after the last committed chunk, from the offset it recorded
@@ -162,7 +159,8 @@ def save(args, state, loaded):
         source = {"path": loaded.signature["source"]["path"], "name": os.path.basename(args.wikipedia_path),
                   "size": os.path.getsize(args.wikipedia_path)}
         finish_run(args.output_dir, {
-            "model": loaded.signature["model"], "role": "passage", "pooling": loaded.pooling, "dim": loaded.dim,
+            "model": loaded.signature["model"], "encoder": loaded.signature["encoder"],  # test_dpr.py checks it
+            "role": "passage", "pooling": loaded.pooling, "dim": loaded.dim,
             "dtype": args.dtype, "max_length": args.max_length, "num_passages": sum(counts),
             "num_shards": state.num_processes, "shard_counts": counts, "source": source})
     return counts
@@ -187,7 +185,7 @@ def main(argv=None):
                     "compute_dtype": loaded.settings["compute_dtype"]}
         encoded_all = sum(gather_object([clock["encoded"]]))
         stats = encoding_report(clock, loaded.model, state, settings, sum(counts), encoded_all, time.time() - start)
-    except (DataError, EncoderError) as e:
+    except (ConfigError, DataError, EncoderError) as e:
         sys.exit(f"error: {e}")
     state.print(f"wrote {stats['passages']} x {loaded.dim} {args.dtype} embeddings to {args.output_dir}/embeddings_shard_*.npy, "
                 "ids to ids_shard_*.npy, meta.json")

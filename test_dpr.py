@@ -1,6 +1,6 @@
 """Evaluate a DPR retriever: encode the questions, search the passage embeddings, report top-k accuracy.
 
-python test_dpr.py --embedding_dir D --pretrained_model_path P [--qa_file nq-test.csv] [--top_k 100]
+python test_dpr.py [--embedding_dir D] [--pretrained_model_path P] [--qa_file nq-test.csv] [--top_k 100]
     [--index flat|HNSW32|SQfp16|IVF4096,PQ64|... --index_path P] [--output_file R.json] [--run_file R.trec]
 
 --index flat (default) is DPR's exact inner-product search (IndexFlatIP) over the embeddings that
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from bench.profiling import LoopClock
-from utils.embeddings import load_embeddings, read_meta
+from utils.embeddings import check_provenance, load_embeddings, read_meta
 from utils.errors import ConfigError, DataError, HelpFormatter, NanoDPRError
 from utils.files import atomic_write
-from utils.formats import PassageStore, normalize_question, read_qas, write_results, write_run
+from utils.formats import RECIPE, PassageStore, check_made, normalize_question, read_qas, write_results, write_run
 from utils.index import open_index
 from utils.models import autocast_dtype, encode_questions, load_encoder
 from utils.qa import score_passages, top_k_accuracy
@@ -32,11 +32,12 @@ MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    p.add_argument("--embedding_dir", required=True, help="passage embeddings written by doc2embedding.py")
-    p.add_argument("--pretrained_model_path", required=True,
+    p.add_argument("--embedding_dir", default=RECIPE["embeddings"], help="doc2embedding.py's output")
+    p.add_argument("--pretrained_model_path", default=RECIPE["query_encoder"],
                    help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")
-    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="the passages the embeddings were made from")
-    p.add_argument("--qa_file", "--nq_test_file", dest="qa_file", default="downloads/data/retriever/qas/nq-test.csv",
+    p.add_argument("--trust_encoder_pair", action="store_true", help="vouch for the pair (e.g. official DPR)")
+    p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="the passages embedded there")
+    p.add_argument("--qa_file", "--nq_test_file", dest="qa_file", default=RECIPE["questions"],
                    help="questions with answers: question<TAB>['answer', ...], or a biencoder JSON (its questions and answers)")
     p.add_argument("--top_k", type=int, default=100, help="passages retrieved per question")
     p.add_argument("--match", choices=["string", "regex"], default="string",
@@ -117,14 +118,13 @@ def format_table(header, rows):
 def run(args):
     clock = LoopClock()  # seconds per stage, for the report
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_made(args.embedding_dir, args.pretrained_model_path, args.qa_file, args.wikipedia_path)
     qas = read_qas(args.qa_file)
     questions, answers = [normalize_question(q) for q, _ in qas], [a for _, a in qas]
     meta = read_meta(args.embedding_dir)
-    source_size = (meta.get("source") or {}).get("size")
-    if source_size is not None and os.path.isfile(args.wikipedia_path) and os.path.getsize(args.wikipedia_path) != source_size:
-        print(f"warning: {args.wikipedia_path} has {os.path.getsize(args.wikipedia_path)} bytes, but the embeddings "
-              f"were made from a {source_size}-byte file ({meta['source'].get('path')})")
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question")
+    check_provenance(args.embedding_dir, meta, args.wikipedia_path, model, args.pretrained_model_path,
+                     args.trust_encoder_pair)
     model.to(device)
     print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
     clock.lap("load questions + encoder")

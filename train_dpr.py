@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from utils.biencoder import grad_cache_step, load_biencoder, make_optimizer, plain_step, training_precision, validate
-from utils.checkpoint import Progress, last_state_dir, load_state, prune_step_dirs, save_encoders, save_state
+from utils.checkpoint import (Progress, check_output_dir, claim_output_dir, last_state_dir, load_state,
+                              prune_step_dirs, save_encoders, save_state)
 from utils.errors import ConfigError, DataError, NanoDPRError
 from utils.train_data import (Collate, TrainSet, epoch_batches, load_cache, passage_groups, process_slices,
                               steps_per_epoch)
@@ -88,6 +89,7 @@ class Config:
     num_workers: int = option(4, "DataLoader workers (tokenization)")
     report_to: Literal["none", "tensorboard", "wandb"] = option("none", "none, or also log to tensorboard or wandb (pip install it)")
     resume_from_checkpoint: Optional[str] = option(None, "'last' (output_dir/last_state) or a last_state dir")
+    overwrite_output_dir: bool = option(False, "true: delete another run's checkpoints and log first")
 
     def __post_init__(self):
         """Minimums (the parser checked the types): counts >= 0, sizes >= 1, max_length >= 4 ([CLS] x [SEP] y)."""
@@ -166,9 +168,7 @@ def check_inputs(cfg, world_size):
                           f"gradient_accumulation_steps = {world_size} x {cfg.gradient_accumulation_steps}")
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
         raise ConfigError(f"report_to {cfg.report_to}: the {cfg.report_to} package is not installed (pip install it)")
-    resume = cfg.resume_from_checkpoint and last_state_dir(cfg.resume_from_checkpoint, cfg.output_dir)
-    if resume and not os.path.isdir(resume):
-        raise ConfigError(f"resume_from_checkpoint: {resume} does not exist")
+    check_output_dir(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
 
 
 # --- Load: processes and precision, data, model ---------------------------------------------------
@@ -183,7 +183,7 @@ def make_accelerator(cfg):
     accelerator = Accelerator(mixed_precision="no", project_dir=cfg.output_dir,
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    claim_output_dir(cfg.output_dir, cfg.overwrite_output_dir, accelerator)  # before the data cache
     precision, dtype = training_precision(cfg.mixed_precision, accelerator.device)
     if cfg.report_to != "none":  # both write under output_dir: tensorboard to nanodpr/, wandb (offline too) to wandb/
         config = {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in asdict(cfg).items()}
@@ -334,9 +334,10 @@ def evaluate_and_save(run, progress):
             progress.best = {"metric": name, "value": metrics[name], "step": progress.step}
     progress.last_eval_step = progress.step
     if accelerator.is_main_process:
-        save_encoders(run.biencoder, run.tokenizers, os.path.join(out, f"step-{progress.step}"), info)
+        saved = {"run": progress.run_id, **info}  # test_dpr.py pairs the towers by run and step
+        save_encoders(run.biencoder, run.tokenizers, os.path.join(out, f"step-{progress.step}"), saved)
         if improved:
-            save_encoders(run.biencoder, run.tokenizers, os.path.join(out, "best"), info)
+            save_encoders(run.biencoder, run.tokenizers, os.path.join(out, "best"), saved)
             run.log(f"new best {name} {metrics[name]:.4f}: {out}/best")
         prune_step_dirs(out, cfg.save_total_limit)
     save_state(os.path.join(out, "last_state"), run.biencoder, run.optimizer, run.scheduler, run.scaler, progress, cfg,

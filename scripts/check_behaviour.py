@@ -10,7 +10,8 @@ Stages, in order (each a run function called once per tree and a compare functio
          on: largest |weight difference| in last_state/ and in best/'s encoder dirs, per-step losses, dev metrics.
   encode doc2embedding.py on the CPU over data/sample/psgs.tsv with the base model (max_length 128: the tiny BERT's
          positions), under several argument sets
-         (ENCODE_RUNS, one under torchrun with 2 processes): embeddings, ids and meta.json byte for byte (tolerance 0).
+         (ENCODE_RUNS, one under torchrun with 2 processes): embeddings and ids byte for byte, meta.json's
+         values (tolerance 0) but its "encoder" record (newer revisions only).
   search test_dpr.py (--index flat, CPU) over the same embeddings (made by the working tree's doc2embedding.py) with
          the base model as question encoder: results JSON and top-k curve byte for byte.
 To add a stage: write run_<name>(tree, out, ctx) -> outputs and compare_<name>(old, new) -> [(what, diff, tol)],
@@ -126,17 +127,20 @@ def run_encode(tree, out, ctx):
 
 
 def compare_encode(old, new):
-    """The stored files themselves: run.json may differ (it records the arguments, including new ones)."""
+    """The stored files themselves: run.json may differ (it records the arguments, including new ones), and so
+    may meta.json's "encoder" record of the passage encoder (revisions before it lack it)."""
     rows = []
     for i, name in enumerate(ENCODE_RUNS):
         a, b = os.path.join(old, str(i)), os.path.join(new, str(i))
         for file in sorted(f for f in os.listdir(a) if f.endswith(".npy")) + ["meta.json"]:
             x, y = (open(os.path.join(d, file), "rb").read() for d in (a, b))
+            if file == "meta.json":
+                x, y = ({k: v for k, v in json.loads(m).items() if k != "encoder"} for m in (x, y))
             diff = 0.0 if x == y else float("inf")
             ea, eb = (np.load(os.path.join(d, file)).astype(np.float32) for d in (a, b)) if file.startswith("embeddings_") else (0, 0)
-            if x != y and np.shape(ea) == np.shape(eb):  # how far apart, for the report
+            if x != y and file.startswith("embeddings_") and np.shape(ea) == np.shape(eb):  # how far apart
                 diff = float(np.abs(ea - eb).max())
-            rows.append((f"{name}: {file} (bytes)", diff, 0.0))
+            rows.append((f"{name}: {file} ({'values' if file == 'meta.json' else 'bytes'})", diff, 0.0))
     return rows
 
 

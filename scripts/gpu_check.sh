@@ -98,12 +98,12 @@ cat "$WORK/make_data.log"
 D=$WORK/data
 COMMON=(--train_file "$D/train.json" --dev_file "$D/dev.json" --base_model "$WORK/base_model" --max_train_epochs 100
         --warmup_steps 20 --lr 1e-4 --num_hard_negatives 1 --val_av_rank_start_epoch 0 --eval_batch_size "$EVAL_BATCH"
-        --log_steps 20 --save_total_limit 1 --num_workers 2)
+        --log_steps 20 --save_total_limit 1 --num_workers 2 --overwrite_output_dir true)  # WORK may be reused
 stage "train bf16" 75 "$PY" train_dpr.py "${COMMON[@]}" $TRAIN --mixed_precision auto --output_dir "$WORK/train_bf16"
 
 Q=$WORK/train_bf16/best/query_encoder P=$WORK/train_bf16/best/doc_encoder
 [ -d "$P" ] || { echo "no trained model: encoding with the untrained one"; Q=$WORK/base_model P=$WORK/base_model; }
-stage "encode" 75 "$PY" doc2embedding.py --pretrained_model_path "$P" --wikipedia_path "$D/psgs.tsv" --output_dir "$WORK/emb"
+stage "encode" 75 "$PY" doc2embedding.py --pretrained_model_path "$P" --wikipedia_path "$D/psgs.tsv" --output_dir "$WORK/emb" --overwrite
 stage "evaluate" 45 "$PY" test_dpr.py --embedding_dir "$WORK/emb" --pretrained_model_path "$Q" --wikipedia_path "$D/psgs.tsv" \
   --qa_file "$D/test.qa.csv" --output_file "$WORK/results.json"
 stage "train bf16 + grad cache" 60 "$PY" train_dpr.py "${COMMON[@]}" $TRAIN $GC --mixed_precision auto --output_dir "$WORK/train_gc"

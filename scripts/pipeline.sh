@@ -17,11 +17,13 @@ stage() {  # stage NAME CMD... : run and record wall time
   "$@"
   printf '%s\t%s\n' "$name" "$((SECONDS - t0))" >> "$OUT/timings.tsv"
 }
+# --overwrite_output_dir: a rerun replaces the previous run's checkpoints (refused otherwise)
 stage train $PY train_dpr.py --config_file "$CONFIG" --train_file "$TRAIN" --dev_file "$DEV" \
-  --base_model "$BASE" --output_dir "$OUT/train"
+  --base_model "$BASE" --output_dir "$OUT/train" --overwrite_output_dir true
 for name in untrained trained; do
+  # untrained: the base model serves both towers (test_dpr.py accepts that pair: the same weights)
   if [ $name = untrained ]; then Q=$BASE P=$BASE; else Q=$OUT/train/best/query_encoder P=$OUT/train/best/doc_encoder; fi
-  # --overwrite: the trained model's path stays the same across runs while its weights change
+  # --overwrite: a rerun retrains at the same path; doc2embedding.py refuses the changed weights without it
   stage "encode ($name)" $PY doc2embedding.py --pretrained_model_path "$P" --output_dir "$OUT/emb_$name" \
     --wikipedia_path "$PSGS" --overwrite
   stage "evaluate ($name)" $PY test_dpr.py --embedding_dir "$OUT/emb_$name" --pretrained_model_path "$Q" \

@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_pas
 import doc2embedding
 from utils.formats import passage_shard
 from utils.errors import DataError
-from utils.models import encode_batches, length_batches, load_encoder, padded_batches, tokenize_passages
+from utils.models import (encode_batches, length_batches, load_encoder, padded_batches, save_encoder,
+                          tokenize_passages)
 from utils.embeddings import PassageWindows, load_embeddings, shard_paths
 from bench.profiling import flop_coefficients
 
@@ -323,3 +325,56 @@ def test_bfloat16_weights_within_tolerance(tmp_path, corpus):
     cos = (e32 * e16).sum(1) / np.linalg.norm(e32, axis=1) / np.linalg.norm(e16, axis=1)
     assert cos.min() > 0.999 and not np.array_equal(e32, e16)
     assert json.load(open(tmp_path / "bf16" / "run.json"))["compute_dtype"] == "bfloat16"
+
+
+def test_retrained_model_in_the_same_dir_is_refused_then_redone_with_overwrite(tmp_path, corpus):
+    """The run record names the encoder by content: new weights in the same dir are a changed argument,
+    never "nothing to do" (the old model's vectors would be scored against the new question encoder)."""
+    _, rows, tsv = corpus
+    model = make_tiny_bert(str(tmp_path / "doc_encoder"), seed=1)
+    encode(model, tsv, tmp_path / "out", "--max_length", 32, "--dtype", "float32")
+    first = json.load(open(tmp_path / "out" / "meta.json"))["encoder"]
+    assert first["run"] is None and first["step"] is None  # not saved by a training run
+    make_tiny_bert(model, seed=2)  # "retrained" into the same dir
+    with pytest.raises(SystemExit, match=r"^error: .*other arguments \(encoder\.digest: .*\).*--overwrite"):
+        encode(model, tsv, tmp_path / "out", "--max_length", 32, "--dtype", "float32")
+    encode(model, tsv, tmp_path / "out", "--max_length", 32, "--dtype", "float32", "--overwrite")
+    again = json.load(open(tmp_path / "out" / "meta.json"))["encoder"]
+    assert again["digest"] != first["digest"]
+    emb = load_embeddings(tmp_path / "out")[1]
+    np.testing.assert_allclose(emb, reference(model, rows, 32), atol=1e-5, rtol=0)
+
+
+def test_meta_records_the_encoder_by_content_and_its_training_run(tmp_path, corpus):
+    """The same weights under another path have the same digest; our checkpoints add their run and step."""
+    model, rows, tsv = corpus
+    copy = str(tmp_path / "copy")
+    shutil.copytree(model, copy)
+    tok = AutoTokenizer.from_pretrained(model)
+    ours = str(tmp_path / "ours")
+    weights = BertModel.from_pretrained(model, add_pooling_layer=False)
+    save_encoder(weights, tok, ours, "passage", run="r1", step=7)
+    for name, path in (("a", model), ("b", copy), ("c", ours)):
+        encode(path, tsv, tmp_path / name, "--max_length", 32, "--limit", 5)
+    a, b, c = (json.load(open(tmp_path / name / "meta.json"))["encoder"] for name in "abc")
+    assert a == b and len(a["digest"]) == 64
+    assert (c["run"], c["step"]) == ("r1", 7) and c["digest"] == a["digest"]  # same weights and config
+
+
+def test_processes_that_see_different_dirs_fail_fast(tmp_path, corpus):
+    """Two processes whose output dirs differ (as on two nodes without a shared filesystem; simulated by a
+    wrapper that gives each rank its own dir) stop before encoding, with one line saying what is needed."""
+    model, rows, tsv = corpus
+    wrapper = tmp_path / "per_rank_dir.py"
+    wrapper.write_text("import os, sys\nimport doc2embedding\nargv = sys.argv[1:]\n"
+                       "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\n"
+                       "doc2embedding.main(argv)\n")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
+           "--master_port", free_port(), str(wrapper), "--pretrained_model_path", model,
+           "--wikipedia_path", str(tsv), "--output_dir", str(tmp_path / "out")]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "error: " in r.stderr and "shared filesystem" in r.stderr, r.stderr[-3000:]
+    for rank in "01":
+        assert sorted(os.listdir(tmp_path / f"out{rank}")) == []  # no run.json, chunks or token left behind

@@ -16,6 +16,7 @@ from conftest import ROOT, make_tiny_bert, write_passages_tsv
 from utils.formats import PassageStore, read_results
 from utils.embeddings import shard_paths, write_meta
 from utils.index import FaissIndex, TorchIndex, build_index
+from utils.models import encoder_identity, load_encoder, save_encoder
 from utils.qa import has_answer, top_k_accuracy
 
 
@@ -139,8 +140,9 @@ WORDS = ["river", "city", "king", "the", "of", "and", "stone", "bridge", "tower"
 ANSWERS = ["paris", "london", "rome", "berlin", "oslo", "lima"]
 
 
-def write_embedding_dir(out_dir, ids, emb, tsv, num_shards=2):
-    """An embedding dir in utils/embeddings.py's layout, written directly (independent of doc2embedding.py)."""
+def write_embedding_dir(out_dir, ids, emb, tsv, num_shards=2, encoder=None):
+    """An embedding dir in utils/embeddings.py's layout, written directly (independent of doc2embedding.py).
+    encoder: the passage encoder it records (utils.models.encoder_identity)."""
     os.makedirs(out_dir, exist_ok=True)
     counts = [len(part) for part in np.array_split(np.arange(len(ids)), num_shards)]
     start = 0
@@ -151,7 +153,7 @@ def write_embedding_dir(out_dir, ids, emb, tsv, num_shards=2):
         start += n
     write_meta(out_dir, {"model": "tiny", "role": "passage", "pooling": "cls", "dim": emb.shape[1], "dtype": str(emb.dtype),
                          "max_length": 256, "num_passages": len(ids), "num_shards": num_shards, "shard_counts": counts,
-                         "source": {"path": tsv, "size": os.path.getsize(tsv)}})
+                         "source": {"path": tsv, "size": os.path.getsize(tsv)}, "encoder": encoder})
     return out_dir
 
 
@@ -173,8 +175,11 @@ def e2e(tmp_path_factory):
         csv.writer(f, delimiter="\t").writerows([(q, repr(a)) for q, a in qas])
     model = make_tiny_bert(str(tmp / "question_encoder"), role="question")
     emb = rng.standard_normal((len(rows), 32)).astype(np.float16)
-    emb_dir = write_embedding_dir(str(tmp / "emb"), [r[0] for r in rows], emb, tsv)
-    return dict(tmp=tmp, rows=rows, tsv=tsv, qas=qas, qa_file=qa_file, model=model, emb=emb, emb_dir=emb_dir)
+    # as if one model served both towers (random vectors here): the question encoder belongs with them
+    encoder = encoder_identity(load_encoder(model, "question")[0], model)
+    emb_dir = write_embedding_dir(str(tmp / "emb"), [r[0] for r in rows], emb, tsv, encoder=encoder)
+    return dict(tmp=tmp, rows=rows, tsv=tsv, qas=qas, qa_file=qa_file, model=model, emb=emb, emb_dir=emb_dir,
+                encoder=encoder)
 
 
 def reference_retrieval(e2e, k):
@@ -255,12 +260,16 @@ def test_top_k_larger_than_corpus_is_clamped(e2e, capsys):
 # Bad input: one clear error line, non-zero exit
 
 
-def run_main(e2e, **over):
+def run_main(e2e, ok=False, **over):
+    """test_dpr.main on the e2e files with `over` (None: a flag); its one error line, or (ok) its curve."""
     argv = {"--embedding_dir": e2e["emb_dir"], "--pretrained_model_path": e2e["model"], "--wikipedia_path": e2e["tsv"],
             "--qa_file": e2e["qa_file"], "--index_device": "cpu", "--num_workers": "1", "--top_k": "5"}
     argv.update(over)
+    argv = [x for kv in argv.items() for x in kv if x is not None]
+    if ok:
+        return test_dpr.main(argv)
     with pytest.raises(SystemExit) as exc:
-        test_dpr.main([x for kv in argv.items() for x in kv])
+        test_dpr.main(argv)
     message = str(exc.value.code)
     assert message.startswith("error: ") and "\n" not in message
     return message
@@ -268,7 +277,8 @@ def run_main(e2e, **over):
 
 def test_error_embedding_dim_differs_from_encoder(e2e, tmp_path):
     ids = [r[0] for r in e2e["rows"]]
-    emb_dir = write_embedding_dir(str(tmp_path / "emb16"), ids, np.zeros((len(ids), 16), np.float16), e2e["tsv"])
+    emb_dir = write_embedding_dir(str(tmp_path / "emb16"), ids, np.zeros((len(ids), 16), np.float16),
+                                  e2e["tsv"], encoder=e2e["encoder"])
     message = run_main(e2e, **{"--embedding_dir": emb_dir})
     assert "16-d" in message and "32-d" in message and emb_dir in message
 
@@ -276,7 +286,8 @@ def test_error_embedding_dim_differs_from_encoder(e2e, tmp_path):
 def test_error_ids_not_in_passage_file(e2e, tmp_path):
     ids = [r[0] for r in e2e["rows"]]
     ids[3] = 999
-    emb_dir = write_embedding_dir(str(tmp_path / "emb_bad_ids"), ids, np.ones((len(ids), 32), np.float16), e2e["tsv"])
+    emb_dir = write_embedding_dir(str(tmp_path / "emb_bad_ids"), ids, np.ones((len(ids), 32), np.float16),
+                                  e2e["tsv"], encoder=e2e["encoder"])
     message = run_main(e2e, **{"--embedding_dir": emb_dir, "--top_k": "40"})
     assert "999" in message and "not found" in message and e2e["tsv"] in message
 
@@ -297,7 +308,8 @@ def test_error_malformed_qa_row(e2e, tmp_path):
 
 def test_error_exits_non_zero_with_one_line(e2e, tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "test_dpr.py"), "--embedding_dir", str(tmp_path / "nowhere"),
-                           "--pretrained_model_path", e2e["model"], "--qa_file", e2e["qa_file"]],
+                           "--pretrained_model_path", e2e["model"], "--qa_file", e2e["qa_file"],
+                           "--wikipedia_path", e2e["tsv"]],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
@@ -376,3 +388,39 @@ def test_error_biencoder_record_without_answers(e2e, tmp_path):
     bad.write_text(json.dumps([{"question": "q", "answers": ["a"]}, {"question": "q2", "positive_ctxs": []}]))
     message = run_main(e2e, **{"--qa_file": str(bad)})
     assert str(bad) in message and "record 1" in message and "answers" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: the question encoder must belong with the passage encoder that made the embeddings
+
+
+def test_question_encoder_must_belong_with_the_passage_encoder(e2e, tmp_path):
+    """Ours: the same training run and step. Not ours: one model serving both towers (equal digests).
+    Anything else is refused with one line naming both, unless --trust_encoder_pair."""
+    ids, emb = [r[0] for r in e2e["rows"]], e2e["emb"]
+    torch.manual_seed(0)
+    tok = BertTokenizerFast.from_pretrained(e2e["model"])
+    towers = {}
+    for name, role, run, step in (("p", "passage", "runA", 4), ("q", "question", "runA", 4),
+                                  ("q_step2", "question", "runA", 2), ("q_runB", "question", "runB", 4)):
+        towers[name] = str(tmp_path / name)
+        model = BertModel.from_pretrained(make_tiny_bert(str(tmp_path / f"{name}_base"), seed=len(towers)),
+                                          add_pooling_layer=False)
+        save_encoder(model, tok, towers[name], role, run=run, step=step)
+    passage = encoder_identity(load_encoder(towers["p"], "passage")[0], towers["p"])
+    assert (passage["run"], passage["step"]) == ("runA", 4)
+    emb_dir = write_embedding_dir(str(tmp_path / "emb"), ids, emb, e2e["tsv"], encoder=passage)
+    curve = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": towers["q"]}, ok=True)
+    assert len(curve) == 5
+    for name, why in (("q_step2", "run runA step 2 vs run runA step 4"),
+                      ("q_runB", "run runB step 4 vs run runA step 4"), (e2e["model"], "no run, digest ")):
+        path = towers.get(name, name)
+        message = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": path})
+        assert f"question encoder {path} does not belong with passage encoder tiny, which made {emb_dir}" \
+            in message
+        assert why in message and "--trust_encoder_pair" in message
+        curve = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": path,
+                                 "--trust_encoder_pair": None}, ok=True)
+        assert len(curve) == 5
+    unrecorded = write_embedding_dir(str(tmp_path / "old"), ids, emb, e2e["tsv"])  # older: no "encoder"
+    assert "meta.json names no passage encoder" in run_main(e2e, **{"--embedding_dir": unrecorded})

@@ -236,7 +236,9 @@ def test_resume_after_crash_equals_uninterrupted_run(setup, tmp_path, monkeypatc
         train_dpr.main(argv(setup, tmp_path / "resumed", **common))
     monkeypatch.setattr(train_dpr, "grad_cache_step", step)
     assert [r["step"] for r in read_log(tmp_path / "resumed") if "loss" in r] == [1, 2, 3, 4]
+    (crashed_run, _), _ = encoder_origin(tmp_path / "resumed", "step-3")
     train_dpr.main(argv(setup, tmp_path / "resumed", resume_from_checkpoint="last", **common))
+    assert encoder_origin(tmp_path / "resumed", "step-8") == [(crashed_run, 8)] * 2  # the same run, resumed
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
@@ -373,6 +375,7 @@ def test_config_file_then_overrides(tmp_path):
     ("", ["--epochs=3"], "unrecognized arguments: --epochs=3"),
     ("", ["--lr"], "argument --lr: expected one argument"),
     ("", ["stray"], "unrecognized arguments: stray"),
+    ("", ["--overwrite_output_dir", "maybe"], "argument --overwrite_output_dir: Truthy value expected"),
 ])
 def test_config_errors_name_where(tmp_path, text, args, message):
     path = tmp_path / "c.yaml"
@@ -434,3 +437,56 @@ def test_report_to_trackers(setup, tmp_path, tracker):
             for k, v in r.items():
                 if k not in ("step", "epoch", "examples_per_s"):
                     assert k.encode() in raw and json.dumps(v).encode() in raw, (k, v)
+
+
+def encoder_origin(out, checkpoint):
+    """(run, step) each tower's nanodpr.json names."""
+    origins = []
+    for tower in ("query_encoder", "doc_encoder"):
+        with open(os.path.join(out, checkpoint, tower, "nanodpr.json")) as f:
+            saved = json.load(f)
+        origins.append((saved["run"], saved["step"]))
+    return origins
+
+
+def test_second_run_into_a_used_dir_is_refused_unless_overwrite(setup, tmp_path):
+    """A new run into another run's dir would append to its log, and pruning (the highest step numbers
+    stay) would delete the new run's step-N/ dirs: refused before any work, unless overwrite_output_dir."""
+    out = tmp_path / "run"
+    common = dict(dev_file=None, eval_steps=2, log_steps=1)
+    train_dpr.main(argv(setup, out, max_train_steps=4, **common))
+    before = {name: sorted(os.listdir(out / name)) if os.path.isdir(out / name) else open(out / name).read()
+              for name in os.listdir(out)}
+    with pytest.raises(SystemExit) as e:
+        train_dpr.main(argv(setup, out, max_train_steps=2, **common))
+    message = str(e.value)
+    assert message.startswith("error: ") and "holds another training run" in message and "\n" not in message
+    assert "step-2, step-4, train_log.jsonl" in message and "--overwrite_output_dir" in message
+    assert {name: sorted(os.listdir(out / name)) if os.path.isdir(out / name) else open(out / name).read()
+            for name in os.listdir(out)} == before  # untouched
+    (first_run, _), _ = encoder_origin(out, "step-4")
+
+    train_dpr.main(argv(setup, out, max_train_steps=2, eval_steps=1, dev_file=None, log_steps=1,
+                        overwrite_output_dir="true"))
+    assert sorted(d for d in os.listdir(out) if d.startswith("step-")) == ["step-1", "step-2"]  # new run's
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+    (q, p) = encoder_origin(out, "step-2")
+    assert q == p == (q[0], 2) and q[0] != first_run  # both towers name this (new) run and step
+    assert os.path.isdir(out / "data_cache")  # kept: keyed by its inputs
+
+
+def test_processes_that_see_different_dirs_fail_fast(setup, tmp_path):
+    """Two processes whose output dirs differ (two nodes without a shared filesystem; simulated by a wrapper
+    that gives each rank its own dir) stop at once with one line, before the data cache is built."""
+    wrapper = tmp_path / "per_rank_dir.py"
+    wrapper.write_text("import os, sys\nimport train_dpr\nargv = sys.argv[1:]\n"
+                       "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\ntrain_dpr.main(argv)\n")
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+           str(wrapper)] + argv(setup, tmp_path / "out", max_train_steps=2, train_batch_size=8)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all("shared filesystem" in line for line in errors), result.stderr[-3000:]
+    for rank in "01":
+        assert os.listdir(tmp_path / f"out{rank}") == []  # no data_cache/, no token left behind

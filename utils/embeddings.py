@@ -3,7 +3,8 @@ that writes them: passage windows for the tokenizing workers, device defaults, r
 
 Layout of an embedding dir D:
   meta.json                    model, role, pooling, dim, dtype, max_length, num_passages,
-                               num_shards, shard_counts, source {path, size}
+                               num_shards, shard_counts, source {path, size},
+                               encoder {digest, run, step}: which passage encoder made them (encoder_identity)
   embeddings_shard_{rank}.npy  (n_rank, dim) float16|float32, passages in file order
   ids_shard_{rank}.npy         (n_rank,) int64 passage ids, same order
 While a run is going (chunks/ is removed once meta.json is written; run.json stays for relaunches):
@@ -20,10 +21,11 @@ import time
 import numpy as np
 import torch
 
+from utils.checkpoint import check_shared_dir
+from utils.errors import ConfigError, DataError
 from utils.files import atomic_write
 from utils.formats import iter_passage_lines, parse_passage_line
-from utils.errors import DataError
-from utils.models import autocast_dtype, padded_batches, tokenize_passages
+from utils.models import autocast_dtype, encoder_identity, padded_batches, tokenize_passages
 
 META, RUN_FILE, CHUNKS = "meta.json", "run.json", "chunks"
 
@@ -43,6 +45,34 @@ def read_meta(out_dir):
         raise DataError(f"{path}: not found; is {out_dir} an embedding dir written by doc2embedding.py (and did it finish)?")
     with open(path) as f:
         return json.load(f)
+
+
+def check_provenance(out_dir, meta, passages, question_model, question_path, trust_pair=False):
+    """Were the embeddings in out_dir (meta: its meta.json) made from this passage file (a warning: the file
+    may have moved) and by the passage tower that belongs with this question encoder? They belong when both
+    come from the same training run and step, or when one model serves both towers (equal digests, e.g. an
+    untrained base model). Anything else (e.g. official DPR encoders) is for the user to vouch for
+    (trust_pair): a stale or foreign passage encoder's vectors would give a wrong top-k table."""
+    size = (meta.get("source") or {}).get("size")
+    if size is not None and os.path.isfile(passages) and os.path.getsize(passages) != size:
+        print(f"warning: {passages} has {os.path.getsize(passages)} bytes, but the embeddings "
+              f"were made from a {size}-byte file ({meta['source'].get('path')})")
+    if trust_pair:
+        return
+    question, passage = encoder_identity(question_model, question_path), meta.get("encoder")
+    if passage and question["digest"] == passage["digest"]:
+        return
+    same_run = passage and question["run"] and question["run"] == passage["run"]
+    if same_run and question["step"] == passage["step"]:
+        return
+
+    def made(e):
+        return f"run {e['run']} step {e['step']}" if e["run"] else f"no run, digest {e['digest'][:12]}"
+
+    why = f"{made(question)} vs {made(passage)}" if passage else f"{out_dir}/{META} names no passage encoder"
+    raise ConfigError(f"question encoder {question_path} does not belong with passage encoder "
+                      f"{meta.get('model')}, which made {out_dir} ({why}); re-encode with the matching "
+                      "passage encoder, or pass --trust_encoder_pair")
 
 
 def load_embeddings(out_dir, mmap=False):
@@ -156,12 +186,22 @@ def encode_defaults(device):
 
 
 # The output dir while a run is going: run signature, committed chunks, shards
-def run_signature(model, passages, world_size, settings):
-    """What the chunks depend on; a relaunch must match it to resume."""
+def run_signature(model, encoder, passages, world_size, settings):
+    """What the chunks depend on; a relaunch must match it to resume. encoder: the model by content
+    (encoder_identity): a model retrained in the same dir is a changed argument."""
     st = os.stat(passages)
     source = {"path": os.path.abspath(passages), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     model = os.path.abspath(model) if os.path.exists(model) else model
-    return {"model": model, "source": source, **settings, "world_size": world_size}
+    return {"model": model, "encoder": encoder, "source": source, **settings, "world_size": world_size}
+
+
+def changes(before, now, where=""):
+    """'key: old -> new' for each value that differs, naming keys inside dicts (encoder.digest)."""
+    for k, v in now.items():
+        if isinstance(v, dict) and isinstance(before.get(k), dict):
+            yield from changes(before[k], v, f"{where}{k}.")
+        elif before.get(k) != v:
+            yield f"{where}{k}: {before.get(k)!r} -> {v!r}"
 
 
 def check_run(out_dir, signature, overwrite, is_main):
@@ -182,7 +222,7 @@ def check_run(out_dir, signature, overwrite, is_main):
     with open(run_path) as f:
         before = json.load(f)
     if before != signature:
-        diff = ", ".join(f"{k}: {before.get(k)!r} -> {v!r}" for k, v in signature.items() if before.get(k) != v)
+        diff = ", ".join(changes(before, signature))
         raise DataError(f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace them")
     finished = os.path.isfile(os.path.join(out_dir, META))
     if finished and is_main:  # a run killed while removing its chunks
@@ -194,6 +234,21 @@ def start_run(out_dir, signature):
     os.makedirs(os.path.join(out_dir, CHUNKS), exist_ok=True)
     with atomic_write(os.path.join(out_dir, RUN_FILE)) as f:
         json.dump(signature, f, indent=1)
+
+
+def claim_run(out_dir, signature, overwrite, state):
+    """meta.json when out_dir already holds this run's finished embeddings (check_run); else None, and
+    out_dir is this run's, with its run.json. All processes must see the same out_dir: rank 0 gathers what
+    each writes."""
+    os.makedirs(out_dir, exist_ok=True)
+    check_shared_dir(out_dir, state)
+    if check_run(out_dir, signature, overwrite, state.is_main_process):
+        return read_meta(out_dir)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        start_run(out_dir, signature)
+    state.wait_for_everyone()
+    return None
 
 
 def chunk_path(out_dir, rank, k):

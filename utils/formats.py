@@ -19,6 +19,23 @@ from utils.files import atomic_write
 
 csv.field_size_limit(sys.maxsize)
 
+# The NQ recipe's files where the bare commands (doc2embedding.py, test_dpr.py) look for them (RECIPE), and
+# the command that makes each, named when one is missing
+_GET = "download it with: python utils/download_data.py --resource data."
+_TRAIN = "train it with: accelerate launch train_dpr.py"
+MADE_BY = {"downloads/data/wikipedia_split/psgs_w100.tsv": _GET + "wikipedia_split.psgs_w100",
+           "downloads/data/retriever/qas/nq-test.csv": _GET + "retriever.qas.nq-test",
+           "outputs/dpr_nq/best/query_encoder": _TRAIN, "outputs/dpr_nq/best/doc_encoder": _TRAIN,
+           "outputs/dpr_nq/embeddings": "make them with: accelerate launch doc2embedding.py"}
+RECIPE = dict(zip(("passages", "questions", "query_encoder", "doc_encoder", "embeddings"), MADE_BY))
+
+
+def check_made(*paths):
+    """A missing input of the recipe is one line naming the command that makes it."""
+    for path in paths:
+        if path in MADE_BY and not os.path.exists(path):
+            raise DataError(f"{path}: not found; {MADE_BY[path]}")
+
 
 def normalize_question(question):
     """DPR's normalize_question (biencoder_data.py): applied once to every question as it is read, at train
