@@ -144,9 +144,12 @@ def test_process_shares_cover_the_file_once(tmp_path, limit):
         for rank in range(world_size):
             start, end, line_no, count = passage_shard(str(tsv), rank, world_size, limit)
             ds = PassageWindows(str(tsv), start, end, line_no, count, 0, 4, None, 32, None, 64)
+            sizes = []
             for _, lines, _, _ in ds.read_windows():
                 got += [int(raw.split(b"\t")[0]) for n, raw in lines]
                 assert all(raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines)  # line numbers right
+                sizes.append(len(lines))
+            assert sizes[:-1] == [min(k, 4) for k in range(1, len(sizes))] and 0 < sizes[-1] <= 4  # 1, 2, 3, 4, 4, ...: the ramp
         assert got == want, world_size
 
 
@@ -192,12 +195,15 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr[-3000:]
     assert sorted(os.listdir(out / "chunks")) == ["rank0_000000.npz", "rank0_000001.npz", "rank0_000002.npz"]
+    # the first windows ramp up by window/16 (here 1) passages each: 1, 2, 3 passages, the file's first six in order
+    committed = [np.load(out / "chunks" / f"rank0_00000{k}.npz")["ids"].tolist() for k in range(3)]
+    assert committed == [[rows[0][0]], [r[0] for r in rows[1:3]], [r[0] for r in rows[3:6]]]
     assert not os.path.exists(out / "meta.json")
     with open(out / "chunks" / "rank0_000003.npz.tmp", "wb") as f:  # as if killed while writing chunk 3
         f.write(b"half a chunk")
 
     stats = encode(model, tsv, out, *args)
-    assert stats["encoded"] == 60 - 3 * 8 and stats["passages"] == 60  # committed chunks were not re-encoded
+    assert stats["encoded"] == 60 - (1 + 2 + 3) and stats["passages"] == 60  # committed chunks were not re-encoded
     assert files(out) == files(tmp_path / "clean")  # shards, meta.json, run.json; chunks removed
 
 
@@ -276,8 +282,8 @@ def test_mini_nq_with_minilm_equals_direct_forward(tmp_path):
 
 
 def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
-    """No attention mask exactly on batches without padding; exact-length batches never need one; both give the
-    direct forward's embeddings."""
+    """No attention mask exactly on batches without padding (unless always_mask); exact-length batches never need
+    one; all give the direct forward's embeddings."""
     model_dir, rows, tsv = corpus
     model, tok, pooling = load_encoder(model_dir, "passage")
     tokens = tokenize_passages(tok, [r[2] for r in rows], [r[1] for r in rows], 32)
@@ -291,6 +297,11 @@ def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
         assert sorted(np.concatenate([r.numpy() for r, _ in batches]).tolist()) == list(range(len(rows)))
         np.testing.assert_allclose(encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0)
     assert sum("attention_mask" not in b for _, b in padded_batches(tokens, tok.pad_token_id, max_tokens=96)) > 0  # the case occurs
+    # always_mask (the GPU default): an all-ones mask on the unpadded batches too, the same embeddings
+    batches = padded_batches(tokens, tok.pad_token_id, max_tokens=96, always_mask=True)
+    assert all(b["attention_mask"].tolist() == [[int(i < len(tokens[r])) for i in range(b["input_ids"].shape[1])] for r in rows.tolist()]
+               for rows, b in batches)
+    np.testing.assert_allclose(encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0)
 
 
 def test_flop_count_by_hand(tiny_bert):

@@ -160,17 +160,17 @@ def length_batches(lengths, batch_size=None, max_tokens=None, exact_length=False
     return batches
 
 
-def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False):
+def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False, always_mask=False):
     """[(row indices, padded batch)] for token id lists, batched by length_batches.
 
-    A batch without padding goes without attention_mask: transformers would drop an all-ones mask
-    anyway (same result), but only after checking it on the device, which makes the host wait for the GPU.
+    A batch without padding goes without attention_mask unless always_mask: transformers would drop an
+    all-ones mask anyway (same result), but only after checking it on the device, which makes the host wait.
     """
     lengths = np.array([len(t) for t in tokens])
     out = []
     for b in length_batches(lengths, batch_size, max_tokens, exact_length):
         batch = pad_batch([tokens[i] for i in b], pad_token_id)
-        if lengths[b].min() == lengths[b].max():
+        if not always_mask and lengths[b].min() == lengths[b].max():
             del batch["attention_mask"]
         out.append((torch.from_numpy(b), batch))
     return out
