@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoConfig, AutoModel, AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder
 from transformers.utils import logging as hf_logging
@@ -113,12 +114,16 @@ def tokenize_questions(tokenizer, questions, max_length):
     return tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
 
 
-def pad_batch(ids, pad_token_id):
-    """Pad to the longest sequence in the batch. token_type_ids are all zero: DPR trains and
-    encodes that way (HF tokenizers would give the second segment 1s)."""
+def pad_batch(ids, pad_token_id, multiple=1):
+    """Pad to the longest sequence in the batch, rounded up to a multiple of `multiple` (tensor-core
+    friendly shapes, fewer distinct ones). token_type_ids are all zero: DPR trains and encodes that way
+    (HF tokenizers would give the second segment 1s)."""
     rows = [torch.tensor(x, dtype=torch.long) for x in ids]
     input_ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)
     attention_mask = pad_sequence([torch.ones_like(x) for x in rows], batch_first=True)
+    if input_ids.shape[1] % multiple:
+        extra = (0, -input_ids.shape[1] % multiple)
+        input_ids, attention_mask = F.pad(input_ids, extra, value=pad_token_id), F.pad(attention_mask, extra)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
 
 
