@@ -272,7 +272,7 @@ def main():
     model = load_encoder(model_dir, "passage")[0].to(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     fig = {"model": args.model, "n": args.n, "passages": args.tsv or "synthetic", "device": name, "token_lengths": dist,
-           "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}
+           "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "max_tokens_per_batch": args.max_tokens_per_batch}
     if "c" not in args.skip:
         fig["model_alone"] = model_alone(args, model, sample_tokens, tokenizer.pad_token_id, device)
         fig["model_alone_passages_per_s"] = next(iter(fig["model_alone"].values()))["passages_per_s"]
