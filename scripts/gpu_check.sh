@@ -105,7 +105,7 @@ for b in $BENCH_ONLY; do  # one bench per stage: each gets its own time limit an
   case $b in encode_*) [ -n "$PASSAGES" ] && { wait $PASSAGES; cat "$WORK/make_passages.log"; PASSAGES=; } ;; esac
   mkdir -p "$WORK/bench_$b"
   case $b in
-    model_alone) stage "bench $b" 120 "${EMBED[@]}" --n "$N_ALONE" --skip a b --json "$WORK/bench_$b/encode.json" ;;
+    model_alone) stage "bench $b" 120 "${EMBED[@]}" --n "$N_ALONE" --skip a b --profile --json "$WORK/bench_$b/encode.json" ;;
     encode_1m) stage "bench $b" 180 "${EMBED[@]}" --tsv "$SYN" --n "$N_BIG" --skip a c --json "$WORK/bench_$b/encode.json" ;;
     encode_200k) stage "bench $b" 90 "${EMBED[@]}" --tsv "$SYN" --n "$N_MID" --skip a c --json "$WORK/bench_$b/encode.json" ;;
     encode_200k_old) stage "bench $b" 120 env NANODPR_ALWAYS_MASK=0 "${EMBED[@]}" --tsv "$SYN" --n "$N_MID" --skip a c \

@@ -17,7 +17,7 @@ import doc2embedding
 from utils.data import passage_shard
 from utils.errors import DataError
 from utils.models import encode_batches, length_batches, load_encoder, padded_batches, tokenize_passages
-from utils.embeddings import PassageWindows, flop_coefficients, load_embeddings, shard_paths
+from utils.embeddings import PassageWindows, encode_defaults, flop_coefficients, load_embeddings, shard_paths
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -302,6 +302,25 @@ def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
     assert all(b["attention_mask"].tolist() == [[int(i < len(tokens[r])) for i in range(b["input_ids"].shape[1])] for r in rows.tolist()]
                for rows, b in batches)
     np.testing.assert_allclose(encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0)
+
+
+def test_gpu_defaults_scale_with_free_memory_and_cores(monkeypatch):
+    """Token budget 262,144 halved while it exceeds the free GPU memory at 64 KiB a token; workers the cores per
+    GPU but two, at most 16; a mask on every GPU batch unless NANODPR_ALWAYS_MASK=0 (no GPU needed: torch.cuda stubbed)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    gpu = torch.device("cuda")
+    for free_gib, cores, local_world, want in [(139, 16, 1, (262144, 14)), (23, 16, 1, (262144, 14)), (15, 64, 1, (131072, 16)),
+                                               (7.5, 64, 8, (65536, 6)), (0.1, 2, 1, (4096, 1))]:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free_gib: (int(f * 2**30), 141 * 2**30))
+        monkeypatch.setattr(os, "cpu_count", lambda c=cores: c)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+        d = encode_defaults(gpu)
+        assert (d["max_tokens_per_batch"], d["num_workers"]) == want and d["always_mask"] and d["compute_dtype"] == "bfloat16"
+    monkeypatch.setenv("NANODPR_ALWAYS_MASK", "0")
+    assert not encode_defaults(gpu)["always_mask"]
+    assert encode_defaults(torch.device("cpu"))["always_mask"] is False
+    monkeypatch.setenv("NANODPR_ALWAYS_MASK", "1")
+    assert encode_defaults(torch.device("cpu"))["always_mask"] is True
 
 
 def test_flop_count_by_hand(tiny_bert):
