@@ -41,8 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--top_k", type=int, default=100, help="passages retrieved per question")
     p.add_argument("--match", choices=["string", "regex"], default="string",
                    help="has_answer rule: DPR's token match, or answers as regular expressions (CuratedTREC)")
-    p.add_argument("--index", default="flat", help="flat: exact search (DPR); flat:float16|flat:bfloat16: scores in that dtype, "
-                   "the best max(2k, k+64) re-scored in float32; else a faiss index_factory string, e.g. HNSW32, IVF4096,PQ64")
+    p.add_argument("--index", default="flat", help="flat: exact search (DPR); flat:float16, flat:bfloat16: "
+                   "fast, re-scored in float32; else a faiss index_factory string, e.g. HNSW32, IVF4096,PQ64")
     p.add_argument("--index_path", help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs")
     p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
     p.add_argument("--ef_search", type=int, default=256, help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size")

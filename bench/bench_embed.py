@@ -3,7 +3,7 @@ same passages, same device; and where doc2embedding's time goes.
 
     python bench/bench_embed.py --model minilm --n 2000 [--device cpu|cuda] [--json out.json]
     python bench/bench_embed.py --model bert-base --n 50000 --device cuda --tokenizer DIR [--peak_tflops 989]
-    python bench/bench_embed.py --n 1000000 --write_tsv psgs.tsv     # only write the synthetic passages (for --tsv)
+    python bench/bench_embed.py --n 1000000 --write_tsv psgs.tsv   # only write synthetic passages (for --tsv)
 
 (a) nanoDPR: passages in file order, tokenized batch by batch, padded to 256 tokens, fp32 (with
     the fast tokenizer; the seed used the slow Python BertTokenizer, so (a) flatters it); the first
@@ -14,19 +14,19 @@ same passages, same device; and where doc2embedding's time goes.
     model's rate and TFLOP/s, the workers' tokenizing rate, the GPU's idle time (waiting for tokenized
     windows, host copies, chunk writes); the steady rate a long run would see is the smaller of the
     model's and all workers' rates (extrapolated).
-(c) the model alone on token-budget batches of the first 10,000 passages, tokenized beforehand and on
-    the device: the ceiling for (b). Variants, one lever each, with the min cosine to fp32 weights, each
-    timed twice over the same batches: the first pass meets new batch shapes (a GPU library that plans per
-    shape pays then), the second is the steady state: the default path (doc2embedding's mask choice for
-    the device), the other mask choice, exact-length batches (never a mask), other token budgets; on GPU
-    also SDPA without its cuDNN backend (run first, so its first pass meets fresh shapes), autocast over
-    fp32 weights (doc2embedding before bf16 weights), batches copied from pinned or pageable host memory,
-    and each variant's peak GPU memory.
+(c) the model alone on token-budget batches of the first 10,000 passages, tokenized beforehand and on the
+    device: the ceiling for (b). Variants, one lever each, with the min cosine to fp32 weights, each timed
+    twice over the same batches: the first pass meets new batch shapes (a GPU library that plans per shape
+    pays then), the second is the steady state: the default path (doc2embedding's mask choice for the device),
+    the other mask choice, exact-length batches (never a mask), widths padded to a multiple of 8 (an eighth of
+    the shapes), other token budgets; on GPU also SDPA without its cuDNN backend (run first, so its first pass
+    meets fresh shapes), autocast over fp32 weights (doc2embedding before bf16 weights), batches copied from
+    pinned or pageable host memory, and each variant's peak GPU memory.
 TFLOP/s counts real tokens: 2 x non-embedding params x tokens + 4 x layers x hidden x sum(length^2).
-Synthetic passages mimic psgs_w100 (beyond 200,000 they repeat with new ids: making text is slow): a 1-4 word title and 100 words of text, or fewer for the
-last block of an article (assumed 20% of passages); words are whole words of BERT's vocab, some
-glued into rare words (several word pieces), numbers and punctuation, calibrated so that a
-100-word passage has about the token count of mini-NQ's (median 135, p90 153).
+Synthetic passages (beyond 200,000 they repeat with new ids: making text is slow) mimic psgs_w100: a 1-4 word
+title and 100 words of text, or fewer for the last block of an article (assumed 20% of passages); words are
+whole words of BERT's vocab, some glued into rare words (several word pieces), numbers and punctuation,
+calibrated so that a 100-word passage has about the token count of mini-NQ's (median 135, p90 153).
 Models: tiny (2x128 BERT), minilm (the offline all-MiniLM-L6-v2), bert-base (BertConfig(), random
 init: speed does not depend on the weights); all use MiniLM's bert-base-uncased tokenizer.
 """
@@ -76,8 +76,8 @@ def parse_args():
     p.add_argument("--skip", nargs="+", choices=["a", "b", "c"], default=[], help="parts not to run")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--write_tsv", help="only write --n synthetic passages to this TSV and exit")
-    p.add_argument("--profile", action="store_true", help="(c): also profile a first and a second pass over batch shapes "
-                   "no variant ran (a budget of 3/4 of the default) and print the top operators of each")
+    p.add_argument("--profile", action="store_true", help="(c): also profile a first and a second pass over "
+                   "batch shapes no variant ran (3/4 of the default budget); print the top operators of each")
     return p.parse_args()
 
 
@@ -144,10 +144,10 @@ def run_doc2embedding(args, model_dir, tsv, out_dir):
 
 
 def timed_encode(model, batches, n, device, autocast=False, backends=None):
-    """(embeddings, [passages/s of the first pass, of the second]) of encode_batches over the same batches; each
-    pass ends with a copy to the host: synced. The first pass meets every batch shape for the first time in this
-    process (unless an earlier variant ran it): what a run pays once per new shape; the second is the steady state.
-    backends: SDPA's allowed kernels (default: torch's choice)."""
+    """(embeddings, [passages/s of the first pass, of the second]) of encode_batches over the same batches;
+    each pass ends with a copy to the host: synced. The first pass meets every batch shape for the first time
+    in this process (unless an earlier variant ran it): what a run pays once per new shape; the second is the
+    steady state. backends: SDPA's allowed kernels (default: torch's choice)."""
     rates = []
     with sdpa_kernel(backends) if backends else contextlib.nullcontext():
         for _ in range(2):
@@ -158,8 +158,9 @@ def timed_encode(model, batches, n, device, autocast=False, backends=None):
 
 
 def model_alone(args, model, tokens, pad_id, device):
-    """(c): {variant: {passages_per_s (second pass), cold_passages_per_s (first pass), batches, unpadded_batches,
-    tflops, min_cosine (to fp32 weights), peak_gib (GPU)}} on tokens, batched and moved beforehand."""
+    """(c): {variant: {passages_per_s (second pass), cold_passages_per_s (first pass), batches,
+    unpadded_batches, tflops, min_cosine (to fp32 weights), peak_gib (GPU)}} on tokens, batched and moved
+    beforehand."""
     defaults = encode_defaults(device)
     n, budget = len(tokens), args.max_tokens_per_batch or defaults["max_tokens_per_batch"]
     dtype = args.compute_dtype or defaults["compute_dtype"]
@@ -177,7 +178,7 @@ def model_alone(args, model, tokens, pad_id, device):
     ref, _ = timed_encode(model, batches(), n, device)  # fp32 weights, no autocast: the reference
     no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     mask = "a mask on every batch" if defaults["always_mask"] else "no mask on unpadded batches"
-    variants = {}  # name: (model, batches, autocast, SDPA backends); on GPU the first two meet new shapes first
+    variants = {}  # name: (model, batches, autocast, SDPA backends); on GPU the first two meet new shapes
     if gpu:
         variants[f"{dtype} weights, SDPA without cuDNN, {mask}"] = (fast, batches(), False, no_cudnn)
     variants[f"{dtype} weights, {mask} (default)"] = (fast, batches(), False, None)
@@ -185,6 +186,7 @@ def model_alone(args, model, tokens, pad_id, device):
     variants[f"{dtype} weights, {'a mask on every batch' if other else 'no mask on unpadded batches'}"] = (
         fast, batches(always_mask=other), False, None)
     variants[f"{dtype} weights, exact-length batches (no mask at all)"] = (fast, batches(exact_length=True), False, None)
+    variants[f"{dtype} weights, widths padded to a multiple of 8 (1/8 the shapes)"] = (fast, batches(multiple=8), False, None)
     if gpu:
         variants["autocast over float32 weights, a mask on every batch"] = (model, batches(always_mask=True), True, None)
         variants[f"{dtype} weights, batches copied from pinned host memory"] = (fast, batches("pinned"), False, None)
@@ -198,7 +200,7 @@ def model_alone(args, model, tokens, pad_id, device):
         if gpu:
             torch.cuda.reset_peak_memory_stats(device)
         emb, (cold, rate) = timed_encode(m, bs, n, device, autocast, backends)
-        unpadded = sum(int(lengths[r.cpu().numpy()].min() == lengths[r.cpu().numpy()].max()) for r, _ in bs)
+        unpadded = sum(int(lengths[r.cpu().numpy()].min() == x["input_ids"].shape[1]) for r, x in bs)
         out[name] = {"passages_per_s": rate, "cold_passages_per_s": cold, "batches": len(bs), "unpadded_batches": unpadded,
                      "tflops": flops / (n / rate) / 1e12, "min_cosine": min_cosine(ref, emb),
                      "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None}
@@ -217,7 +219,7 @@ def bench_tokenizer_dir(args):
 
 
 def profile_passes(model, batches, n, device):
-    """torch.profiler's top operators by self time over a first pass (new shapes) and a second (the same shapes)."""
+    """torch.profiler's top operators by self time over a first pass (new shapes) and a second (same ones)."""
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for which in ("first", "second"):
         with torch.profiler.profile(activities=activities) as prof:

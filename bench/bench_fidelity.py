@@ -1,16 +1,18 @@
 """Embedding fidelity of the low-precision encode paths: min cosine and top-100 overlap against float32.
 
-    python bench/bench_fidelity.py --doc_encoder D --query_encoder Q --wikipedia_path psgs.tsv --qa_file test.qa.csv
-        [--limit 50000] [--json OUT]
+    python bench/bench_fidelity.py --doc_encoder D --query_encoder Q --wikipedia_path psgs.tsv
+        --qa_file test.qa.csv [--limit 50000] [--json OUT]
 
 The first --limit passages are tokenized once and encoded three ways in the same length-sorted batches
-(doc2embedding's, a mask on every batch): float32 weights (the reference), bfloat16 weights (doc2embedding.py's
-GPU default) and autocast to bfloat16 over float32 weights; the questions once, in float32. For each of the two:
-the min cosine of a passage's vector to its float32 one, and the mean share of each question's exact top-100
-(inner product) that its float32 top-100 holds too. The rule (docs/encoding.md): keep bfloat16 weights unless
-their overlap is more than 0.5 point below autocast's. On a CPU autocast does nothing here (encode_batches
-autocasts on GPUs only), so that row equals float32: the run checks the plumbing, not the figures.
+(doc2embedding's, a mask on every batch): float32 weights (the reference), bfloat16 weights
+(doc2embedding.py's GPU default) and autocast to bfloat16 over float32 weights; the questions once, in
+float32. For each of the two: the min cosine of a passage's vector to its float32 one, and the mean share of
+each question's exact top-100 (inner product) that its float32 top-100 holds too. The rule (docs/encoding.md):
+keep bfloat16 weights unless their overlap is more than 0.5 point below autocast's. On a CPU autocast does
+nothing here (encode_batches autocasts on GPUs only), so that row equals float32: the run checks the plumbing,
+not the figures.
 """
+
 import argparse
 import copy
 import itertools
@@ -23,7 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from utils.data import iter_passages, read_qas  # noqa: E402
-from utils.models import encode_batches, load_encoder, padded_batches, tokenize_passages, tokenize_questions  # noqa: E402
+from utils.models import encode_batches, load_encoder, padded_batches  # noqa: E402
+from utils.models import tokenize_passages, tokenize_questions  # noqa: E402
 
 
 def parse_args():
@@ -46,32 +49,63 @@ def main():
     model, tokenizer, pooling = load_encoder(args.doc_encoder, "passage")
     rows = list(itertools.islice(iter_passages(args.wikipedia_path), args.limit))
     tokens = tokenize_passages(tokenizer, [r[3] for r in rows], [r[2] for r in rows], 256)
-    batches = padded_batches(tokens, tokenizer.pad_token_id, max_tokens=args.max_tokens_per_batch, always_mask=True)
+    batches = padded_batches(
+        tokens, tokenizer.pad_token_id, max_tokens=args.max_tokens_per_batch, always_mask=True
+    )
     model.to(device)
-    ways = {"float32 weights": (model, False), "bfloat16 weights (default)": (copy.deepcopy(model).to(torch.bfloat16), False),
-            "autocast over float32 weights": (model, True)}
-    emb = {name: encode_batches(m, pooling, batches, len(tokens), device, host=False, autocast=amp).float()
-           for name, (m, amp) in ways.items()}
+    ways = {
+        "float32 weights": (model, False),
+        "bfloat16 weights (default)": (copy.deepcopy(model).to(torch.bfloat16), False),
+        "autocast over float32 weights": (model, True),
+    }
+    emb = {
+        name: encode_batches(m, pooling, batches, len(tokens), device, host=False, autocast=amp).float()
+        for name, (m, amp) in ways.items()
+    }
     qmodel, qtokenizer, qpooling = load_encoder(args.query_encoder, "question")
     questions = [q for q, _ in read_qas(args.qa_file)]
     qtokens = tokenize_questions(qtokenizer, questions, 256)
-    q = encode_batches(qmodel.to(device), qpooling, padded_batches(qtokens, qtokenizer.pad_token_id, batch_size=256),
-                       len(qtokens), device, host=False, autocast=False)
+    q = encode_batches(
+        qmodel.to(device),
+        qpooling,
+        padded_batches(qtokens, qtokenizer.pad_token_id, batch_size=256),
+        len(qtokens),
+        device,
+        host=False,
+        autocast=False,
+    )
     k = min(args.k, len(rows))
     top = {name: (q @ e.T).topk(k, dim=1).indices.cpu() for name, e in emb.items()}
     ref = emb["float32 weights"]
-    figures = {"passages": len(rows), "questions": len(questions), "k": k, "device": str(device), "results": {}}
+    figures = {
+        "passages": len(rows),
+        "questions": len(questions),
+        "k": k,
+        "device": str(device),
+        "results": {},
+    }
     for name in list(ways)[1:]:
         cos = torch.nn.functional.cosine_similarity(emb[name], ref, dim=1)
-        overlap = sum(len(set(a) & set(b)) for a, b in zip(top[name].tolist(), top["float32 weights"].tolist()))
-        figures["results"][name] = {"min_cosine": cos.min().item(), f"top{k}_overlap": overlap / (k * len(questions))}
-        print(f"{name}: min cosine to float32 {cos.min().item():.6f}, top-{k} overlap with float32 "
-              f"{100 * overlap / (k * len(questions)):.2f}% ({len(questions)} questions, {len(rows):,} passages)")
+        overlap = sum(
+            len(set(a) & set(b)) for a, b in zip(top[name].tolist(), top["float32 weights"].tolist())
+        )
+        figures["results"][name] = {
+            "min_cosine": cos.min().item(),
+            f"top{k}_overlap": overlap / (k * len(questions)),
+        }
+        print(
+            f"{name}: min cosine to float32 {cos.min().item():.6f}, top-{k} overlap with float32 "
+            f"{100 * overlap / (k * len(questions)):.2f}% ({len(questions)} questions, {len(rows):,} "
+            "passages)"
+        )
     bf16, amp = (figures["results"][n][f"top{k}_overlap"] for n in list(ways)[1:])
-    figures["keep_bfloat16_weights"] = bf16 >= amp - 0.005 if device.type == "cuda" else None  # no autocast on CPU
+    # no verdict on a CPU: encode_batches autocasts on GPUs only
+    figures["keep_bfloat16_weights"] = bf16 >= amp - 0.005 if device.type == "cuda" else None
     verdict = {True: "keep", False: "drop", None: "no verdict on a CPU:"}[figures["keep_bfloat16_weights"]]
-    print(f"rule (docs/encoding.md): {verdict} bfloat16 weights ({100 * (bf16 - amp):+.2f} points against autocast; "
-          f"dropped below -0.50); {time.perf_counter() - t0:.0f} s")
+    print(
+        f"rule (docs/encoding.md): {verdict} bfloat16 weights ({100 * (bf16 - amp):+.2f} points against "
+        f"autocast; dropped below -0.50); {time.perf_counter() - t0:.0f} s"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

@@ -3,12 +3,12 @@
     python bench/bench_search.py --n 200000 --dim 768 --queries 3610 --k 100 [--dtype float16|float32] [--json OUT]
     python bench/bench_search.py --n 21015324 --paths torch-gpu --json OUT      # NQ scale on one GPU (32 GB float16)
 
-Paths: faiss-cpu (faiss.IndexFlatIP, all cores: what DPR and nanoDPR use), torch-cpu, and on a GPU
-faiss-gpu (when faiss has GPU support) and torch-gpu; torch-gpu:float16, torch-gpu:bfloat16 and torch-cpu:bfloat16
-are the opt-in low-precision search (test_dpr.py --index flat:float16 ...: scores in that dtype, the best
-max(2k, k+64) re-scored in float32). Build = loading the vectors into the index;
-search = all queries at once after one small warm-up search. Each path's ids are checked against a
-float64 brute-force top-k of the first 16 queries (overlap@k; below 1 only through near-ties).
+Paths: faiss-cpu (faiss.IndexFlatIP, all cores: what DPR and nanoDPR use), torch-cpu, and on a GPU faiss-gpu
+(when faiss has GPU support) and torch-gpu; torch-gpu:float16, torch-gpu:bfloat16 and torch-cpu:bfloat16 are
+the opt-in low-precision search (test_dpr.py --index flat:float16 ...: scores in that dtype, the best max(2k,
+k+64) re-scored in float32). Build = loading the vectors into the index; search = all queries at once after
+one small warm-up search. Each path's ids are checked against a float64 brute-force top-k of the first 16
+queries (overlap@k; below 1 only through near-ties).
 """
 import argparse
 import json

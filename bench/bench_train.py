@@ -32,7 +32,7 @@ from utils.models import pad_batch  # noqa: E402
 
 LEVERS = {  # name: what changes against "ours"
     "pad8": "every batch padded to a multiple of 8 tokens (Collate's pad_multiple)",
-    "mask4d": "4-D boolean attention masks: transformers passes them through, no host sync checking the 2-D mask",
+    "mask4d": "4-D boolean attention masks: transformers passes them on (no host sync checking a 2-D one)",
     "no_cudnn": "SDPA without its cuDNN backend (flash, memory-efficient or math kernels only)",
     "unfused_adamw": "AdamW's foreach implementation instead of the fused kernel train_dpr.py uses on GPUs",
     "sync": "a host sync per step (loss.item()), as a loop that logs every step would have",
@@ -50,9 +50,9 @@ def parse_args():
     p.add_argument("--batch_size", type=int, default=None, help="questions per step; default 128 on GPU, 8 on CPU")
     p.add_argument("--chunk", type=int, default=None, help="gradient-cache chunk (questions); default 32 GPU, 4 CPU")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant; default 10 GPU, 2 CPU")
-    p.add_argument("--warmup", type=int, default=4, help="untimed steps; 4: one pass over the 4 distinct batches, so no "
-                   "variant meets a batch shape for the first time while timed (a GPU library may plan per shape)")
-    p.add_argument("--levers", nargs="*", default=[], choices=LEVERS, help="also run ours with each of these changes")
+    p.add_argument("--warmup", type=int, default=4, help="untimed steps; 4: one pass over the 4 distinct "
+                   "batches, so no variant meets a batch shape first while timed (GPU libraries plan per shape)")
+    p.add_argument("--levers", nargs="*", default=[], choices=LEVERS, help="also run ours with each of these")
     p.add_argument("--json", default=None, help="write results to this file")
     args = p.parse_args()
     gpu = args.device.startswith("cuda")

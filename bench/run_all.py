@@ -22,7 +22,7 @@ NQ_TRAIN_STEPS = 18_400  # 40 epochs of 58,880 questions at batch 128 (DPR's rec
 # The seed replication's published durations: (8xV100, 4x3090)
 SEED = {"encode": ("4h42m", "7h55m"), "search": ("58 s", "1h43m"), "train": ("4h29m", "6h52m")}
 
-LEVERS = ["--levers", "pad8", "mask4d", "no_cudnn", "sync"]  # bench_train.py's, each against ours in the same run
+LEVERS = ["--levers", "pad8", "mask4d", "no_cudnn", "sync"]  # bench_train.py's, each against ours in one run
 # (script, args) per workload and scale. CPU sizes keep the whole run < 10 minutes on 2 cores.
 RUNS = {
     "cpu": {

@@ -97,9 +97,9 @@ class ShardRows:
 
 # Passages in, per process: windows of parsed, tokenized, length-batched passages
 def window_size(k, window):
-    """Passages in window k: a linear ramp, window/16 more per window up to `window` (1,024, 2,048, ... 16,384),
-    so the first window is tokenized within a second and the model starts while the workers' bigger windows
-    are still in the making. A function of k and `window` alone: a resumed run cuts the same windows."""
+    """Passages in window k: a linear ramp, window/16 more per window up to `window` (1,024, 2,048, ...
+    16,384), so the first window is tokenized within a second and the model starts while the workers' bigger
+    windows are still in the making. A function of k and `window` alone: a resumed run cuts the same windows."""
     return min(window, max(1, window // 16) * (k + 1))
 
 
@@ -146,13 +146,13 @@ class PassageWindows(torch.utils.data.IterableDataset):
         lengths = np.array([len(t) for t in tokens], dtype=np.int64)
         return {"ids": torch.tensor([r[0] for r in rows], dtype=torch.int64), "tokens": int(lengths.sum()),
                 "tokens_sq": int((lengths**2).sum()),
-                "batches": padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size, self.max_tokens,
-                                          always_mask=self.always_mask)}
+                "batches": padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size,
+                                          self.max_tokens, always_mask=self.always_mask)}
 
 
-# GPU token budget: the fastest measured on one H200 (262,144; docs/benchmarks.md), or less where the free memory is
-# short: 64 KiB of it per token, 4x bert-base's bf16 activations at their widest layer (~16 KiB: hidden 768 x 2
-# and the FFN's 3,072 x 2 values of 2 bytes), so bert-large and the allocator's slack fit too.
+# GPU token budget: the fastest measured on one H200 (262,144; docs/benchmarks.md), or less where the free
+# memory is short: 64 KiB of it per token, 4x bert-base's bf16 activations at their widest layer (~16 KiB:
+# hidden 768 x 2 and the FFN's 3,072 x 2 values of 2 bytes), so bert-large and the allocator's slack fit too.
 GPU_MAX_TOKENS, GPU_BYTES_PER_TOKEN = 1 << 18, 1 << 16
 
 
@@ -166,14 +166,15 @@ def encode_defaults(device):
     on every batch. NANODPR_ALWAYS_MASK=0|1 overrides the mask choice (the benchmarks compare both)."""
     mask = os.environ.get("NANODPR_ALWAYS_MASK")
     if device.type != "cuda":
-        return {"compute_dtype": "float32", "max_tokens_per_batch": min(65536, 4096 * torch.get_num_threads()), "num_workers": 1,
-                "always_mask": mask == "1"}
+        return {"compute_dtype": "float32", "max_tokens_per_batch": min(65536, 4096 * torch.get_num_threads()),
+                "num_workers": 1, "always_mask": mask == "1"}
     cores_per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     tokens = GPU_MAX_TOKENS
     while tokens > 4096 and tokens * GPU_BYTES_PER_TOKEN > torch.cuda.mem_get_info(device)[0]:
         tokens //= 2
-    return {"compute_dtype": "bfloat16" if torch.cuda.is_bf16_supported() else "float16", "max_tokens_per_batch": tokens,
-            "num_workers": max(1, min(16, cores_per_process - 2)), "always_mask": mask != "0"}
+    return {"compute_dtype": "bfloat16" if torch.cuda.is_bf16_supported() else "float16",
+            "max_tokens_per_batch": tokens, "num_workers": max(1, min(16, cores_per_process - 2)),
+            "always_mask": mask != "0"}
 
 
 class LoopClock(collections.Counter):

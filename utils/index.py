@@ -146,7 +146,7 @@ class TorchIndex:
         queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
         q = [queries.to(dev) for dev in self.devices]
         exact = self.search_dtype == torch.float32
-        wanted = k if exact else max(2 * k, k + 64)  # candidates kept per shard, re-scored in float32 when not exact
+        wanted = k if exact else max(2 * k, k + 64)  # candidates per shard, re-scored in float32 if not exact
         low = [x.to(self.search_dtype) for x in q]
         best = [None] * len(self.shards)
         # Chunks interleaved over the shards: kernels queue on every GPU at once.
@@ -154,7 +154,10 @@ class TorchIndex:
             for g, shard in enumerate(self.shards):
                 if start < len(shard):
                     chunk = shard[start : start + self.chunk_rows]
-                    scores = q[g] @ chunk.float().T if exact else (low[g] @ chunk.to(self.search_dtype).T).float()
+                    if exact:
+                        scores = q[g] @ chunk.float().T
+                    else:
+                        scores = (low[g] @ chunk.to(self.search_dtype).T).float()
                     top = scores.topk(min(wanted, scores.shape[1]), dim=1)
                     found = (top.values, top.indices + (self.starts[g] + start))
                     best[g] = found if best[g] is None else _merge(best[g], found, wanted)
@@ -166,9 +169,9 @@ class TorchIndex:
 
     def _rescore(self, q, g, rows, k, queries_at_once=256):
         """float32 scores of shard g's candidate rows (global ids, per query), and the top k of them."""
-        scores = torch.cat([torch.einsum("qd,qcd->qc", q[i : i + queries_at_once],
-                                         self.shards[g][rows[i : i + queries_at_once] - self.starts[g]].float())
-                            for i in range(0, len(q), queries_at_once)])
+        at_once = range(0, len(q), queries_at_once)
+        vectors = (self.shards[g][rows[i : i + queries_at_once] - self.starts[g]].float() for i in at_once)
+        scores = torch.cat([torch.einsum("qd,qcd->qc", q[i : i + queries_at_once], v) for i, v in zip(at_once, vectors)])
         top = scores.topk(min(k, scores.shape[1]), dim=1)
         return top.values, rows.gather(1, top.indices)
 
@@ -185,8 +188,8 @@ def build_index(emb, device, search_dtype="float32"):
     else the torch path on every visible GPU. search_dtype float16/bfloat16: the torch path's re-scored
     low-precision search (TorchIndex), on the CPU or every visible GPU."""
     if search_dtype != "float32":
-        return TorchIndex(emb, ["cpu"] if device == "cpu" else [f"cuda:{g}" for g in range(torch.cuda.device_count())],
-                          search_dtype=search_dtype)
+        devices = ["cpu"] if device == "cpu" else [f"cuda:{g}" for g in range(torch.cuda.device_count())]
+        return TorchIndex(emb, devices, search_dtype=search_dtype)
     if device == "cpu":
         return FaissIndex(emb)
     if faiss_gpu_count() > 0:
@@ -204,7 +207,8 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
         device = "gpu" if (torch.cuda.is_available() if flat else faiss_gpu_count() > 0) else "cpu"
     if flat:
         if path:
-            raise ConfigError(f"--index_path saves a faiss index_factory index; --index {spec} searches the embeddings as they are")
+            raise ConfigError(f"--index_path saves a faiss index_factory index; --index {spec} searches the "
+                              "embeddings as they are")
         index = build_index(emb, device, spec.partition(":")[2] or "float32")
         return index, index.name
     faiss = _import_faiss()

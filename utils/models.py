@@ -165,8 +165,10 @@ def length_batches(lengths, batch_size=None, max_tokens=None, exact_length=False
     return batches
 
 
-def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False, always_mask=False):
-    """[(row indices, padded batch)] for token id lists, batched by length_batches.
+def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False,
+                   always_mask=False, multiple=1):
+    """[(row indices, padded batch)] for token id lists, batched by length_batches, each padded to a multiple
+    of `multiple` (pad_batch; fewer distinct shapes).
 
     A batch without padding goes without attention_mask unless always_mask: transformers would drop an
     all-ones mask anyway (same result), but only after checking it on the device, which makes the host wait.
@@ -174,8 +176,8 @@ def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact
     lengths = np.array([len(t) for t in tokens])
     out = []
     for b in length_batches(lengths, batch_size, max_tokens, exact_length):
-        batch = pad_batch([tokens[i] for i in b], pad_token_id)
-        if not always_mask and lengths[b].min() == lengths[b].max():
+        batch = pad_batch([tokens[i] for i in b], pad_token_id, multiple)
+        if not always_mask and lengths[b].min() == batch["input_ids"].shape[1]:
             del batch["attention_mask"]
         out.append((torch.from_numpy(b), batch))
     return out
