@@ -8,7 +8,9 @@ The first --limit passages are tokenized once and encoded three ways in the same
 (doc2embedding.py's GPU default) and autocast to bfloat16 over float32 weights; the questions once, in
 float32. For each of the two: the min cosine of a passage's vector to its float32 one, and the mean share of
 each question's exact top-100 (inner product) that its float32 top-100 holds too. The rule (docs/encoding.md):
-keep bfloat16 weights unless their overlap is more than 0.5 point below autocast's. On a CPU autocast does
+keep bfloat16 weights unless their overlap is more than 0.5 point below autocast's. Also: test_dpr.py's
+exact search (--index flat) against flat:float16 over the bf16 encode stored as float16, as doc2embedding
+stores it: how many questions get the same ranked top-k. On a CPU autocast does
 nothing here (encode_batches autocasts on GPUs only), so that row equals float32: the run checks the plumbing,
 not the figures.
 """
@@ -25,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from utils.data import iter_passages, read_qas  # noqa: E402
+from utils.index import TorchIndex  # noqa: E402
 from utils.models import encode_batches, load_encoder, padded_batches  # noqa: E402
 from utils.models import tokenize_passages, tokenize_questions  # noqa: E402
 
@@ -98,6 +101,18 @@ def main():
             f"{100 * overlap / (k * len(questions)):.2f}% ({len(questions)} questions, {len(rows):,} "
             "passages)"
         )
+    # test_dpr.py's --index flat against --index flat:float16 over the default encode, stored as float16
+    stored, queries = emb["bfloat16 weights (default)"].half(), q.cpu().numpy()
+    exact, fast = (
+        TorchIndex(stored, [device], search_dtype=d).search(queries, k)[1] for d in ("float32", "float16")
+    )
+    same = sum(a == b for a, b in zip(exact.tolist(), fast.tolist()))
+    shared = sum(len(set(a) & set(b)) for a, b in zip(exact.tolist(), fast.tolist())) / (k * len(questions))
+    figures["search_float16"] = {"identical_lists": same, "shared": shared}
+    print(
+        f"search, flat:float16 against flat: the same ranked top-{k} for {same} of {len(questions)} questions; "
+        f"{100 * shared:.2f}% shared"
+    )
     bf16, amp = (figures["results"][n][f"top{k}_overlap"] for n in list(ways)[1:])
     # no verdict on a CPU: encode_batches autocasts on GPUs only
     figures["keep_bfloat16_weights"] = bf16 >= amp - 0.005 if device.type == "cuda" else None

@@ -22,19 +22,16 @@ NQ_TRAIN_STEPS = 18_400  # 40 epochs of 58,880 questions at batch 128 (DPR's rec
 # The seed replication's published durations: (8xV100, 4x3090)
 SEED = {"encode": ("4h42m", "7h55m"), "search": ("58 s", "1h43m"), "train": ("4h29m", "6h52m")}
 
-LEVERS = ["--levers", "pad8", "mask4d", "no_cudnn", "sync"]  # bench_train.py's, each against ours in one run
 # (script, args) per workload and scale. CPU sizes keep the whole run < 10 minutes on 2 cores.
 RUNS = {
     "cpu": {
-        "train": ("bench_train.py", ["--device", "cpu", "--model", "small", "--batch_size", "8", "--chunk", "4", "--steps", "2",
-                                     *LEVERS]),
+        "train": ("bench_train.py", ["--device", "cpu", "--model", "small", "--batch_size", "8", "--chunk", "4", "--steps", "2"]),
         "encode": ("bench_embed.py", ["--device", "cpu", "--model", "minilm", "--n", "256"]),
         "search": ("bench_search.py", ["--n", "100000", "--queries", "1000", "--paths", "faiss-cpu", "torch-cpu"]),
         "score": ("bench_score.py", ["--questions", "200"]),
     },
     "nq": {
-        "train": ("bench_train.py", ["--device", "cuda", "--model", "base", "--batch_size", "128", "--chunk", "32", "--steps", "8",
-                                     *LEVERS]),
+        "train": ("bench_train.py", ["--device", "cuda", "--model", "base", "--batch_size", "128", "--chunk", "32", "--steps", "8"]),
         "encode": ("bench_embed.py", ["--device", "cuda", "--model", "bert-base", "--n", "50000"]),
         "search": ("bench_search.py", ["--n", str(NQ_PASSAGES), "--queries", str(NQ_TEST_QUESTIONS), "--paths", "torch-gpu",
                                        "torch-gpu:float16", "torch-gpu:bfloat16"]),
@@ -64,12 +61,11 @@ def rows_for(name, f):
     if name == "train":
         by = {r["variant"]: r for r in f["results"]}
         base, rows = by["nanodpr"], []
-        for v in (v for v in by if v != "nanodpr"):
+        for v in ("ours", "ours_gc"):
             r = by[v]
             nq = f"{hours(NQ_TRAIN_STEPS / r['steps_per_s'])} for 40 epochs" if r["batch_size"] == 128 else "-"
             mem = f", {r['peak_mem_gb']:.1f} GiB" if r.get("peak_mem_gb") else ""
-            name = {"ours": "", "ours_gc": " grad-cache"}.get(v, " + " + v.partition("+")[2])
-            rows.append((f"train {f['model']} batch {r['batch_size']}{name}",
+            rows.append((f"train {f['model']} batch {r['batch_size']}{' grad-cache' if v == 'ours_gc' else ''}",
                          f"{base['examples_per_s']:.1f} ex/s", f"{r['examples_per_s']:.1f} ex/s{mem}",
                          r["examples_per_s"] / base["examples_per_s"], f["device"], nq))
         return rows

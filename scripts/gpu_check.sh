@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU check, one command, under 8 minutes on one GPU with no network; old defaults against new in one call:
 #   1. benches (each its own stage and JSON): encoding, the model alone (bench_embed.py (c): each lever, first
-#      and second pass over the same batches, peak memory); the training step at batch 128 + 1 hard negative
-#      with each lever side by side (bench_train.py --levers); doc2embedding.py's whole run on psgs_w100-like
-#      synthetic passages at the new defaults over 1,000,000 and 200,000 passages and at the old ones (no mask
-#      on unpadded batches, 65,536 tokens, 8 workers) over 200,000; exact search against float16/bfloat16
-#      scores re-scored in float32 over 21M vectors (bench_search.py);
+#      and second pass over the same batches, peak memory, a profile of new shapes); the training step at
+#      batch 128 + 1 hard negative with each lever side by side (bench_train.py --levers; the baseline step,
+#      measured on 2026-12-04, is skipped); doc2embedding.py's whole run on psgs_w100-like synthetic passages
+#      at the new defaults over 1,000,000 and 200,000 passages and at the old ones (no mask on unpadded
+#      batches, 65,536 tokens, 8 workers) over 200,000; exact search against float16/bfloat16 scores
+#      re-scored in float32 over 21M vectors (bench_search.py);
 #   2. the three scripts end to end on a 200k-passage corpus (data/make_sample.py): train a random-init
-#      bert-base in bf16, encode every passage, evaluate with exact and with float16 search; then the
-#      fidelity of bf16 weights and of autocast against float32 on that corpus (bench_fidelity.py).
+#      bert-base in bf16, encode every passage; the fidelity of bf16 weights and of autocast against float32
+#      on that corpus, with exact against float16 search over it (bench_fidelity.py); evaluate.
 # (The end-to-end grad-cache run passed on 2026-12-04; bench_train's ours_gc times that path, the CPU tests
 # check its gradients: it made way for the old-vs-new encodes.) One CPU core writes the corpus and the
 # synthetic passages in the background while the first benches run.
@@ -33,12 +34,14 @@ if [ "$SCALE" = full ]; then
   MODEL=bert-base PEOPLE="700 50 200" EXTRA=15717  # 12 passages a person: 200,004 passages, 4,200 train questions
   TRAIN="--train_batch_size 64 --max_train_steps 200 --eval_steps 200"
   BENCH=(--device gpu --scale nq) DEV=cuda EVAL_BATCH=256 CAP_X=1
-  N_ALONE=10000 N_BIG=1000000 N_MID=200000 N_FIDELITY=50000 OLD=(--max_tokens_per_batch 65536 --num_workers 8)
+  N_ALONE=5000 N_BIG=1000000 N_MID=200000 N_FIDELITY=50000 OLD=(--max_tokens_per_batch 65536 --num_workers 8)
+  STEP=(--device cuda --model base --batch_size 128 --chunk 32 --steps 8)
 else  # tiny: every stage on a CPU in a few minutes (CAP_X: a shared 2-core CPU starts Python slowly)
   MODEL=tiny PEOPLE="20 4 10" EXTRA=16
   TRAIN="--train_batch_size 8 --max_train_steps 6 --eval_steps 3"
   BENCH=(--device cpu) DEV=cpu EVAL_BATCH=32 CAP_X=5
   N_ALONE=200 N_BIG=2000 N_MID=800 N_FIDELITY=300 OLD=(--max_tokens_per_batch 2048 --num_workers 1)
+  STEP=(--device cpu --model small --batch_size 8 --chunk 4 --steps 2)
 fi
 BENCH_ONLY=${GPU_CHECK_BENCHES-model_alone train encode_1m encode_200k encode_200k_old search}  # a rerun picks ("": none)
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-$((470 * CAP_X))}))
@@ -105,12 +108,14 @@ for b in $BENCH_ONLY; do  # one bench per stage: each gets its own time limit an
   case $b in encode_*) [ -n "$PASSAGES" ] && { wait $PASSAGES; cat "$WORK/make_passages.log"; PASSAGES=; } ;; esac
   mkdir -p "$WORK/bench_$b"
   case $b in
-    model_alone) stage "bench $b" 120 "${EMBED[@]}" --n "$N_ALONE" --skip a b --profile --json "$WORK/bench_$b/encode.json" ;;
-    encode_1m) stage "bench $b" 180 "${EMBED[@]}" --tsv "$SYN" --n "$N_BIG" --skip a c --json "$WORK/bench_$b/encode.json" ;;
+    model_alone) stage "bench $b" 90 "${EMBED[@]}" --n "$N_ALONE" --skip a b --profile --json "$WORK/bench_$b/encode.json" ;;
+    encode_1m) stage "bench $b" 150 "${EMBED[@]}" --tsv "$SYN" --n "$N_BIG" --skip a c --json "$WORK/bench_$b/encode.json" ;;
     encode_200k) stage "bench $b" 90 "${EMBED[@]}" --tsv "$SYN" --n "$N_MID" --skip a c --json "$WORK/bench_$b/encode.json" ;;
-    encode_200k_old) stage "bench $b" 120 env NANODPR_ALWAYS_MASK=0 "${EMBED[@]}" --tsv "$SYN" --n "$N_MID" --skip a c \
+    encode_200k_old) stage "bench $b" 90 env NANODPR_ALWAYS_MASK=0 "${EMBED[@]}" --tsv "$SYN" --n "$N_MID" --skip a c \
                        "${OLD[@]}" --json "$WORK/bench_$b/encode.json" ;;
-    *) stage "bench $b" 150 "$PY" bench/run_all.py "${BENCH[@]}" --only "$b" --tokenizer "$T" --out "$WORK/bench_$b" ;;
+    train) stage "bench $b" 100 "$PY" bench/bench_train.py "${STEP[@]}" --levers pad8 mask4d no_cudnn sync --no_baseline \
+             --json "$WORK/bench_$b/train.json" ;;
+    *) stage "bench $b" 90 "$PY" bench/run_all.py "${BENCH[@]}" --only "$b" --tokenizer "$T" --out "$WORK/bench_$b" ;;
   esac
 done
 [ -n "$PASSAGES" ] && wait $PASSAGES
@@ -125,9 +130,8 @@ stage "train bf16" 75 "$PY" train_dpr.py "${COMMON[@]}" $TRAIN --mixed_precision
 
 Q=$WORK/train_bf16/best/query_encoder P=$WORK/train_bf16/best/doc_encoder
 [ -d "$P" ] || { echo "no trained model: encoding with the untrained one"; Q=$WORK/base_model P=$WORK/base_model; }
-stage "encode" 90 "$PY" doc2embedding.py --pretrained_model_path "$P" --wikipedia_path "$D/psgs.tsv" --output_dir "$WORK/emb"
-EVAL=(--embedding_dir "$WORK/emb" --pretrained_model_path "$Q" --wikipedia_path "$D/psgs.tsv" --qa_file "$D/test.qa.csv")
-stage "evaluate" 45 "$PY" test_dpr.py "${EVAL[@]}" --output_file "$WORK/results.json"
-stage "evaluate, float16 search" 45 "$PY" test_dpr.py "${EVAL[@]}" --index flat:float16 --output_file "$WORK/results_float16.json"
-stage "fidelity" 90 "$PY" bench/bench_fidelity.py --doc_encoder "$P" --query_encoder "$Q" --wikipedia_path "$D/psgs.tsv" \
+stage "encode" 60 "$PY" doc2embedding.py --pretrained_model_path "$P" --wikipedia_path "$D/psgs.tsv" --output_dir "$WORK/emb"
+stage "fidelity" 75 "$PY" bench/bench_fidelity.py --doc_encoder "$P" --query_encoder "$Q" --wikipedia_path "$D/psgs.tsv" \
   --qa_file "$D/test.qa.csv" --limit "$N_FIDELITY" --json "$WORK/fidelity.json"
+stage "evaluate" 45 "$PY" test_dpr.py --embedding_dir "$WORK/emb" --pretrained_model_path "$Q" --wikipedia_path "$D/psgs.tsv" \
+  --qa_file "$D/test.qa.csv" --output_file "$WORK/results.json"

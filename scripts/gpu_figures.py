@@ -8,9 +8,6 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.data import read_results  # noqa: E402
-
 
 def load(work, name):
     path = os.path.join(work, name)
@@ -99,20 +96,18 @@ def main(work):
                 for r in f["results"]
             ],
         )
+        ours = next((r for r in f["results"] if r["variant"] == "ours"), None)
+        if ours and f["batch_size"] == 128:  # DPR's NQ recipe: 40 epochs of 58,880 questions at batch 128
+            print(
+                f"\nAt ours' {ours['steps_per_s']:.2f} steps/s the 18,400 steps of 40 NQ epochs take "
+                f"{18400 / ours['steps_per_s'] / 60:.1f} min (extrapolated)"
+            )
     f = load(work, "bench_search/search.json")
     if f:
         table(
             f"Search, {f['n']:,} x {f['dim']} {f['dtype']}, {f['queries']} queries, top-{f['k']}",
             ["path", "search s", "overlap@k vs float64"],
             [(r["path"], f"{r['search_s']:.2f}", f"{r['overlap_at_k']:.4f}") for r in f["results"]],
-        )
-    exact, fast = (os.path.join(work, n) for n in ("results.json", "results_float16.json"))
-    if os.path.isfile(exact) and os.path.isfile(fast):
-        a, b = read_results(exact), read_results(fast)
-        same = sum([c["id"] for c in x["ctxs"]] == [c["id"] for c in y["ctxs"]] for x, y in zip(a, b))
-        print(
-            f"\nEnd to end, --index flat:float16 vs flat: the same ranked passages for {same} of {len(a)} "
-            "questions"
         )
     f = load(work, "fidelity.json")
     if f:
@@ -127,6 +122,12 @@ def main(work):
             rows,
         )
         print(f"\nkeep bfloat16 weights (docs/encoding.md's rule): {f['keep_bfloat16_weights']}")
+        s = f.get("search_float16")
+        if s:
+            print(
+                f"\nSearch over that encode, flat:float16 against flat: the same ranked top-{k} for "
+                f"{s['identical_lists']} of {f['questions']} questions, {100 * s['shared']:.2f}% shared"
+            )
 
 
 if __name__ == "__main__":

@@ -156,7 +156,10 @@ class TorchIndex:
                     chunk = shard[start : start + self.chunk_rows]
                     if exact:
                         scores = q[g] @ chunk.float().T
-                    else:
+                    elif chunk.is_cuda:  # float32 out (cuBLAS sums in float32 anyway): a float16 score is rounded
+                        # to 1/16 near 100, a bfloat16 one to 1/2: enough to push true top-k passages out
+                        scores = torch.mm(low[g], chunk.to(self.search_dtype).T, out_dtype=torch.float32)
+                    else:  # CPUs have no out_dtype matmul: a correctness path, not a fast one
                         scores = (low[g] @ chunk.to(self.search_dtype).T).float()
                     top = scores.topk(min(wanted, scores.shape[1]), dim=1)
                     found = (top.values, top.indices + (self.starts[g] + start))
