@@ -110,8 +110,8 @@ def main():
     shared = sum(len(set(a) & set(b)) for a, b in zip(exact.tolist(), fast.tolist())) / (k * len(questions))
     figures["search_float16"] = {"identical_lists": same, "shared": shared}
     print(
-        f"search, flat:float16 against flat: the same ranked top-{k} for {same} of {len(questions)} questions; "
-        f"{100 * shared:.2f}% shared"
+        f"search, flat:float16 against flat: the same ranked top-{k} for {same} of {len(questions)} "
+        f"questions; {100 * shared:.2f}% shared"
     )
     bf16, amp = (figures["results"][n][f"top{k}_overlap"] for n in list(ways)[1:])
     # no verdict on a CPU: encode_batches autocasts on GPUs only
