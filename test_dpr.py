@@ -208,7 +208,7 @@ def save(args, questions, answers, retrieved, scores, passages, hits, curve):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.index_device == "gpu" and args.index == "flat" and not torch.cuda.is_available():
+    if args.index_device == "gpu" and args.index.split(":")[0] == "flat" and not torch.cuda.is_available():
         sys.exit("error: --index_device gpu, but torch sees no CUDA device")
     try:
         return run(args)

@@ -147,7 +147,7 @@ class TorchIndex:
         q = [queries.to(dev) for dev in self.devices]
         exact = self.search_dtype == torch.float32
         wanted = k if exact else max(2 * k, k + 64)  # candidates per shard, re-scored in float32 if not exact
-        low = [x.to(self.search_dtype) for x in q]
+        low = q if exact else [x.to(self.search_dtype) for x in q]
         best = [None] * len(self.shards)
         # Chunks interleaved over the shards: kernels queue on every GPU at once.
         for start in range(0, max(len(s) for s in self.shards), self.chunk_rows):
@@ -156,8 +156,8 @@ class TorchIndex:
                     chunk = shard[start : start + self.chunk_rows]
                     if exact:
                         scores = q[g] @ chunk.float().T
-                    elif chunk.is_cuda:  # float32 out (cuBLAS sums in float32 anyway): a float16 score is rounded
-                        # to 1/16 near 100, a bfloat16 one to 1/2: enough to push true top-k passages out
+                    elif chunk.is_cuda:  # float32 out: a float16 score near 100 would be rounded to 1/16, a
+                        # bfloat16 one to 1/2, enough to push true top-k passages out (cuBLAS sums in float32)
                         scores = torch.mm(low[g], chunk.to(self.search_dtype).T, out_dtype=torch.float32)
                     else:  # CPUs have no out_dtype matmul: a correctness path, not a fast one
                         scores = (low[g] @ chunk.to(self.search_dtype).T).float()
@@ -168,7 +168,6 @@ class TorchIndex:
             best = [self._rescore(q[g], g, rows, k) for g, (_, rows) in enumerate(best)]
         scores, rows = functools.reduce(lambda a, b: _merge(a, b, k), [(s.cpu(), r.cpu()) for s, r in best])
         return scores.numpy(), rows.numpy()
-
 
     def _rescore(self, q, g, rows, k, queries_at_once=256):
         """float32 scores of shard g's candidate rows (global ids, per query), and the top k of them."""
