@@ -54,6 +54,7 @@ def parse_args():
                    "batches, so no variant meets a batch shape first while timed (GPU libraries plan per shape)")
     p.add_argument("--levers", nargs="*", default=[], choices=LEVERS, help="also run ours with each of these")
     p.add_argument("--no_baseline", action="store_true", help="skip the nanoDPR-style step (slow; measured before)")
+    p.add_argument("--profile", action="store_true", help="print ours' top operators over 4 steps (torch.profiler)")
     p.add_argument("--json", default=None, help="write results to this file")
     args = p.parse_args()
     gpu = args.device.startswith("cuda")
@@ -135,6 +136,14 @@ def run_variant(name, args, device, batch_size):
     result = {"variant": name, "batch_size": batch_size, "examples_per_s": batch_size * args.steps / elapsed,
               "steps_per_s": args.steps / elapsed, "loss": loss,
               "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None}
+    if args.profile and name == "ours":  # where a step's time goes: the top operators over 4 steps
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if gpu else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            for i in range(4):
+                step(i)
+            sync()
+        key = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
     del model, optimizer, batches
     if gpu:
         torch.cuda.empty_cache()

@@ -113,7 +113,7 @@ for b in $BENCH_ONLY; do  # one bench per stage: each gets its own time limit an
     encode_200k) stage "bench $b" 90 "${EMBED[@]}" --tsv "$SYN" --n "$N_MID" --skip a c --json "$WORK/bench_$b/encode.json" ;;
     encode_200k_old) stage "bench $b" 90 env NANODPR_ALWAYS_MASK=0 "${EMBED[@]}" --tsv "$SYN" --n "$N_MID" --skip a c \
                        "${OLD[@]}" --json "$WORK/bench_$b/encode.json" ;;
-    train) stage "bench $b" 100 "$PY" bench/bench_train.py "${STEP[@]}" --levers pad8 mask4d no_cudnn sync --no_baseline \
+    train) stage "bench $b" 100 "$PY" bench/bench_train.py "${STEP[@]}" --levers pad8 mask4d no_cudnn sync --no_baseline --profile \
              --json "$WORK/bench_$b/train.json" ;;
     *) stage "bench $b" 90 "$PY" bench/run_all.py "${BENCH[@]}" --only "$b" --tokenizer "$T" --out "$WORK/bench_$b" ;;
   esac
