@@ -18,10 +18,11 @@ same passages, same device; and where doc2embedding's time goes.
     device: the ceiling for (b). Variants, one lever each, with the min cosine to fp32 weights, each timed
     twice over the same batches: the first pass meets new batch shapes (a GPU library that plans per shape
     pays then), the second is the steady state: the default path (doc2embedding's mask choice for the device),
-    the other mask choice, exact-length batches (never a mask), widths padded to a multiple of 8 (an eighth of
-    the shapes), other token budgets; on GPU also SDPA without its cuDNN backend (run first, so its first pass
-    meets fresh shapes), autocast over fp32 weights (doc2embedding before bf16 weights), batches copied from
-    pinned or pageable host memory, and each variant's peak GPU memory.
+    the other mask choice, 4-D masks (never checked on the device, so no host sync per batch), exact-length
+    batches (never a mask), widths padded to a multiple of 8 (an eighth of the shapes), other token budgets;
+    on GPU also SDPA without its cuDNN backend (run first, so its first pass meets fresh shapes), autocast
+    over fp32 weights (doc2embedding before bf16 weights), batches copied from pinned or pageable host memory,
+    and each variant's peak GPU memory.
 TFLOP/s counts real tokens: 2 x non-embedding params x tokens + 4 x layers x hidden x sum(length^2).
 Synthetic passages (beyond 200,000 they repeat with new ids: making text is slow) mimic psgs_w100: a 1-4 word
 title and 100 words of text, or fewer for the last block of an article (assumed 20% of passages); words are
@@ -170,8 +171,10 @@ def model_alone(args, model, tokens, pad_id, device):
     fast = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
     gpu = device.type == "cuda"
 
-    def batches(where="device", always_mask=defaults["always_mask"], **kw):
+    def batches(where="device", always_mask=defaults["always_mask"], mask4d=False, **kw):
         out = padded_batches(tokens, pad_id, max_tokens=kw.pop("max_tokens", budget), always_mask=always_mask, **kw)
+        if mask4d:  # (rows, 1, 1, length) booleans: transformers passes them on instead of checking them on the device
+            out = [(r, {**x, "attention_mask": x["attention_mask"][:, None, None, :].bool()}) for r, x in out]
         move = {"device": lambda v: v.to(device), "pinned": torch.Tensor.pin_memory, "pageable": lambda v: v}[where]
         return [(move(r), {k: move(v) for k, v in x.items()}) for r, x in out]
 
@@ -187,6 +190,8 @@ def model_alone(args, model, tokens, pad_id, device):
         fast, batches(always_mask=other), False, None)
     variants[f"{dtype} weights, exact-length batches (no mask at all)"] = (fast, batches(exact_length=True), False, None)
     variants[f"{dtype} weights, widths padded to a multiple of 8 (1/8 the shapes)"] = (fast, batches(multiple=8), False, None)
+    variants[f"{dtype} weights, 4-D masks on every batch (no host sync)"] = (
+        fast, batches(always_mask=True, mask4d=True), False, None)
     if gpu:
         variants["autocast over float32 weights, a mask on every batch"] = (model, batches(always_mask=True), True, None)
         variants[f"{dtype} weights, batches copied from pinned host memory"] = (fast, batches("pinned"), False, None)
