@@ -173,6 +173,15 @@ def main():
                 batch_size //= 2
                 if batch_size < 1:
                     raise
+            except Exception as e:  # noqa: BLE001 (a lever that fails is reported, the others still run)
+                if "+" not in variant:
+                    raise
+                r = {"variant": variant, "error": f"{type(e).__name__}: {e}"}
+                print(f"{variant}: failed: {r['error']}")
+                break
+        if "error" in r:
+            results.append(r)
+            continue
         r["oom_at_requested_batch"] = batch_size != args.batch_size
         results.append(r)
         mem = f", peak {r['peak_mem_gb']:.1f} GiB" if r["peak_mem_gb"] is not None else ""
@@ -182,7 +191,7 @@ def main():
         r["speedup_vs_nanodpr"] = r["examples_per_s"] / base
         print(f"{r['variant']} / nanodpr: {r['speedup_vs_nanodpr']:.2f}x examples/s")
     ours = next(r["examples_per_s"] for r in results if r["variant"] == "ours")
-    for r in (r for r in results if "+" in r["variant"]):
+    for r in (r for r in results if "+" in r["variant"] and "error" not in r):
         r["vs_ours"] = r["examples_per_s"] / ours
         print(f"lever {r['variant']}: {r['vs_ours']:.3f}x ours ({LEVERS[r['variant'].partition('+')[2]]})")
     if args.json:

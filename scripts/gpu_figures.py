@@ -86,7 +86,9 @@ def main(work):
             f"Training step, {f['model']}, batch {f['batch_size']} + 1 hard negative, {f['device']}",
             ["variant", "steps/s", "examples/s", "peak GiB", "vs ours"],
             [
-                (
+                (r["variant"], r["error"], "-", "-", "-")
+                if "error" in r
+                else (
                     r["variant"],
                     f"{r['steps_per_s']:.2f}",
                     f"{r['examples_per_s']:.1f}",
