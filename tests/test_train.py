@@ -127,6 +127,23 @@ def test_grad_cache_gradients_equal_plain_step(setup, dropout):
         assert (other_seed - cached).abs().max() > 1e-4
 
 
+def test_padding_to_a_multiple_of_8_gives_the_same_step(setup):
+    """Collate's pad_multiple (a speed lever): every width a multiple of 8, extra positions masked, the same
+    loss and gradients as padding to the longest (no dropout: its masks are drawn over the wider tensors)."""
+    model, batch = make_step_inputs(setup, chunk_size=3, dropout=0.0)
+    items = [(r["question"], [(c["title"], c["text"]) for c in r["positive_ctxs"] + r["hard_negative_ctxs"]])
+             for r in make_records(6, seed=3)]
+    wide = Collate(load_biencoder(setup["base"], 0.0)[1], 64, 3, groups=2, pad_multiple=8)(items)
+    for narrow, padded in zip(batch["chunks"], wide["chunks"]):
+        for a, b in zip([narrow["question"], *narrow["passages"]], [padded["question"], *padded["passages"]]):
+            assert b["input_ids"].shape[1] % 8 == 0 and b["input_ids"].shape[1] - a["input_ids"].shape[1] in range(8)
+            assert b["attention_mask"][:, a["input_ids"].shape[1]:].sum() == 0
+    loss, grads = step_grads(model, batch, grad_cache=False, seed=0)
+    loss8, grads8 = step_grads(model, wide, grad_cache=False, seed=0)
+    assert loss8 == pytest.approx(loss, abs=1e-6)
+    assert torch.allclose(grads8, grads, atol=1e-5, rtol=0), (grads8 - grads).abs().max()
+
+
 def test_two_processes_equal_one(setup, tmp_path):
     """Same global batches, 2 gloo processes (with gradient cache) vs 1 (plain), both accumulating 2
     micro-batches: same losses, grad norms, parameters and dev metrics. Dropout off: each process draws its

@@ -126,6 +126,13 @@ class ShardRows:
 
 
 # Passages in, per process: windows of parsed, tokenized, length-batched passages
+def window_size(k, window):
+    """Passages in window k: a linear ramp, window/16 more per window up to `window` (1,024, 2,048, ...
+    16,384), so the first window is tokenized within a second and the model starts while the workers' bigger
+    windows are still in the making. A function of k and `window` alone: a resumed run cuts the same windows."""
+    return min(window, max(1, window // 16) * (k + 1))
+
+
 class PassageWindows(torch.utils.data.IterableDataset):
     """One process's passages in windows, each parsed, tokenized and cut into padded batches.
 
@@ -136,11 +143,11 @@ class PassageWindows(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, path, start, end, line_no, count, first_window, window, tokenizer, max_length,
-                 batch_size=None, max_tokens=None):
+                 batch_size=None, max_tokens=None, always_mask=False):
         super().__init__()
         self.path, self.start, self.end, self.line_no, self.count = path, start, end, line_no, count
         self.first_window, self.window, self.tokenizer, self.max_length = first_window, window, tokenizer, max_length
-        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.batch_size, self.max_tokens, self.always_mask = batch_size, max_tokens, always_mask
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -158,7 +165,7 @@ class PassageWindows(torch.utils.data.IterableDataset):
         """(window index, [(line number, raw line)], byte offset and line number after the window)."""
         rows = itertools.islice(iter_passage_lines(self.path, self.start, self.end, self.line_no), self.count)
         for k in itertools.count(self.first_window):
-            lines = list(itertools.islice(rows, self.window))
+            lines = list(itertools.islice(rows, window_size(k, self.window)))
             if not lines:
                 return
             yield k, [(n, raw) for n, raw, _ in lines], lines[-1][2], lines[-1][0] + 1
@@ -169,20 +176,34 @@ class PassageWindows(torch.utils.data.IterableDataset):
         lengths = np.array([len(t) for t in tokens], dtype=np.int64)
         return {"ids": torch.tensor([r[0] for r in rows], dtype=torch.int64), "tokens": int(lengths.sum()),
                 "tokens_sq": int((lengths**2).sum()),
-                "batches": padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size, self.max_tokens)}
+                "batches": padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size,
+                                          self.max_tokens, always_mask=self.always_mask)}
+
+
+# GPU token budget: the fastest measured on one H200 (262,144; docs/benchmarks.md), or less where the free
+# memory is short: 64 KiB of it per token, 4x bert-base's bf16 activations at their widest layer (~16 KiB:
+# hidden 768 x 2 and the FFN's 3,072 x 2 values of 2 bytes), so bert-large and the allocator's slack fit too.
+GPU_MAX_TOKENS, GPU_BYTES_PER_TOKEN = 1 << 18, 1 << 16
 
 
 def encode_defaults(device):
     """doc2embedding.py's settings that depend on the device. CPU: float32 weights (most chips emulate half
     precision slowly); 4096 tokens per batch and thread (bigger batches thrash the cache, smaller ones keep the
     threads waiting on each other); one tokenizing worker, the model wants the cores. GPU: bfloat16 weights
-    (float16 on GPUs without it); enough workers to outpace the model, leaving two cores to the process itself
-    (kernel launches, pinning, chunk writes)."""
+    (float16 on GPUs without it); GPU_MAX_TOKENS per batch, halved until it fits the free memory; the cores
+    per GPU but two as workers (two are left to the process itself: kernel launches, pinning, chunk writes),
+    at most 16 (twice what the model's measured peak rate needs; each holds ~1.3 GiB); an attention mask
+    on every batch. NANODPR_ALWAYS_MASK=0|1 overrides the mask choice (the benchmarks compare both)."""
+    mask = os.environ.get("NANODPR_ALWAYS_MASK")
     if device.type != "cuda":
-        return {"compute_dtype": "float32", "max_tokens_per_batch": min(65536, 4096 * torch.get_num_threads()), "num_workers": 1}
+        return {"compute_dtype": "float32", "max_tokens_per_batch": min(65536, 4096 * torch.get_num_threads()),
+                "num_workers": 1, "always_mask": mask == "1"}
     cores_per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return {"compute_dtype": str(autocast_dtype(device)).removeprefix("torch."), "max_tokens_per_batch": 65536,
-            "num_workers": max(1, min(8, cores_per_process - 2))}
+    tokens = GPU_MAX_TOKENS
+    while tokens > 4096 and tokens * GPU_BYTES_PER_TOKEN > torch.cuda.mem_get_info(device)[0]:
+        tokens //= 2
+    return {"compute_dtype": str(autocast_dtype(device)).removeprefix("torch."), "max_tokens_per_batch": tokens,
+            "num_workers": max(1, min(16, cores_per_process - 2)), "always_mask": mask != "0"}
 
 
 # The output dir while a run is going: run signature, committed chunks, shards

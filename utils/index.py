@@ -114,11 +114,17 @@ class FaissIndex:
 class TorchIndex:
     """Exact top-k by chunked matmul + top-k in torch. The corpus is split into contiguous shards, one per
     device, kept resident in `dtype` (float16: 32 GB at 21M x 768). Each chunk is upcast to float32 for the
-    product, so scores are float32 inner products of the stored vectors, as in faiss."""
+    product, so scores are float32 inner products of the stored vectors, as in faiss.
 
-    def __init__(self, emb, devices, dtype=None, chunk_rows=1 << 16):
+    search_dtype float16/bfloat16 (opt-in, ours): the chunks are scored in that dtype (tensor cores, no
+    float32 copy of each chunk), each keeps its top k' = max(2k, k + 64) candidates, and those are re-scored
+    in float32, then cut to k: the same scores as the exact path, the same rows unless a passage of the
+    true top-k fell below k' in the rounded scores."""
+
+    def __init__(self, emb, devices, dtype=None, chunk_rows=1 << 16, search_dtype="float32"):
         n, d = emb.shape
         self.devices, self.chunk_rows = [torch.device(x) for x in devices], chunk_rows
+        self.search_dtype = getattr(torch, search_dtype)
         if dtype is None:  # the embeddings' own dtype (float16 is lossless for float16 files), while float32 fits
             fits = self.devices[0].type != "cuda" or _float32_fits(n, d, self.devices)
             dtype = torch.float32 if str(emb.dtype).endswith("float32") and fits else torch.float16
@@ -136,6 +142,8 @@ class TorchIndex:
             self.starts.append(lo)
         kinds = ", ".join(sorted({str(dev) for dev in self.devices}))
         self.name = f"torch matmul+topk, {len(self.devices)} shard(s) on {kinds}, {str(dtype).split('.')[-1]} storage"
+        if search_dtype != "float32":
+            self.name += f", {search_dtype} scores re-scored in float32"
 
     @torch.inference_mode()
     def search(self, queries, k, batch_size=4096):
@@ -152,17 +160,37 @@ class TorchIndex:
         """Each chunk's top-k is merged into a running top-k per shard, and the shards' top-k at the end."""
         queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
         q = [queries.to(dev) for dev in self.devices]
+        exact = self.search_dtype == torch.float32
+        wanted = k if exact else max(2 * k, k + 64)  # candidates per shard, re-scored in float32 if not exact
+        low = q if exact else [x.to(self.search_dtype) for x in q]
         best = [None] * len(self.shards)
         # Chunks interleaved over the shards: kernels queue on every GPU at once.
         for start in range(0, max(len(s) for s in self.shards), self.chunk_rows):
             for g, shard in enumerate(self.shards):
                 if start < len(shard):
-                    scores = q[g] @ shard[start : start + self.chunk_rows].float().T
-                    top = scores.topk(min(k, scores.shape[1]), dim=1)
+                    chunk = shard[start : start + self.chunk_rows]
+                    if exact:
+                        scores = q[g] @ chunk.float().T
+                    elif chunk.is_cuda:  # float32 out: a float16 score near 100 would be rounded to 1/16, a
+                        # bfloat16 one to 1/2, enough to push true top-k passages out (cuBLAS sums in float32)
+                        scores = torch.mm(low[g], chunk.to(self.search_dtype).T, out_dtype=torch.float32)
+                    else:  # CPUs have no out_dtype matmul: a correctness path, not a fast one
+                        scores = (low[g] @ chunk.to(self.search_dtype).T).float()
+                    top = scores.topk(min(wanted, scores.shape[1]), dim=1)
                     found = (top.values, top.indices + (self.starts[g] + start))
-                    best[g] = found if best[g] is None else _merge(best[g], found, k)
+                    best[g] = found if best[g] is None else _merge(best[g], found, wanted)
+        if not exact:
+            best = [self._rescore(q[g], g, rows, k) for g, (_, rows) in enumerate(best)]
         scores, rows = functools.reduce(lambda a, b: _merge(a, b, k), [(s.cpu(), r.cpu()) for s, r in best])
         return scores.numpy(), rows.numpy()
+
+    def _rescore(self, q, g, rows, k, queries_at_once=256):
+        """float32 scores of shard g's candidate rows (global ids, per query), and the top k of them."""
+        at_once = range(0, len(q), queries_at_once)
+        vectors = (self.shards[g][rows[i : i + queries_at_once] - self.starts[g]].float() for i in at_once)
+        scores = torch.cat([torch.einsum("qd,qcd->qc", q[i : i + queries_at_once], v) for i, v in zip(at_once, vectors)])
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        return top.values, rows.gather(1, top.indices)
 
 
 def _merge(a, b, k):
@@ -172,9 +200,13 @@ def _merge(a, b, k):
     return scores, rows.gather(1, pick)
 
 
-def build_index(emb, device):
+def build_index(emb, device, search_dtype="float32"):
     """Exact search. device "cpu": faiss on CPU. "gpu": faiss's GPU index when faiss has GPU support,
-    else the torch path on every visible GPU."""
+    else the torch path on every visible GPU. search_dtype float16/bfloat16: the torch path's re-scored
+    low-precision search (TorchIndex), on the CPU or every visible GPU."""
+    if search_dtype != "float32":
+        devices = ["cpu"] if device == "cpu" else [f"cuda:{g}" for g in range(torch.cuda.device_count())]
+        return TorchIndex(emb, devices, search_dtype=search_dtype)
     if device == "cpu":
         return FaissIndex(emb)
     if faiss_gpu_count() > 0:
@@ -185,16 +217,21 @@ def build_index(emb, device):
 def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, ef_search=None):
     """(index, description) for test_dpr.py. A factory index is read from `path` when that was built
     from these embeddings with this spec, else built (and saved to `path`); device "gpu" (or "auto"
-    with faiss-gpu) copies it onto every GPU, each holding a slice."""
-    if device == "auto" and spec == "flat":
+    with faiss-gpu) copies it onto every GPU, each holding a slice. "flat:float16" / "flat:bfloat16": exact
+    search's scores in that dtype, the best candidates re-scored in float32 (TorchIndex)."""
+    flat = spec in ("flat", "flat:float16", "flat:bfloat16")
+    if device == "auto" and flat:
         gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
         device, why = exact_search_device(*emb.shape, [torch.cuda.mem_get_info(g)[0] for g in gpus])
         if why:
             print(why)
     elif device == "auto":
         device = "gpu" if faiss_gpu_count() > 0 else "cpu"
-    if spec == "flat":
-        index = build_index(emb, device)
+    if flat:
+        if path:
+            raise ConfigError(f"--index_path saves a faiss index_factory index; --index {spec} searches the "
+                              "embeddings as they are")
+        index = build_index(emb, device, spec.partition(":")[2] or "float32")
         return index, index.name
     faiss = _import_faiss()
     if device == "gpu" and not faiss_gpu_count():

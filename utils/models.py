@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -131,12 +132,16 @@ def tokenize_questions(tokenizer, questions, max_length):
     return tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
 
 
-def pad_batch(ids, pad_token_id):
-    """Pad to the longest sequence in the batch. token_type_ids are all zero: DPR trains and
-    encodes that way (HF tokenizers would give the second segment 1s)."""
+def pad_batch(ids, pad_token_id, multiple=1):
+    """Pad to the longest sequence in the batch, rounded up to a multiple of `multiple` (tensor-core
+    friendly shapes, fewer distinct ones). token_type_ids are all zero: DPR trains and encodes that way
+    (HF tokenizers would give the second segment 1s)."""
     rows = [torch.tensor(x, dtype=torch.long) for x in ids]
     input_ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)
     attention_mask = pad_sequence([torch.ones_like(x) for x in rows], batch_first=True)
+    if input_ids.shape[1] % multiple:
+        extra = (0, -input_ids.shape[1] % multiple)
+        input_ids, attention_mask = F.pad(input_ids, extra, value=pad_token_id), F.pad(attention_mask, extra)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
 
 
@@ -178,17 +183,19 @@ def length_batches(lengths, batch_size=None, max_tokens=None, exact_length=False
     return batches
 
 
-def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False):
-    """[(row indices, padded batch)] for token id lists, batched by length_batches.
+def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False,
+                   always_mask=False, multiple=1):
+    """[(row indices, padded batch)] for token id lists, batched by length_batches, each padded to a multiple
+    of `multiple` (pad_batch; fewer distinct shapes).
 
-    A batch without padding goes without attention_mask: transformers would drop an all-ones mask
-    anyway (same result), but only after checking it on the device, which makes the host wait for the GPU.
+    A batch without padding goes without attention_mask unless always_mask: transformers would drop an
+    all-ones mask anyway (same result), but only after checking it on the device, which makes the host wait.
     """
     lengths = np.array([len(t) for t in tokens])
     out = []
     for b in length_batches(lengths, batch_size, max_tokens, exact_length):
-        batch = pad_batch([tokens[i] for i in b], pad_token_id)
-        if lengths[b].min() == lengths[b].max():
+        batch = pad_batch([tokens[i] for i in b], pad_token_id, multiple)
+        if not always_mask and lengths[b].min() == batch["input_ids"].shape[1]:
             del batch["attention_mask"]
         out.append((torch.from_numpy(b), batch))
     return out

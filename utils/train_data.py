@@ -183,14 +183,15 @@ def passage_groups(device):
     return 4 if device.type == "cpu" else 1
 
 
-def make_chunk(question_ids, passage_ids, question_pad, passage_pad, groups):
+def make_chunk(question_ids, passage_ids, question_pad, passage_pad, groups, pad_multiple=1):
     """Model input for some questions and their passages. Questions are padded to their longest;
-    passages are sorted by length and padded in `groups` groups, `passage_order` restores their order."""
+    passages are sorted by length and padded in `groups` groups, `passage_order` restores their order.
+    pad_multiple: widths rounded up to a multiple of it (a speed lever bench/bench_train.py measures)."""
     order = np.argsort([len(x) for x in passage_ids], kind="stable")
     restore = torch.empty(len(order), dtype=torch.long)
     restore[torch.as_tensor(order)] = torch.arange(len(order))
-    return {"question": pad_batch(question_ids, question_pad),
-            "passages": [pad_batch([passage_ids[k] for k in group], passage_pad)
+    return {"question": pad_batch(question_ids, question_pad, pad_multiple),
+            "passages": [pad_batch([passage_ids[k] for k in group], passage_pad, pad_multiple)
                          for group in np.array_split(order, min(groups, len(order)))],
             "passage_order": restore}
 
@@ -200,8 +201,9 @@ class Collate:
     questions with their passages. `positives`: index of each question's positive passage in the
     micro-batch's passage list."""
 
-    def __init__(self, tokenizers, max_length, chunk_size, groups):
+    def __init__(self, tokenizers, max_length, chunk_size, groups, pad_multiple=1):
         self.tokenizers, self.max_length, self.chunk_size, self.groups = tokenizers, max_length, chunk_size, groups
+        self.pad_multiple = pad_multiple
 
     def __call__(self, items):
         question_tok, passage_tok = self.tokenizers["question"], self.tokenizers["passage"]
@@ -215,6 +217,6 @@ class Collate:
                 positives.append(n)
                 n += len(cs)
             chunks.append(make_chunk(question_ids, passage_ids, question_tok.pad_token_id, passage_tok.pad_token_id,
-                                     self.groups))
+                                     self.groups, self.pad_multiple))
         return {"chunks": chunks, "positives": torch.tensor(positives)}
 
