@@ -202,7 +202,7 @@ def test_auto_puts_exact_search_where_free_memory_allows(data, monkeypatch, caps
     monkeypatch.setattr(utils.index.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(utils.index.torch.cuda, "device_count", lambda: len(free))
     monkeypatch.setattr(utils.index.torch.cuda, "mem_get_info", lambda g: (free[g], 80 * GIB))
-    monkeypatch.setattr(utils.index, "build_index", lambda emb, device: type("I", (), {"name": device})())
+    monkeypatch.setattr(utils.index, "build_index", lambda emb, device, dtype="float32": type("I", (), {"name": device})())
     assert open_index("flat", emb, "auto", "emb", META)[1] == "cpu"  # 128,000 per GPU > 0.8 x 100,000
     out = capsys.readouterr().out
     assert "4,000 x 32 vectors take 0.0 GiB in float16" in out and "exact search on CPU" in out
