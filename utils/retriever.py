@@ -1,0 +1,129 @@
+"""Ask a DPR retriever questions: the question encoder, the passage embeddings, an index over them and the
+passage file, loaded once; search() returns each question's top-k passages, best first. test_dpr.py
+retrieves through this class too, so what it answers is what the evaluation measured.
+
+    from utils.retriever import Retriever
+    retriever = Retriever("outputs/demo/train/best/query_encoder", "outputs/demo/emb_trained", "data/sample/psgs.tsv")
+    retriever.search(["who painted the crimson garden"], k=5)  # [[{"id", "title", "text", "score"}, ...]]
+
+Batcher answers many threads at once (search_dpr.py --serve): the questions waiting together go through
+the encoder as one batch and the index as one search.
+"""
+import os
+import queue
+import threading
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.data import PassageStore
+from utils.embeddings import load_embeddings, read_meta
+from utils.errors import ConfigError, DataError
+from utils.index import open_index
+from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
+
+MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches pad only to their longest
+
+
+def encode_questions(model, tokenizer, pooling, questions, batch_size, device, progress=False):
+    """(num_questions, dim) float32, batched by length. The batches are cut from the shortest question up
+    and run longest first: the batch composition fixes the last float digits of the scores, and this one
+    keeps results byte-identical to earlier nanoDPR versions."""
+    ids = tokenize_questions(tokenizer, questions, MAX_LENGTH)  # normalizes as DPR does
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    batches = [(torch.from_numpy(rows), pad_batch([ids[i] for i in rows], tokenizer.pad_token_id))
+               for rows in (order[i : i + batch_size] for i in range(0, len(order), batch_size))][::-1]
+    batches = tqdm(batches, desc="encode questions") if progress else batches
+    return encode_batches(model, pooling, batches, len(ids), device)
+
+
+class Retriever:
+    """Question encoder + index + passages. index: "flat" (exact, DPR's), or a faiss index_factory string
+    built once and reused through index_path, as test_dpr.py's --index, --index_path, --nprobe, --ef_search."""
+
+    def __init__(self, model_path, embedding_dir, passages_path, index="flat", index_path=None, index_device="auto",
+                 nprobe=64, ef_search=256, batch_size=128):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model_path, self.embedding_dir, self.spec, self.nprobe = model_path, embedding_dir, index, nprobe
+        self.batch_size, meta = batch_size, read_meta(embedding_dir)
+        size = (meta.get("source") or {}).get("size")
+        if size is not None and os.path.isfile(passages_path) and os.path.getsize(passages_path) != size:
+            print(f"warning: {passages_path} has {os.path.getsize(passages_path)} bytes, but the embeddings "
+                  f"were made from a {size}-byte file ({meta['source'].get('path')})")
+        self.model, self.tokenizer, self.pooling = load_encoder(model_path, "question")
+        self.model.to(self.device)
+        self.ids, emb = load_embeddings(embedding_dir, mmap=True)
+        self.dim, self.emb_dtype = emb.shape[1], emb.dtype
+        self.index, self.index_name = open_index(index, emb, index_device, embedding_dir, meta, index_path, nprobe, ef_search)
+        offsets = os.path.join(embedding_dir, "passages.offsets.npz")
+        if not os.path.exists(offsets):
+            print(f"indexing passage offsets of {passages_path} into {offsets} (one pass, once)")
+        self.store = PassageStore(passages_path, offsets)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def encode(self, questions, progress=False):
+        """(len(questions), dim) float32 question vectors."""
+        q = encode_questions(self.model, self.tokenizer, self.pooling, questions, self.batch_size, self.device, progress)
+        if q.shape[1] != self.dim:
+            raise DataError(f"{self.embedding_dir}: passage embeddings are {self.dim}-d, but the question encoder "
+                            f"{self.model_path} gives {q.shape[1]}-d vectors (embed the passages with the matching passage encoder)")
+        return q
+
+    def search_vectors(self, q, k):
+        """(scores (n, k) float32, passage ids (n, k) int64), best first."""
+        scores, rows = self.index.search(q, k)
+        if (rows < 0).any():  # an IVF index whose probed lists hold fewer than k passages
+            raise ConfigError(f"--index {self.spec}: fewer than {k} passages found for {int((rows < 0).any(1).sum())} "
+                              f"questions; raise --nprobe (now {self.nprobe})")
+        return scores, self.ids[rows]
+
+    def search(self, questions, k=10):
+        """Per question, its top-k passages best first: [{"id", "title", "text", "score"}]."""
+        scores, ids = self.search_vectors(self.encode(questions), min(k, len(self)))
+        passages = {pid: (text, title) for pid, text, title in self.store.get_passages(np.unique(ids))}
+        return [[{"id": pid, "title": passages[pid][1], "text": passages[pid][0], "score": float(score)}
+                 for pid, score in zip(row_ids, row_scores)] for row_ids, row_scores in zip(ids.tolist(), scores)]
+
+
+class Batcher:
+    """search() for many threads at once. One worker thread takes the questions that are waiting, up to
+    max_batch (waiting at most max_wait seconds after the first for more), and answers them with one
+    Retriever.search: one encoder batch, one index search. max_batch 1: one request at a time."""
+
+    def __init__(self, retriever, max_batch=32, max_wait=0.002):
+        self.retriever, self.max_batch, self.max_wait = retriever, max_batch, max_wait
+        self.jobs, self.batches, self.questions = queue.Queue(), 0, 0
+        threading.Thread(target=self._work, daemon=True, name="batcher").start()
+
+    def search(self, questions, k=10):
+        job = {"questions": questions, "k": k, "done": threading.Event()}
+        self.jobs.put(job)
+        job["done"].wait()
+        if "error" in job:
+            raise job["error"]
+        return job["results"]
+
+    def _work(self):
+        while True:
+            jobs = [self.jobs.get()]
+            size, deadline = len(jobs[0]["questions"]), time.monotonic() + self.max_wait
+            while size < self.max_batch:
+                try:
+                    jobs.append(self.jobs.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+                size += len(jobs[-1]["questions"])
+            try:  # top-max(k) for all; each request keeps its own first k
+                results = self.retriever.search([q for job in jobs for q in job["questions"]], max(job["k"] for job in jobs))
+                for job in jobs:
+                    job["results"], results = [r[: job["k"]] for r in results[: len(job["questions"])]], results[len(job["questions"]) :]
+            except Exception as e:  # noqa: BLE001 -- handed to the waiting callers; the worker keeps serving
+                for job in jobs:
+                    job["error"] = e
+            self.batches, self.questions = self.batches + 1, self.questions + size
+            for job in jobs:
+                job["done"].set()
