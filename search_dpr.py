@@ -1,6 +1,6 @@
 """Ask a DPR retriever questions: top-k passages on the command line, or an HTTP API and a web page.
 
-python search_dpr.py --embedding_dir D --pretrained_model_path Q --wikipedia_path P "who wrote hamlet" [--top_k 5]
+python search_dpr.py --embedding_dir D --pretrained_model_path Q --wikipedia_path P "who wrote hamlet"
 python search_dpr.py --embedding_dir D --pretrained_model_path Q --wikipedia_path P --serve [--port 8000]
 
 The model, embedding, passage and index options are test_dpr.py's, and so is the retrieval path
@@ -11,6 +11,7 @@ The model, embedding, passage and index options are test_dpr.py's, and so is the
 with {"questions", "k", "results": [[{"id", "title", "text", "score"}, ...]], "took_ms"}, or a 4xx/5xx
 {"error": "..."}. Requests that arrive together are answered as one batch (micro-batching, docs/serving.md).
 """
+
 import argparse
 import json
 import os
@@ -26,35 +27,44 @@ from utils.retriever import Batcher, Retriever
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "utils", "search_page.html")
 MAX_QUESTIONS, MAX_CHARS = 64, 1000  # per request; a question longer than 1,000 characters is not a question
 MAX_BODY = 1 << 20  # bytes: 64 questions of 1,000 \u-escaped characters fit
-DRAIN = 4 << 20  # an over-long body is read (and dropped) up to this much, so the client gets the 413, not a reset
+# an over-long body is read (and dropped) up to this much, so that the client gets the 413, not a reset
+DRAIN = 4 << 20
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Top-k passages for questions, on the command line or over HTTP (--serve).")
+    p = argparse.ArgumentParser(description="Top-k passages for questions: command line, or HTTP (--serve).")
     p.add_argument("questions", nargs="*", help="questions to answer on the command line")
+    # the retriever: test_dpr.py's options, with its defaults
     p.add_argument("--embedding_dir", required=True, help="passage embeddings written by doc2embedding.py")
-    p.add_argument("--pretrained_model_path", required=True,
-                   help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")
-    p.add_argument("--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="the passages the embeddings were made from")
-    p.add_argument("--index", default="flat", help="flat: exact search (DPR); else a faiss index_factory string, e.g. HNSW32, SQfp16, IVF4096,PQ64")
-    p.add_argument("--index_path", help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs")
+    p.add_argument("--pretrained_model_path", required=True, help="question encoder, as test_dpr.py takes it")
+    p.add_argument(
+        "--wikipedia_path", default="downloads/data/wikipedia_split/psgs_w100.tsv", help="passages"
+    )
+    p.add_argument(
+        "--index", default="flat", help="flat (exact, DPR) or a faiss index_factory string: HNSW32"
+    )
+    p.add_argument("--index_path", help="where a factory --index is saved and reused (docs/indexes.md)")
     p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
-    p.add_argument("--ef_search", type=int, default=256, help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size")
-    p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="auto: gpu when CUDA is available (for a factory --index: when faiss has GPU support)")
+    p.add_argument("--ef_search", type=int, default=256, help="HNSW indexes: candidate list size")
+    p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto")
     p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
-    p.add_argument("--top_k", type=int, default=10, help="passages per question (command line; the server's default k)")
-    p.add_argument("--serve", action="store_true", help="answer HTTP requests instead of the command-line questions")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens the server to the network")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--top_k", type=int, default=10, help="passages per question (the server: default k)")
+    # the server
+    p.add_argument("--serve", action="store_true", help="answer HTTP requests (and serve the search page)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 opens the server to the network")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port")
     p.add_argument("--max_k", type=int, default=100, help="largest k a request may ask for")
-    p.add_argument("--max_batch", type=int, default=32, help="questions answered together at most; 1: one request at a time")
-    p.add_argument("--max_wait_ms", type=float, default=2.0, help="how long a batch waits for more questions after its first")
+    p.add_argument("--max_batch", type=int, default=32, help="questions answered together; 1: one at a time")
+    p.add_argument(
+        "--max_wait_ms", type=float, default=2.0, help="a batch waits this long for more questions"
+    )
     args = p.parse_args(argv)
     if args.serve == bool(args.questions):
         p.error("give questions to answer, or --serve (not both)")
     if args.index_path and args.index == "flat":
-        p.error("--index_path saves a faiss index_factory index; --index flat searches the embeddings as they are")
+        p.error(
+            "--index_path saves a faiss index_factory index; --index flat searches the embeddings as they are"
+        )
     if min(args.top_k, args.max_k, args.max_batch) < 1 or args.max_wait_ms < 0:
         p.error("--top_k, --max_k and --max_batch must be at least 1, --max_wait_ms at least 0")
     return args
@@ -113,9 +123,10 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/":
             return 200, srv.page, "text/html; charset=utf-8"
         if path == "/health":
-            r = srv.batcher.retriever
-            return 200, {"status": "ok", "passages": len(r), "dim": r.dim, "index": r.index_name, "model": r.model_path,
-                         "max_k": srv.max_k, "batches": srv.batcher.batches, "questions": srv.batcher.questions}, None
+            r, b = srv.batcher.retriever, srv.batcher
+            info = {"passages": len(r), "dim": r.dim, "index": r.index_name, "model": r.model_path}
+            stats = {"max_k": srv.max_k, "batches": b.batches, "questions": b.questions}
+            return 200, {"status": "ok", **info, **stats}, None
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query, keep_blank_values=True)
         if set(query) - {"q", "k"} or len(query.get("q", [])) != 1 or len(query.get("k", [])) > 1:
             raise BadRequest(400, "ask as /search?q=QUESTION&k=K (one q, k optional)")
@@ -143,7 +154,8 @@ class Handler(BaseHTTPRequestHandler):
         start = time.perf_counter()
         questions, k = check_search(questions, k, self.server.max_k)
         results = self.server.batcher.search(questions, k)
-        return 200, {"questions": questions, "k": k, "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 2)}, None
+        took = round(1000 * (time.perf_counter() - start), 2)
+        return 200, {"questions": questions, "k": k, "results": results, "took_ms": took}, None
 
     def respond(self, handle):
         path = urllib.parse.urlsplit(self.path).path
@@ -164,11 +176,11 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
-def make_server(retriever, host="127.0.0.1", port=8000, max_batch=32, max_wait_ms=2.0, max_k=100, default_k=10):
-    """A ThreadingHTTPServer answering through one Batcher; port 0 picks a free port (server.server_address)."""
+def make_server(retriever, host="127.0.0.1", port=8000, max_batch=32, max_wait_ms=2.0, max_k=100, k=10):
+    """A ThreadingHTTPServer answering through one Batcher; port 0: a free one (server.server_address)."""
     server = ThreadingHTTPServer((host, port), Handler)
     server.batcher = Batcher(retriever, max_batch, max_wait_ms / 1000)
-    server.max_k, server.default_k = min(max_k, len(retriever)), min(default_k, max_k, len(retriever))
+    server.max_k, server.default_k = min(max_k, len(retriever)), min(k, max_k, len(retriever))
     with open(PAGE, "rb") as f:
         server.page = f.read()
     return server
@@ -185,16 +197,17 @@ def print_results(questions, results):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        retriever = Retriever(args.pretrained_model_path, args.embedding_dir, args.wikipedia_path, args.index,
-                              args.index_path, args.index_device, args.nprobe, args.ef_search, args.batch_size)
-        print(f"{len(retriever):,} passages, {retriever.index_name}; question encoder {args.pretrained_model_path} "
-              f"on {retriever.device}", file=sys.stderr)
-        results = retriever.search(args.questions or ["warm up"], args.top_k)  # also checks encoder and embeddings agree
+        retriever = Retriever.from_args(args)
+        loaded = f"{len(retriever):,} passages, {retriever.index_name}, encoder on {retriever.device}"
+        print(loaded, file=sys.stderr)
+        # a first search also checks that the encoder's vectors match the embeddings
+        results = retriever.search(args.questions or ["warm up"], args.top_k)
     except NanoDPRError as e:
         sys.exit(f"error: {e}")
     if not args.serve:
         return print_results(args.questions, results)
-    server = make_server(retriever, args.host, args.port, args.max_batch, args.max_wait_ms, args.max_k, args.top_k)
+    limits = (args.max_batch, args.max_wait_ms, args.max_k, args.top_k)
+    server = make_server(retriever, args.host, args.port, *limits)
     print(f"serving on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr)
     try:
         server.serve_forever()

@@ -1,6 +1,8 @@
-"""utils/retriever.py and search_dpr.py: the API answers what test_dpr.py measured (same ids, same scores), the
-server answers every bad request with a 4xx and keeps answering, concurrent clients get the brute-force top-k,
-and the page shows the top passage in a real browser (headless Chromium). Loopback only; every wait bounded."""
+"""utils/retriever.py and search_dpr.py: the API answers what test_dpr.py measured (same ids, same scores),
+the server answers every bad request with a 4xx and keeps answering, concurrent clients get the brute-force
+top-k, and the page shows the top passage in a real browser (headless Chromium). Loopback only; every wait
+is bounded."""
+
 import html
 import http.client
 import json
@@ -25,7 +27,9 @@ from utils.embeddings import shard_paths, write_meta
 from utils.retriever import Batcher, Retriever
 
 WORDS = ["river", "city", "king", "the", "of", "and", "stone", "bridge", "tower", "field", "road", "hill"]
-QUESTIONS = [f"what {a} of the {b} is the {c}" for a, b, c in zip(WORDS, WORDS[3:] + WORDS[:3], WORDS[7:] + WORDS[:7])]
+QUESTIONS = [
+    f"what {a} of the {b} is the {c}" for a, b, c in zip(WORDS, WORDS[3:] + WORDS[:3], WORDS[7:] + WORDS[:7])
+]
 K = 10
 
 
@@ -35,9 +39,21 @@ def write_embedding_dir(out_dir, ids, emb, tsv):
     emb_path, ids_path = shard_paths(out_dir, 0)
     np.save(emb_path, emb)
     np.save(ids_path, np.asarray(ids, dtype=np.int64))
-    write_meta(out_dir, {"model": "tiny", "role": "passage", "pooling": "cls", "dim": emb.shape[1], "dtype": str(emb.dtype),
-                         "max_length": 256, "num_passages": len(ids), "num_shards": 1, "shard_counts": [len(ids)],
-                         "source": {"path": tsv, "size": os.path.getsize(tsv)}})
+    write_meta(
+        out_dir,
+        {
+            "model": "tiny",
+            "role": "passage",
+            "pooling": "cls",
+            "dim": emb.shape[1],
+            "dtype": str(emb.dtype),
+            "max_length": 256,
+            "num_passages": len(ids),
+            "num_shards": 1,
+            "shard_counts": [len(ids)],
+            "source": {"path": tsv, "size": os.path.getsize(tsv)},
+        },
+    )
     return out_dir
 
 
@@ -61,13 +77,23 @@ def retriever(corpus):
 
 
 def reference(corpus, questions, k):
-    """Independent expectation: a direct BertModel forward per question ([CLS], zero token types), numpy search."""
+    """Independent expectation: a BertModel forward per question ([CLS], zero token types), numpy search."""
     tokenizer = BertTokenizerFast.from_pretrained(corpus["model"])
     model = BertModel.from_pretrained(corpus["model"], add_pooling_layer=False).eval()
     with torch.no_grad():
         enc = [tokenizer(q, return_tensors="pt") for q in questions]
-        q = np.stack([model(input_ids=e["input_ids"], attention_mask=e["attention_mask"],
-                            token_type_ids=torch.zeros_like(e["input_ids"])).last_hidden_state[0, 0].numpy() for e in enc])
+        q = np.stack(
+            [
+                model(
+                    input_ids=e["input_ids"],
+                    attention_mask=e["attention_mask"],
+                    token_type_ids=torch.zeros_like(e["input_ids"]),
+                )
+                .last_hidden_state[0, 0]
+                .numpy()
+                for e in enc
+            ]
+        )
     scores = q.astype(np.float64) @ corpus["emb"].astype(np.float64).T
     return scores, np.argsort(-scores, axis=1)[:, :k]
 
@@ -94,12 +120,36 @@ def assert_top_k(results, corpus, scores, order, k):
 @pytest.mark.parametrize("index", ["flat", "HNSW8"])
 def test_api_returns_test_dpr_ids_and_scores(corpus, index):
     out, index_path = str(corpus["tmp"] / f"results_{index}.json"), str(corpus["tmp"] / f"{index}.faiss")
-    argv = ["--embedding_dir", corpus["emb_dir"], "--pretrained_model_path", corpus["model"], "--wikipedia_path", corpus["tsv"],
-            "--qa_file", corpus["qa_file"], "--top_k", str(K), "--output_file", out, "--index", index, "--index_device", "cpu",
-            "--num_workers", "1"] + (["--index_path", index_path] if index != "flat" else [])
+    argv = [
+        "--embedding_dir",
+        corpus["emb_dir"],
+        "--pretrained_model_path",
+        corpus["model"],
+        "--wikipedia_path",
+        corpus["tsv"],
+        "--qa_file",
+        corpus["qa_file"],
+        "--top_k",
+        str(K),
+        "--output_file",
+        out,
+        "--index",
+        index,
+        "--index_device",
+        "cpu",
+        "--num_workers",
+        "1",
+    ] + (["--index_path", index_path] if index != "flat" else [])
     test_dpr.main(argv)
     records = read_results(out)
-    api = Retriever(corpus["model"], corpus["emb_dir"], corpus["tsv"], index, index_path if index != "flat" else None, "cpu")
+    api = Retriever(
+        corpus["model"],
+        corpus["emb_dir"],
+        corpus["tsv"],
+        index,
+        index_path if index != "flat" else None,
+        "cpu",
+    )
     if index != "flat":
         assert f"loaded from {index_path}" in api.index_name  # the index test_dpr.py saved
     results = api.search(QUESTIONS, K)
@@ -107,23 +157,43 @@ def test_api_returns_test_dpr_ids_and_scores(corpus, index):
         assert [p["id"] for p in got] == [int(c["id"]) for c in rec["ctxs"]]
         assert [np.float32(p["score"]) for p in got] == [np.float32(c["score"]) for c in rec["ctxs"]]
         assert [(p["title"], p["text"]) for p in got] == [(c["title"], c["text"]) for c in rec["ctxs"]]
-    assert_top_k(results, corpus, *reference(corpus, QUESTIONS, K), K)  # 60 passages, efSearch 256: HNSW is exact here
+    assert_top_k(
+        results, corpus, *reference(corpus, QUESTIONS, K), K
+    )  # 60 passages, efSearch 256: HNSW is exact here
 
 
 def test_command_line_prints_top_k(corpus, retriever, capsys):
-    search_dpr.main(["--embedding_dir", corpus["emb_dir"], "--pretrained_model_path", corpus["model"], "--wikipedia_path",
-                     corpus["tsv"], "--index_device", "cpu", "--top_k", "3", QUESTIONS[0], QUESTIONS[1]])
+    search_dpr.main(
+        [
+            "--embedding_dir",
+            corpus["emb_dir"],
+            "--pretrained_model_path",
+            corpus["model"],
+            "--wikipedia_path",
+            corpus["tsv"],
+            "--index_device",
+            "cpu",
+            "--top_k",
+            "3",
+            QUESTIONS[0],
+            QUESTIONS[1],
+        ]
+    )
     out = capsys.readouterr().out
     for question, passages in zip(QUESTIONS[:2], retriever.search(QUESTIONS[:2], 3)):
         block = out.split(question + "\n", 1)[1]
         lines = [line for line in block.splitlines() if re.match(r" +\d+\. ", line)][:3]
-        assert lines == [f"{r:3d}. {p['title']}  (score {p['score']:.2f}, id {p['id']})" for r, p in enumerate(passages, 1)]
+        assert lines == [
+            f"{r:3d}. {p['title']}  (score {p['score']:.2f}, id {p['id']})" for r, p in enumerate(passages, 1)
+        ]
     assert out.count("4. ") == 0
 
 
 def test_command_line_error_is_one_line(corpus, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        search_dpr.main(["--embedding_dir", str(tmp_path), "--pretrained_model_path", corpus["model"], "what"])
+        search_dpr.main(
+            ["--embedding_dir", str(tmp_path), "--pretrained_model_path", corpus["model"], "what"]
+        )
     assert str(exc.value.code).startswith("error: ") and "meta.json" in str(exc.value.code)
 
 
@@ -161,7 +231,9 @@ def test_batcher_answers_waiting_questions_as_one_batch():
     threads = [threading.Thread(target=ask, args=(f"t{i}", [f"a{i}", f"b{i}"], i + 1)) for i in range(5)]
     for t in threads:
         t.start()
-    while batcher.jobs.qsize() < 5 and time.monotonic() < deadline:  # all five wait behind the blocked first batch
+    while (
+        batcher.jobs.qsize() < 5 and time.monotonic() < deadline
+    ):  # all five wait behind the blocked first batch
         time.sleep(0.01)
     fake.release.set()
     for t in [first] + threads:
@@ -282,6 +354,7 @@ def test_search_health_and_page(server, retriever, corpus):
     status, page, resp = request(server, "GET", "/")
     assert status == 200 and resp.getheader("Content-Type").startswith("text/html") and "fetch(" in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no external assets
+    assert retriever.search([], 3) == []
 
 
 def test_eight_clients_at_once_get_correct_answers(server, retriever, corpus):
@@ -345,15 +418,32 @@ def test_page_shows_the_top_passage_in_chromium(tmp_path):
     thread.start()
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}/?" + urllib.parse.urlencode({"q": question, "k": 5})
-        proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-                               "--virtual-time-budget=20000", "--dump-dom", url], capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     finally:
         srv.shutdown()
         srv.server_close()
         thread.join(30)
     dom = proc.stdout
-    assert proc.returncode == 0 and "<ol id=\"results\">" in dom, proc.stderr[-2000:]
-    first = re.search(r'<li>.*?<span class="rank">1\.</span>(.*?)</span>.*?<p class="text">(.*?)</p>', dom, re.S)
+    assert proc.returncode == 0 and '<ol id="results">' in dom, proc.stderr[-2000:]
+    first = re.search(
+        r'<li>.*?<span class="rank">1\.</span>(.*?)</span>.*?<p class="text">(.*?)</p>', dom, re.S
+    )
     assert first, dom[-3000:]
-    assert first.group(1) == html.escape(top["title"], quote=False) and first.group(2) == html.escape(top["text"], quote=False)
+    assert first.group(1) == html.escape(top["title"], quote=False) and first.group(2) == html.escape(
+        top["text"], quote=False
+    )
     assert "5 passages in" in dom and dom.count("<li>") == 5

@@ -3,12 +3,13 @@ passage file, loaded once; search() returns each question's top-k passages, best
 retrieves through this class too, so what it answers is what the evaluation measured.
 
     from utils.retriever import Retriever
-    retriever = Retriever("outputs/demo/train/best/query_encoder", "outputs/demo/emb_trained", "data/sample/psgs.tsv")
-    retriever.search(["who painted the crimson garden"], k=5)  # [[{"id", "title", "text", "score"}, ...]]
+    retriever = Retriever("outputs/demo/train/best/query_encoder", "outputs/demo/emb_trained", "psgs.tsv")
+    retriever.search(["what prize did osric peloff win"], k=5)  # [[{"id", "title", "text", "score"}, ...]]
 
 Batcher answers many threads at once (search_dpr.py --serve): the questions waiting together go through
 the encoder as one batch and the index as one search.
 """
+
 import os
 import queue
 import threading
@@ -25,6 +26,11 @@ from utils.index import open_index
 from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
 
 MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches pad only to their longest
+# Retriever's arguments in order, as test_dpr.py and search_dpr.py name their options
+CLI_OPTIONS = (
+    "pretrained_model_path embedding_dir wikipedia_path index index_path index_device nprobe ef_search"
+)
+CLI_OPTIONS = CLI_OPTIONS.split() + ["batch_size"]
 
 
 def encode_questions(model, tokenizer, pooling, questions, batch_size, device, progress=False):
@@ -33,60 +39,92 @@ def encode_questions(model, tokenizer, pooling, questions, batch_size, device, p
     keeps results byte-identical to earlier nanoDPR versions."""
     ids = tokenize_questions(tokenizer, questions, MAX_LENGTH)  # normalizes as DPR does
     order = np.argsort([len(x) for x in ids], kind="stable")
-    batches = [(torch.from_numpy(rows), pad_batch([ids[i] for i in rows], tokenizer.pad_token_id))
-               for rows in (order[i : i + batch_size] for i in range(0, len(order), batch_size))][::-1]
+    batches = [
+        (torch.from_numpy(rows), pad_batch([ids[i] for i in rows], tokenizer.pad_token_id))
+        for rows in (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+    ][::-1]
     batches = tqdm(batches, desc="encode questions") if progress else batches
     return encode_batches(model, pooling, batches, len(ids), device)
 
 
 class Retriever:
     """Question encoder + index + passages. index: "flat" (exact, DPR's), or a faiss index_factory string
-    built once and reused through index_path, as test_dpr.py's --index, --index_path, --nprobe, --ef_search."""
+    built once and reused through index_path: test_dpr.py's --index, --index_path, --nprobe, --ef_search."""
 
-    def __init__(self, model_path, embedding_dir, passages_path, index="flat", index_path=None, index_device="auto",
-                 nprobe=64, ef_search=256, batch_size=128):
+    def __init__(
+        self,
+        model_path,
+        embedding_dir,
+        passages_path,
+        index="flat",
+        index_path=None,
+        index_device="auto",
+        nprobe=64,
+        ef_search=256,
+        batch_size=128,
+    ):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model_path, self.embedding_dir, self.spec, self.nprobe = model_path, embedding_dir, index, nprobe
         self.batch_size, meta = batch_size, read_meta(embedding_dir)
         size = (meta.get("source") or {}).get("size")
         if size is not None and os.path.isfile(passages_path) and os.path.getsize(passages_path) != size:
-            print(f"warning: {passages_path} has {os.path.getsize(passages_path)} bytes, but the embeddings "
-                  f"were made from a {size}-byte file ({meta['source'].get('path')})")
+            print(
+                f"warning: {passages_path} has {os.path.getsize(passages_path)} bytes, but the embeddings "
+                f"were made from a {size}-byte file ({meta['source'].get('path')})"
+            )
         self.model, self.tokenizer, self.pooling = load_encoder(model_path, "question")
         self.model.to(self.device)
         self.ids, emb = load_embeddings(embedding_dir, mmap=True)
         self.dim, self.emb_dtype = emb.shape[1], emb.dtype
-        self.index, self.index_name = open_index(index, emb, index_device, embedding_dir, meta, index_path, nprobe, ef_search)
+        self.index, self.index_name = open_index(
+            index, emb, index_device, embedding_dir, meta, index_path, nprobe, ef_search
+        )
         offsets = os.path.join(embedding_dir, "passages.offsets.npz")
         if not os.path.exists(offsets):
             print(f"indexing passage offsets of {passages_path} into {offsets} (one pass, once)")
         self.store = PassageStore(passages_path, offsets)
+
+    @classmethod
+    def from_args(cls, a):
+        """From test_dpr.py's (and search_dpr.py's) command-line options."""
+        return cls(*(getattr(a, name) for name in CLI_OPTIONS))
 
     def __len__(self):
         return len(self.ids)
 
     def encode(self, questions, progress=False):
         """(len(questions), dim) float32 question vectors."""
-        q = encode_questions(self.model, self.tokenizer, self.pooling, questions, self.batch_size, self.device, progress)
+        q = encode_questions(
+            self.model, self.tokenizer, self.pooling, questions, self.batch_size, self.device, progress
+        )
         if q.shape[1] != self.dim:
-            raise DataError(f"{self.embedding_dir}: passage embeddings are {self.dim}-d, but the question encoder "
-                            f"{self.model_path} gives {q.shape[1]}-d vectors (embed the passages with the matching passage encoder)")
+            raise DataError(
+                f"{self.embedding_dir}: passage embeddings are {self.dim}-d, but the question encoder "
+                f"{self.model_path} gives {q.shape[1]}-d vectors (embed the passages with the matching "
+                "passage encoder)"
+            )
         return q
 
     def search_vectors(self, q, k):
         """(scores (n, k) float32, passage ids (n, k) int64), best first."""
         scores, rows = self.index.search(q, k)
         if (rows < 0).any():  # an IVF index whose probed lists hold fewer than k passages
-            raise ConfigError(f"--index {self.spec}: fewer than {k} passages found for {int((rows < 0).any(1).sum())} "
-                              f"questions; raise --nprobe (now {self.nprobe})")
+            raise ConfigError(
+                f"--index {self.spec}: fewer than {k} passages found for {int((rows < 0).any(1).sum())} "
+                f"questions; raise --nprobe (now {self.nprobe})"
+            )
         return scores, self.ids[rows]
 
     def search(self, questions, k=10):
         """Per question, its top-k passages best first: [{"id", "title", "text", "score"}]."""
+        if not questions:  # the tokenizer fails on an empty list
+            return []
         scores, ids = self.search_vectors(self.encode(questions), min(k, len(self)))
-        passages = {pid: (text, title) for pid, text, title in self.store.get_passages(np.unique(ids))}
-        return [[{"id": pid, "title": passages[pid][1], "text": passages[pid][0], "score": float(score)}
-                 for pid, score in zip(row_ids, row_scores)] for row_ids, row_scores in zip(ids.tolist(), scores)]
+        rows = self.store.get_passages(np.unique(ids))
+        found = {pid: {"id": pid, "title": title, "text": text} for pid, text, title in rows}
+        return [
+            [{**found[p], "score": float(s)} for p, s in zip(r, sc)] for r, sc in zip(ids.tolist(), scores)
+        ]
 
 
 class Batcher:
@@ -117,10 +155,11 @@ class Batcher:
                 except queue.Empty:
                     break
                 size += len(jobs[-1]["questions"])
-            try:  # top-max(k) for all; each request keeps its own first k
-                results = self.retriever.search([q for job in jobs for q in job["questions"]], max(job["k"] for job in jobs))
-                for job in jobs:
-                    job["results"], results = [r[: job["k"]] for r in results[: len(job["questions"])]], results[len(job["questions"]) :]
+            try:
+                questions = [q for job in jobs for q in job["questions"]]
+                results = iter(self.retriever.search(questions, max(job["k"] for job in jobs)))
+                for job in jobs:  # each request keeps its own first k of the top max(k)
+                    job["results"] = [next(results)[: job["k"]] for _ in job["questions"]]
             except Exception as e:  # noqa: BLE001 -- handed to the waiting callers; the worker keeps serving
                 for job in jobs:
                     job["error"] = e
