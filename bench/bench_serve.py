@@ -143,6 +143,15 @@ def run_clients(port, questions, clients, requests, k):
     return time.perf_counter() - start, np.array(times)
 
 
+def batches(port):
+    """(batches, questions) the server has answered so far (GET /health)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/health")
+    health = json.loads(conn.getresponse().read())
+    conn.close()
+    return health["batches"], health["questions"]
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) / 1024
@@ -168,7 +177,9 @@ def main():
             run_clients(port, questions, 1, 10, args.k)  # warm up
             for clients in args.clients:
                 load = os.getloadavg()[0]
+                before = batches(port)
                 wall, times = run_clients(port, questions, clients, args.requests, args.k)
+                (b, q), (b0, q0) = batches(port), before
                 rows.append(
                     {
                         **base,
@@ -178,6 +189,7 @@ def main():
                         "questions_per_s": round(args.requests / wall, 1),
                         "p50_ms": round(1000 * np.percentile(times, 50), 1),
                         "p99_ms": round(1000 * np.percentile(times, 99), 1),
+                        "mean_batch": round((q - q0) / (b - b0), 2),
                         "load_avg": [round(load, 1), round(os.getloadavg()[0], 1)],
                     }
                 )
@@ -206,7 +218,8 @@ def main():
     if args.json:
         with open(args.json, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-    print("\n| server | clients | questions/s | p50 (ms) | p99 (ms) | load avg |\n|:--|--:|--:|--:|--:|--:|")
+    print("\n| server | clients | questions/s | p50 (ms) | p99 (ms) | questions per batch | load avg |")
+    print("|:--|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         name = "one at a time" if r["max_batch"] == 1 else f"micro-batching ({r['max_batch']})"
         load = r["load_avg"][0]
@@ -215,9 +228,9 @@ def main():
             name += (
                 f", {r['requests']} requests: RSS {rss[0]} -> {rss[-1]} MiB (min {min(rss)}, max {max(rss)})"
             )
-            print(f"| {name} | 8 | {r['questions_per_s']} | - | - | {load} |")
+            print(f"| {name} | 8 | {r['questions_per_s']} | - | - | - | {load} |")
         else:
-            speed = f"{r['questions_per_s']} | {r['p50_ms']} | {r['p99_ms']}"
+            speed = f"{r['questions_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['mean_batch']}"
             print(f"| {name} | {r['clients']} | {speed} | {load} |")
 
 

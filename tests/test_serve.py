@@ -204,6 +204,8 @@ def test_command_line_error_is_one_line(corpus, tmp_path):
 class BlockingRetriever:
     """Records each batch; the first search blocks until released. A question "fail" raises."""
 
+    dim = 8
+
     def __init__(self):
         self.batches, self.release = [], threading.Event()
 

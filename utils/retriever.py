@@ -22,7 +22,7 @@ from tqdm import tqdm
 from utils.data import PassageStore
 from utils.embeddings import load_embeddings, read_meta
 from utils.errors import ConfigError, DataError
-from utils.index import open_index
+from utils.index import _import_faiss, open_index
 from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
 
 MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches pad only to their longest
@@ -135,6 +135,10 @@ class Batcher:
     def __init__(self, retriever, max_batch=32, max_wait=0.002):
         self.retriever, self.max_batch, self.max_wait = retriever, max_batch, max_wait
         self.jobs, self.batches, self.questions = queue.Queue(), 0, 0
+        # faiss 1.15's flat search reads the corpus once per question while questions x dim < this threshold
+        # (128,000), once per batch above (one BLAS product): from 2 questions on, a batch then costs about one
+        # question's search (docs/benchmarks.md); a lone question keeps the faster per-question scan
+        _import_faiss().cvar.distance_compute_blas_threshold = retriever.dim + 1
         threading.Thread(target=self._work, daemon=True, name="batcher").start()
 
     def search(self, questions, k=10):
