@@ -1,13 +1,7 @@
-"""Ask a DPR retriever questions: the question encoder, the passage embeddings, an index over them and the
-passage file, loaded once; search() returns each question's top-k passages, best first. test_dpr.py
-retrieves through this class too, so what it answers is what the evaluation measured.
-
-    from utils.retriever import Retriever
-    retriever = Retriever("outputs/demo/train/best/query_encoder", "outputs/demo/emb_trained", "psgs.tsv")
-    retriever.search(["what prize did osric peloff win"], k=5)  # [[{"id", "title", "text", "score"}, ...]]
-
-Batcher answers many threads at once (search_dpr.py --serve): the questions waiting together go through
-the encoder as one batch and the index as one search.
+"""Ask a DPR retriever questions (docs/serving.md): Retriever loads the question encoder, the passage
+embeddings, an index over them and the passage file once; search() returns each question's top-k passages.
+test_dpr.py retrieves through it too, so what it answers is what the evaluation measured. Batcher answers
+many threads at once (search_dpr.py --serve): the questions waiting together make one batch and one search.
 """
 
 import os
@@ -27,10 +21,8 @@ from utils.models import encode_batches, load_encoder, pad_batch, tokenize_quest
 
 MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches pad only to their longest
 # Retriever's arguments in order, as test_dpr.py and search_dpr.py name their options
-CLI_OPTIONS = (
-    "pretrained_model_path embedding_dir wikipedia_path index index_path index_device nprobe ef_search"
-)
-CLI_OPTIONS = CLI_OPTIONS.split() + ["batch_size"]
+CLI_OPTIONS = "pretrained_model_path embedding_dir wikipedia_path index index_path index_device".split()
+CLI_OPTIONS += ["nprobe", "ef_search", "batch_size"]
 
 
 def encode_questions(model, tokenizer, pooling, questions, batch_size, device, progress=False):
@@ -135,9 +127,8 @@ class Batcher:
     def __init__(self, retriever, max_batch=32, max_wait=0.002):
         self.retriever, self.max_batch, self.max_wait = retriever, max_batch, max_wait
         self.jobs, self.batches, self.questions = queue.Queue(), 0, 0
-        # faiss 1.15's flat search reads the corpus once per question while questions x dim < this threshold
-        # (128,000), once per batch above (one BLAS product): from 2 questions on, a batch then costs about one
-        # question's search (docs/benchmarks.md); a lone question keeps the faster per-question scan
+        # faiss 1.15's flat search reads the corpus once per question while questions x dim < this (128,000),
+        # once per batch above: a batch of 2 or more then costs one pass; a lone question keeps the fast scan
         _import_faiss().cvar.distance_compute_blas_threshold = retriever.dim + 1
         threading.Thread(target=self._work, daemon=True, name="batcher").start()
 
