@@ -17,17 +17,13 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from utils.data import PassageStore, atomic_write, normalize_question, read_qas, write_results, write_run
-from utils.embeddings import load_embeddings, read_meta
-from utils.errors import ConfigError, DataError, NanoDPRError
-from utils.index import open_index
-from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
+from utils.data import atomic_write, normalize_question, read_qas, write_results, write_run
+from utils.errors import NanoDPRError
 from utils.qa import score_passages, top_k_accuracy
+from utils.retriever import Retriever
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)
-MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches pad only to their longest
 
 
 def parse_args(argv=None):
@@ -58,17 +54,6 @@ def parse_args(argv=None):
         p.error("--index_path saves a faiss index_factory index; --index flat searches the embeddings as they are "
                 "(--index Flat builds a faiss IndexFlatIP that can be saved)")
     return args
-
-
-def encode_questions(model, tokenizer, pooling, questions, batch_size, device):
-    """(num_questions, dim) float32, batched by length. The batches are cut from the shortest question up
-    and run longest first: the batch composition fixes the last float digits of the scores, and this one
-    keeps results byte-identical to earlier nanoDPR versions."""
-    ids = tokenize_questions(tokenizer, questions, MAX_LENGTH)  # normalizes as DPR does
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    batches = [(torch.from_numpy(rows), pad_batch([ids[i] for i in rows], tokenizer.pad_token_id))
-               for rows in (order[i : i + batch_size] for i in range(0, len(order), batch_size))][::-1]
-    return encode_batches(model, pooling, tqdm(batches, desc="encode questions"), len(ids), device)
 
 
 def fetch_and_score(store, ids, answers, match, num_workers):
@@ -131,48 +116,26 @@ def run(args):
         timings[name] = time.perf_counter() - tick[-1]
         tick.append(time.perf_counter())
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     qas = read_qas(args.qa_file)
     questions, answers = [normalize_question(q) for q, _ in qas], [a for _, a in qas]
-    meta = read_meta(args.embedding_dir)
-    source_size = (meta.get("source") or {}).get("size")
-    if source_size is not None and os.path.isfile(args.wikipedia_path) and os.path.getsize(args.wikipedia_path) != source_size:
-        print(f"warning: {args.wikipedia_path} has {os.path.getsize(args.wikipedia_path)} bytes, but the embeddings "
-              f"were made from a {source_size}-byte file ({meta['source'].get('path')})")
-    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question")
-    model.to(device)
-    print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
-    lap("load questions + encoder")
-
-    q = encode_questions(model, tokenizer, pooling, questions, args.batch_size, device)
-    if q.shape[1] != meta["dim"]:
-        raise DataError(f"{args.embedding_dir}: passage embeddings are {meta['dim']}-d, but the question encoder "
-                        f"{args.pretrained_model_path} gives {q.shape[1]}-d vectors (embed the passages with the matching passage encoder)")
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # hand the encoder's memory back for the index
-    lap("encode questions")
-
-    ids, emb = load_embeddings(args.embedding_dir, mmap=True)
-    k = min(args.top_k, len(ids))
+    # the search API's retrieval path (utils/retriever.py): the evaluation measures what search_dpr.py answers
+    retriever = Retriever.from_args(args)
+    print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} "
+          f"({retriever.pooling} pooling) on {retriever.device}")
+    k = min(args.top_k, len(retriever))
     if k < args.top_k:
-        print(f"only {len(ids)} passages in {args.embedding_dir}: retrieving top {k}")
-    index, name = open_index(args.index, emb, args.index_device, args.embedding_dir, meta, args.index_path, args.nprobe, args.ef_search)
-    print(f"index: {len(ids):,} passages x {emb.shape[1]} ({emb.dtype} on disk), {name}")
-    lap("load + build index")
+        print(f"only {len(retriever)} passages in {args.embedding_dir}: retrieving top {k}")
+    index = f"{retriever.dim} ({retriever.emb_dtype} on disk), {retriever.index_name}"
+    print(f"index: {len(retriever):,} passages x {index}")
+    lap("load questions, encoder + index")
 
-    scores, rows = index.search(q, k)
-    del index, emb
-    if (rows < 0).any():  # an IVF index whose probed lists hold fewer than k passages
-        raise ConfigError(f"--index {args.index}: fewer than {k} passages found for {int((rows < 0).any(1).sum())} "
-                          f"questions; raise --nprobe (now {args.nprobe})")
-    retrieved = ids[rows]
+    q = retriever.encode(questions, progress=True)
+    lap("encode questions")
+    scores, retrieved = retriever.search_vectors(q, k)
+    store = retriever.store
+    del retriever  # the index's memory goes back before the answer-matching workers start
     lap("search")
 
-    offsets = os.path.join(args.embedding_dir, "passages.offsets.npz")
-    if not os.path.exists(offsets):
-        print(f"indexing passage offsets of {args.wikipedia_path} into {offsets} (one pass, once)")
-    store = PassageStore(args.wikipedia_path, offsets)
     passages, hits = fetch_and_score(store, retrieved, answers, args.match, args.num_workers)
     curve = top_k_accuracy(hits, range(1, k + 1))
     lap("fetch + score")
