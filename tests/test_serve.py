@@ -22,7 +22,7 @@ from transformers import BertModel, BertTokenizerFast
 import search_dpr
 import test_dpr
 from conftest import ROOT, make_tiny_bert, write_passages_tsv
-from utils.data import read_results
+from utils.formats import read_results
 from utils.embeddings import shard_paths, write_meta
 from utils.retriever import Batcher, Retriever
 
