@@ -25,6 +25,7 @@ from conftest import ROOT, make_tiny_bert, write_passages_tsv
 from utils.formats import read_results
 from utils.embeddings import shard_paths, write_meta
 from utils.retriever import Batcher, Retriever
+from utils.models import encoder_identity, load_encoder
 
 WORDS = ["river", "city", "king", "the", "of", "and", "stone", "bridge", "tower", "field", "road", "hill"]
 QUESTIONS = [
@@ -33,8 +34,9 @@ QUESTIONS = [
 K = 10
 
 
-def write_embedding_dir(out_dir, ids, emb, tsv):
-    """One shard in utils/embeddings.py's layout, written directly (independent of doc2embedding.py)."""
+def write_embedding_dir(out_dir, ids, emb, tsv, model):
+    """One shard in utils/embeddings.py's layout, written directly (independent of doc2embedding.py). The
+    vectors are random; meta.json names `model` as their encoder, so it serves as the question encoder."""
     os.makedirs(out_dir, exist_ok=True)
     emb_path, ids_path = shard_paths(out_dir, 0)
     np.save(emb_path, emb)
@@ -52,6 +54,7 @@ def write_embedding_dir(out_dir, ids, emb, tsv):
             "num_shards": 1,
             "shard_counts": [len(ids)],
             "source": {"path": tsv, "size": os.path.getsize(tsv)},
+            "encoder": encoder_identity(load_encoder(model, "question")[0], model),
         },
     )
     return out_dir
@@ -66,8 +69,8 @@ def corpus(tmp_path_factory):
     qa_file = tmp / "qa.csv"
     qa_file.write_text("".join(f"{q}\t['paris']\n" for q in QUESTIONS))
     emb = rng.standard_normal((len(rows), 32)).astype(np.float16)
-    emb_dir = write_embedding_dir(str(tmp / "emb"), [r[0] for r in rows], emb, tsv)
     model = make_tiny_bert(str(tmp / "question_encoder"), role="question")
+    emb_dir = write_embedding_dir(str(tmp / "emb"), [r[0] for r in rows], emb, tsv, model)
     return dict(tmp=tmp, rows=rows, tsv=tsv, qa_file=str(qa_file), emb=emb, emb_dir=emb_dir, model=model)
 
 
@@ -192,7 +195,8 @@ def test_command_line_prints_top_k(corpus, retriever, capsys):
 def test_command_line_error_is_one_line(corpus, tmp_path):
     with pytest.raises(SystemExit) as exc:
         search_dpr.main(
-            ["--embedding_dir", str(tmp_path), "--pretrained_model_path", corpus["model"], "what"]
+            ["--embedding_dir", str(tmp_path), "--pretrained_model_path", corpus["model"], "--wikipedia_path",
+             corpus["tsv"], "what"]
         )
     assert str(exc.value.code).startswith("error: ") and "meta.json" in str(exc.value.code)
 
@@ -409,8 +413,8 @@ def test_page_shows_the_top_passage_in_chromium(tmp_path):
     with open(tsv, encoding="utf-8") as f:
         ids = [int(line.split("\t", 1)[0]) for line in list(f)[1:]]
     emb = np.random.default_rng(2).standard_normal((len(ids), 32)).astype(np.float16)
-    emb_dir = write_embedding_dir(str(tmp_path / "emb"), ids, emb, tsv)
     model = make_tiny_bert(str(tmp_path / "question_encoder"), role="question")
+    emb_dir = write_embedding_dir(str(tmp_path / "emb"), ids, emb, tsv, model)
     retriever = Retriever(model, emb_dir, tsv, index_device="cpu")
     with open(os.path.join(ROOT, "data", "sample", "test.qa.csv"), encoding="utf-8") as f:
         question = f.readline().split("\t")[0]
