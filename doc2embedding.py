@@ -31,7 +31,7 @@ from utils.data import count_lines, passage_shard
 from utils.embeddings import (LoopClock, PassageWindows, check_run, chunk_path, committed_chunks, encode_defaults, finish_run,
                               flop_coefficients, read_meta, run_signature, start_run, write_chunk, write_shard)
 from utils.errors import DataError, EncoderError
-from utils.models import encode_batches, load_encoder, pad_batch, tokenize_passages
+from utils.models import add_pooling_args, encode_batches, load_encoder, pad_batch, tokenize_passages
 
 try:  # glibc: hand freed heap pages back to the OS once per window (see the loop)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
@@ -60,6 +60,7 @@ def parse_args(argv=None):
                    help="tokenizing DataLoader workers per process (default on GPU: the CPU cores per GPU but two, at most 8; 1 on CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace the embeddings of a different run in output_dir")
     p.add_argument("--report_json", help="also write the end report's figures here (rank 0)")
+    add_pooling_args(p)
     args = p.parse_args(argv)
     for name in ("max_length", "batch_size", "max_tokens_per_batch", "limit", "window"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -71,7 +72,8 @@ def load(args, state):
     """The passage file and the model are checked before anything is written; then the run dir is claimed
     (or found finished: returns None) and this process's rows are located, after its committed chunks."""
     start, end, line_no, count = passage_shard(args.wikipedia_path, state.process_index, state.num_processes, args.limit)
-    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage")
+    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage", pooling=args.pooling,
+                                             similarity=args.similarity)
     defaults = encode_defaults(state.device)
     args.compute_dtype = args.compute_dtype or defaults["compute_dtype"]
     args.num_workers = defaults["num_workers"] if args.num_workers is None else args.num_workers
@@ -82,7 +84,8 @@ def load(args, state):
         args.max_tokens_per_batch = defaults["max_tokens_per_batch"]
 
     keys = ("max_length", "dtype", "compute_dtype", "limit", "window", "batch_size", "max_tokens_per_batch")
-    signature = run_signature(args.pretrained_model_path, args.wikipedia_path, state.num_processes, {k: getattr(args, k) for k in keys})
+    settings = {**{k: getattr(args, k) for k in keys}, "pooling": pooling}  # the encoder's own or the flags'
+    signature = run_signature(args.pretrained_model_path, args.wikipedia_path, state.num_processes, settings)
     os.makedirs(args.output_dir, exist_ok=True)
     if check_run(args.output_dir, signature, args.overwrite, state.is_main_process):
         n = read_meta(args.output_dir)["num_passages"]

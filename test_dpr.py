@@ -23,7 +23,7 @@ from utils.data import PassageStore, atomic_write, normalize_question, read_qas,
 from utils.embeddings import load_embeddings, read_meta
 from utils.errors import ConfigError, DataError, NanoDPRError
 from utils.index import open_index
-from utils.models import encode_batches, load_encoder, pad_batch, tokenize_questions
+from utils.models import add_pooling_args, encode_batches, load_encoder, pad_batch, tokenize_questions
 from utils.qa import score_passages, top_k_accuracy
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)
@@ -51,6 +51,7 @@ def parse_args(argv=None):
                    help="auto: gpu when CUDA is available (for a factory --index: when faiss has GPU support)")
     p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
     p.add_argument("--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)")
+    add_pooling_args(p)
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error("--top_k must be at least 1")
@@ -139,7 +140,11 @@ def run(args):
     if source_size is not None and os.path.isfile(args.wikipedia_path) and os.path.getsize(args.wikipedia_path) != source_size:
         print(f"warning: {args.wikipedia_path} has {os.path.getsize(args.wikipedia_path)} bytes, but the embeddings "
               f"were made from a {source_size}-byte file ({meta['source'].get('path')})")
-    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question")
+    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question", pooling=args.pooling,
+                                             similarity=args.similarity)
+    if pooling != meta.get("pooling", pooling):  # cosine questions against inner-product passages rank wrongly
+        raise ConfigError(f"{args.embedding_dir}: passages pooled {meta['pooling']}, question encoder {pooling}: "
+                          "pool both alike (--pooling/--similarity on both scripts)")
     model.to(device)
     print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
     lap("load questions + encoder")

@@ -1,5 +1,5 @@
-"""DPR's bi-encoder: question and passage towers (two BERTs, [CLS] vectors, dot-product scores), the NLL of each
-question's positive among all passages of the global batch, one training step (optionally with a gradient
+"""DPR's bi-encoder: question and passage towers (two BERTs, [CLS] vectors, dot-product scores; or the base model's
+own pooling and cosine), the NLL of each question's positive among all passages of the global batch, one training step (optionally with a gradient
 cache), DPR's optimizer groups and learning-rate schedule, and DPR's validation (NLL and average rank).
 """
 import contextlib
@@ -13,33 +13,37 @@ from torch import nn
 
 from utils.checkpoint import TOWER_DIRS, rng_state, set_rng_state
 from utils.errors import ConfigError, EncoderError
-from utils.models import embed, load_encoder, padded_batches, tokenize_passages, tokenize_questions
+from utils.models import NORM, embed, load_encoder, padded_batches, tokenize_passages, tokenize_questions
 
 
 class BiEncoder(nn.Module):
-    """DPR's "single" bi-encoder: two separate BERTs; a text's vector is the last layer's [CLS] state."""
+    """DPR's "single" bi-encoder: two separate BERTs; a text's vector is the last layer's [CLS] state (or another
+    models.embed pooling). scale: None for DPR's inner product; else scores are scale x cosine (see nll_loss)."""
 
-    def __init__(self, question_model, passage_model):
+    def __init__(self, question_model, passage_model, pooling="cls", scale=None):
         super().__init__()
-        self.question_model, self.passage_model = question_model, passage_model
+        self.question_model, self.passage_model, self.pooling, self.scale = question_model, passage_model, pooling, scale
 
     def forward(self, chunk):
         """(question vectors, passage vectors) for a train_data.make_chunk input."""
-        passages = torch.cat([embed(self.passage_model, "cls", group) for group in chunk["passages"]])
-        return embed(self.question_model, "cls", chunk["question"]), passages[chunk["passage_order"]]
+        passages = torch.cat([embed(self.passage_model, self.pooling, group) for group in chunk["passages"]])
+        return embed(self.question_model, self.pooling, chunk["question"]), passages[chunk["passage_order"]]
 
 
-def load_biencoder(path, dropout):
+def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
     """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our checkpoint
-    dirs, with DPR's dropout. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
-    towers, tokenizers = {}, {}
+    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder), scale for cos.
+    BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
+    towers, tokenizers, poolings = {}, {}, set()
     for role, name in TOWER_DIRS.items():
         sub = os.path.join(path, name)
         with torch.random.fork_rng(devices=[]):  # a base without pooler weights gets a random one: keep the seed's draws
-            model, tokenizers[role], pooling = load_encoder(sub if os.path.isdir(sub) else path, role, pooler=True)
-        if pooling != "cls":
-            raise EncoderError(f"{path}: training needs a BERT-style encoder pooled at [CLS] (a BertModel dir, one of our "
-                               f"checkpoints or a DPR .cp file); this one loads as a Hugging Face DPR model ({pooling})")
+            model, tokenizers[role], own = load_encoder(sub if os.path.isdir(sub) else path, role, pooler=True,
+                                                        pooling=pooling, similarity=similarity)
+        if own.startswith("pooler_output"):
+            raise EncoderError(f"{path}: training needs a BERT-style encoder (a BertModel dir, one of our checkpoints or "
+                               f"a DPR .cp file); this one loads as a Hugging Face DPR model ({own})")
+        poolings.add(own)
         if getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)
         for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob"):  # DPR sets both (hf_bert.yaml dropout)
@@ -49,7 +53,10 @@ def load_biencoder(path, dropout):
             if isinstance(module, nn.Dropout):
                 module.p = dropout
         towers[role] = model.train()
-    return BiEncoder(towers["question"], towers["passage"]), tokenizers
+    if len(poolings) > 1:
+        raise EncoderError(f"{path}: its towers pool differently ({sorted(poolings)}); pass pooling and similarity")
+    own = poolings.pop()
+    return BiEncoder(towers["question"], towers["passage"], own, scale if own.endswith(NORM) else None), tokenizers
 
 
 def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
@@ -115,13 +122,21 @@ def gather_rows(x):
     return torch.cat(parts), sizes
 
 
-def nll_loss(questions, passages, positives):
-    """DPR's BiEncoderNllLoss: scores = q . p for every question-passage pair, mean over questions
-    of -log softmax(scores)[positive]. Every passage of the other questions is an in-batch negative."""
-    return F.cross_entropy(questions @ passages.T, positives)
+def scores(questions, passages, scale=None):
+    """DPR's q . p for every question-passage pair; with `scale` (similarity cos), scale x cos(q, p): the
+    temperature of sentence-transformers' MultipleNegativesRankingLoss (unit vectors alone give too flat a softmax)."""
+    if scale is None:
+        return questions @ passages.T
+    return scale * (F.normalize(questions, dim=-1) @ F.normalize(passages, dim=-1).T)
 
 
-def global_nll_loss(questions, passages, positives):
+def nll_loss(questions, passages, positives, scale=None):
+    """DPR's BiEncoderNllLoss: mean over questions of -log softmax(scores)[positive]. Every passage of the
+    other questions is an in-batch negative."""
+    return F.cross_entropy(scores(questions, passages, scale), positives)
+
+
+def global_nll_loss(questions, passages, positives, scale=None):
     """nll_loss over the global batch: every process computes the same value from all processes'
     vectors (DPR's _calc_loss), differentiable in its own slice."""
     all_questions, _ = gather_rows(questions)
@@ -130,7 +145,7 @@ def global_nll_loss(questions, passages, positives):
     if len(passage_counts) > 1:  # positives index each process's passages: shift them into the concatenation
         offsets = np.repeat(np.cumsum([0] + passage_counts[:-1]), len(positives))  # same question count everywhere
         all_positives = all_positives + torch.as_tensor(offsets, device=all_positives.device)
-    return nll_loss(all_questions, all_passages, all_positives)
+    return nll_loss(all_questions, all_passages, all_positives, scale)
 
 
 def no_sync(model, skip):
@@ -148,17 +163,17 @@ def forward_backward(model, batch, *, grad_cache, autocast, scaler, loss_weight,
     and the gradients equal the plain step's; memory holds one chunk's activations.
     `sync=False` keeps DDP from all-reducing (all but the last micro-batch of a step)."""
     chunks, positives = batch["chunks"], batch["positives"]
+    bare = model.module if hasattr(model, "module") else model  # no DDP hooks for the graph-free pass
     if not grad_cache:
         with no_sync(model, not sync):
             with autocast:
                 vectors = [model(chunk) for chunk in chunks]
             loss = global_nll_loss(torch.cat([q for q, _ in vectors]).float(), torch.cat([p for _, p in vectors]).float(),
-                                   positives)
+                                   positives, bare.scale)
             scaler.scale(loss * loss_weight).backward()
         return loss.detach()
 
     device = positives.device
-    bare = model.module if hasattr(model, "module") else model  # no DDP hooks for the graph-free pass
     chunk_rng, questions, passages = [], [], []
     with torch.no_grad(), autocast:
         for chunk in chunks:
@@ -168,7 +183,7 @@ def forward_backward(model, batch, *, grad_cache, autocast, scaler, loss_weight,
             passages.append(p.float())
     all_questions = torch.cat(questions).requires_grad_()
     all_passages = torch.cat(passages).requires_grad_()
-    loss = global_nll_loss(all_questions, all_passages, positives)
+    loss = global_nll_loss(all_questions, all_passages, positives, bare.scale)
     loss.backward()
     question_grads = all_questions.grad.split([len(q) for q in questions])
     passage_grads = all_passages.grad.split([len(p) for p in passages])
@@ -185,8 +200,8 @@ def forward_backward(model, batch, *, grad_cache, autocast, scaler, loss_weight,
 
 
 @torch.no_grad()
-def encode(tower, tokenizer, read, ids, cfg, autocast, device):
-    """[CLS] vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's (title, text)).
+def encode(tower, pooling, tokenizer, read, ids, cfg, autocast, device):
+    """Vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's (title, text)).
     DataLoader workers read and tokenize windows of texts; each is encoded in length-sorted batches."""
     window = 16 * cfg.eval_batch_size
 
@@ -202,7 +217,7 @@ def encode(tower, tokenizer, read, ids, cfg, autocast, device):
     for start, batches in loader:
         for rows, batch in batches:
             with autocast:
-                out[(start + rows).to(device)] = embed(tower, "cls", {k: v.to(device) for k, v in batch.items()}).float()
+                out[(start + rows).to(device)] = embed(tower, pooling, {k: v.to(device) for k, v in batch.items()}).float()
     return out
 
 
@@ -221,9 +236,9 @@ def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
     nll_lists = [dev.ctxs(i, cfg.num_hard_negatives, cfg.num_other_negatives) for i in range(n)]
     rank_lists = [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)] if with_rank else []
     unique = np.unique(np.concatenate(nll_lists + rank_lists))  # each distinct passage encoded once
-    question_vectors, _ = gather_rows(encode(model.question_model, tokenizers["question"], dev.question_text,
+    question_vectors, _ = gather_rows(encode(model.question_model, model.pooling, tokenizers["question"], dev.question_text,
                                              np.array_split(np.arange(n), world)[rank], cfg, autocast, device))
-    passage_vectors, _ = gather_rows(encode(model.passage_model, tokenizers["passage"], dev.passage,
+    passage_vectors, _ = gather_rows(encode(model.passage_model, model.pooling, tokenizers["passage"], dev.passage,
                                             np.array_split(unique, world)[rank], cfg, autocast, device))
 
     def pooled(lists):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
@@ -234,16 +249,16 @@ def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
     losses, correct, size = [], 0, cfg.train_batch_size
     for s in range(0, n, size):
         rows, positives = pooled(nll_lists[s: s + size])
-        scores = question_vectors[s: s + size] @ passage_vectors[rows].T
-        losses.append(F.cross_entropy(scores, positives).item())
-        correct += (scores.argmax(1) == positives).sum().item()
+        batch_scores = scores(question_vectors[s: s + size], passage_vectors[rows], model.scale)  # training's similarity
+        losses.append(F.cross_entropy(batch_scores, positives).item())
+        correct += (batch_scores.argmax(1) == positives).sum().item()
     metrics = {"dev_nll": float(np.mean(losses)), "dev_accuracy": correct / n}
     if with_rank:
         rows, positives = pooled(rank_lists)
         higher = 0
         for s in range(0, n, 64):
-            scores = (question_vectors[s: s + 64] @ passage_vectors.T)[:, rows]  # questions x pooled passages
-            higher += (scores > scores.gather(1, positives[s: s + 64, None])).sum().item()
+            pooled_scores = scores(question_vectors[s: s + 64], passage_vectors, model.scale)[:, rows]  # questions x pooled
+            higher += (pooled_scores > pooled_scores.gather(1, positives[s: s + 64, None])).sum().item()
         metrics["dev_avg_rank"] = higher / n
     model.train()
     return metrics

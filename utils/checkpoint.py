@@ -20,7 +20,7 @@ from utils.models import save_encoder
 TOWER_DIRS = {"question": "query_encoder", "passage": "doc_encoder"}
 # settings that make a resumed run a different run than the one interrupted
 RESUME_KEYS = ("train_file", "train_batch_size", "gradient_accumulation_steps", "seed", "num_hard_negatives",
-               "num_other_negatives", "max_length", "lr", "warmup_steps")
+               "num_other_negatives", "max_length", "lr", "warmup_steps", "pooling", "similarity", "scale")
 
 
 @dataclass
@@ -47,11 +47,11 @@ def set_rng_state(state, device):
 
 
 def save_encoders(model, tokenizers, out_dir, info):
-    """out_dir/{query_encoder,doc_encoder} (plain HF dirs with tokenizer and role) + trainer_state.json (info)."""
+    """out_dir/{query_encoder,doc_encoder} (plain HF dirs with tokenizer, role, pooling) + trainer_state.json (info)."""
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     for role, name in TOWER_DIRS.items():
-        save_encoder(getattr(model, f"{role}_model"), tokenizers[role], os.path.join(tmp, name), role)
+        save_encoder(getattr(model, f"{role}_model"), tokenizers[role], os.path.join(tmp, name), role, model.pooling)
     with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
         json.dump(info, f, indent=1)
     replace_dir(tmp, out_dir)

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoConfig, AutoModel, AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder
 from transformers.utils import logging as hf_logging
@@ -18,7 +19,8 @@ from utils.data import normalize_question
 from utils.errors import EncoderError
 
 ROLES = ("question", "passage")
-ROLE_FILE = "nanodpr.json"  # written next to our checkpoints: which tower and how to pool
+ROLE_FILE = "nanodpr.json"  # written next to our checkpoints: which tower, how to pool, which similarity
+NORM = "+normalize"  # pooling suffix of similarity cos: unit vectors, so inner product ranks by cosine
 DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
 
 
@@ -38,26 +40,24 @@ def quiet_transformers():
 
 
 @quiet_transformers()
-def load_encoder(path, role, tokenizer=None, pooler=False):
-    """(model, tokenizer, pooling) for `role` ('question' or 'passage'). pooling: "cls" (last hidden state at
-    [CLS], DPR's choice) or "pooler_output" (HF DPR models: CLS through their optional projection).
-    `tokenizer` (a name or dir) overrides the model's own. `pooler`: keep a BERT dir's pooler layer (random if
-    the dir has none), unused by DPR; training saves it so its dirs are complete BertModels."""
+def load_encoder(path, role, tokenizer=None, pooler=False, pooling=None, similarity=None):
+    """(model, tokenizer, pooling) for `role` ('question' or 'passage'). pooling, what embed() takes: "cls"
+    (last hidden state at [CLS], DPR's choice), "mean" (over real tokens) or "pooler_output" (HF DPR models:
+    CLS through their optional projection), + "+normalize" for similarity "cos". Both follow the model:
+    our dirs' nanodpr.json, a sentence-transformers dir's modules; else DPR's cls and dot. `pooling`
+    ("cls"/"mean") and `similarity` ("dot"/"cos") override it. `tokenizer` (a name or dir) overrides the
+    model's own. `pooler`: keep a BERT dir's pooler layer (random if the dir has none), unused by DPR;
+    training saves it so its dirs are complete BertModels."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if os.path.isfile(path):
         from utils.dpr_checkpoint import load_dpr_checkpoint_encoder  # it imports this module
 
-        return load_dpr_checkpoint_encoder(path, role, tokenizer)
-    saved = os.path.join(path, ROLE_FILE)
-    if os.path.isfile(saved):
-        try:
-            with open(saved) as f:
-                saved_role = json.load(f).get("role")
-        except ValueError as e:
-            raise EncoderError(f"{saved}: not valid JSON ({e})") from None
-        if saved_role != role:
-            raise EncoderError(f"{path} is a {saved_role} encoder, but a {role} encoder is needed")
+        model, tokenizer, own = load_dpr_checkpoint_encoder(path, role, tokenizer)
+        return model, tokenizer, _pooling(path, own, "dot", pooling, similarity)
+    saved = _read_json(os.path.join(path, ROLE_FILE))
+    if saved is not None and saved.get("role") != role:
+        raise EncoderError(f"{path} is a {saved.get('role')} encoder, but a {role} encoder is needed")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -67,14 +67,48 @@ def load_encoder(path, role, tokenizer=None, pooler=False):
         if arch != wanted.__name__:
             raise EncoderError(f"{path} is a {arch or 'DPR model of unknown kind'}, "
                                f"but the {role} role needs a {wanted.__name__}")
-        model, pooling = _from_pretrained(wanted, path, attn_implementation="sdpa"), "pooler_output"
+        model, own = _from_pretrained(wanted, path, attn_implementation="sdpa"), ("pooler_output", "dot")
     else:
-        model, pooling = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa"), "cls"
+        model = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa")
+        own = (saved.get("pooling", "cls"), saved.get("similarity", "dot")) if saved else _sentence_transformers(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
     except (OSError, ValueError) as e:
         raise EncoderError(f"{path}: cannot load tokenizer {tokenizer or path!r} ({e})") from None
-    return model.eval(), tokenizer, pooling
+    return model.eval(), tokenizer, _pooling(path, *own, pooling, similarity)
+
+
+def _read_json(path):
+    """The JSON object in `path`, None when there is no such file."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise EncoderError(f"{path}: not valid JSON ({e})") from None
+
+
+def _sentence_transformers(path):
+    """(pooling, similarity) of a sentence-transformers dir (modules.json: its Pooling module's mode, cos when a
+    Normalize module follows): the model is used as it was trained. Any other dir: DPR's (cls, dot)."""
+    modules = {m.get("type", "").rsplit(".", 1)[-1]: m for m in _read_json(os.path.join(path, "modules.json")) or []}
+    if "Pooling" not in modules:
+        return "cls", "dot"
+    where = os.path.join(path, modules["Pooling"].get("path", ""), "config.json")
+    modes = [k for k, v in (_read_json(where) or {}).items() if k.startswith("pooling_mode_") and v]
+    kind = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}.get(modes[0] if len(modes) == 1 else None)
+    if kind is None:
+        raise EncoderError(f"{where}: pooling modes {modes}; only one of cls_token and mean_tokens is supported")
+    return kind, "cos" if "Normalize" in modules else "dot"
+
+
+def _pooling(path, kind, similarity, kind_override, similarity_override):
+    """embed()'s pooling value from the model's own (kind, similarity) and the caller's overrides (None, "auto": none)."""
+    kind_override, similarity_override = (None if v == "auto" else v for v in (kind_override, similarity_override))
+    if kind_override and kind == "pooler_output":
+        raise EncoderError(f"{path} is a Hugging Face DPR model: it pools its pooler_output, not {kind_override}")
+    return (kind_override or kind) + (NORM if (similarity_override or similarity) == "cos" else "")
 
 
 def _from_pretrained(cls, path, **kwargs):
@@ -88,6 +122,13 @@ def _from_pretrained(cls, path, **kwargs):
         raise EncoderError(f"{path}: weights do not match the {type(model).__name__} config: missing {missing[:5]}, "
                            f"wrong shape {sorted(info.get('mismatched_keys') or [])[:5]}")
     return model
+
+
+def add_pooling_args(parser):
+    """--pooling and --similarity for the scripts that encode: override what the encoder's dir says."""
+    own = "default: the encoder's own (nanodpr.json, a sentence-transformers dir's modules; else DPR's"
+    parser.add_argument("--pooling", choices=["cls", "mean"], help=f"{own} cls)")
+    parser.add_argument("--similarity", choices=["dot", "cos"], help=f"{own} dot); cos: unit vectors")
 
 
 def tokenize_passages(tokenizer, titles, texts, max_length):
@@ -123,21 +164,32 @@ def pad_batch(ids, pad_token_id):
 
 
 def embed(model, pooling, batch):
-    """Embeddings for a padded batch (pad_batch): CLS of the last layer, or DPR's pooler_output."""
+    """Embeddings for a padded batch (pad_batch): CLS of the last layer, the mean over its real tokens (padding
+    excluded, as sentence-transformers), or DPR's pooler_output; unit length when pooling ends in "+normalize"."""
     out = model(**batch)
-    return out.pooler_output if pooling == "pooler_output" else out.last_hidden_state[:, 0]
+    kind = pooling.removesuffix(NORM)
+    if kind == "pooler_output":
+        x = out.pooler_output
+    elif kind == "mean":
+        h, mask = out.last_hidden_state, batch.get("attention_mask")  # no mask: the batch has no padding
+        mask = torch.ones(h.shape[:2], device=h.device) if mask is None else mask
+        x = (h * mask[..., None].to(h.dtype)).sum(1) / mask.sum(1, keepdim=True).to(h.dtype)
+    else:
+        x = out.last_hidden_state[:, 0]
+    return F.normalize(x, dim=-1) if pooling.endswith(NORM) else x
 
 
 @quiet_transformers()
-def save_encoder(model, tokenizer, out_dir, role, **extra):
+def save_encoder(model, tokenizer, out_dir, role, pooling="cls", **extra):
     """A plain HF dir (BertModel.from_pretrained works on it; DPRQuestionEncoder/DPRContextEncoder.from_pretrained
-    for HF DPR models) plus nanodpr.json naming role and pooling."""
+    for HF DPR models) plus nanodpr.json naming role, pooling and similarity (`pooling` as load_encoder's)."""
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    pooling = "pooler_output" if model.config.model_type == "dpr" else "cls"
+    kind = "pooler_output" if model.config.model_type == "dpr" else pooling.removesuffix(NORM)
+    similarity = "cos" if pooling.endswith(NORM) else "dot"
     with open(os.path.join(out_dir, ROLE_FILE), "w") as f:
-        json.dump({"role": role, "pooling": pooling, **extra}, f, indent=1)
+        json.dump({"role": role, "pooling": kind, "similarity": similarity, **extra}, f, indent=1)
 
 
 def length_batches(lengths, batch_size=None, max_tokens=None, exact_length=False):
