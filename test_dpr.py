@@ -142,9 +142,9 @@ def run(args):
               f"were made from a {source_size}-byte file ({meta['source'].get('path')})")
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question", pooling=args.pooling,
                                              similarity=args.similarity)
-    if pooling != meta.get("pooling", pooling):  # cosine questions against inner-product passages rank wrongly
-        raise ConfigError(f"{args.embedding_dir}: passages pooled {meta['pooling']}, question encoder {pooling}: "
-                          "pool both alike (--pooling/--similarity on both scripts)")
+    if pooling != meta.get("pooling", pooling):  # e.g. cosine questions against inner-product passages
+        raise ConfigError(f"{args.embedding_dir}: passages pooled {meta['pooling']}, question encoder "
+                          f"{pooling}: pool both alike (--pooling/--similarity on both scripts)")
     model.to(device)
     print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
     lap("load questions + encoder")

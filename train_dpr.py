@@ -61,9 +61,9 @@ class Config:
     train_file: Union[str, List[str]] = opt(DOWNLOADS + "nq-train.json", "biencoder JSON, or a list (a batch never mixes files)")
     dev_file: Optional[str] = opt(DOWNLOADS + "nq-dev.json", "biencoder JSON for validation; null: none, no best/")
     base_model: str = opt("bert-base-uncased", "both towers start from it (BERT dir, hub name, DPR .cp, our checkpoint)")  # [enc]
-    pooling: Literal["auto", "cls", "mean"] = opt("auto", "auto: base_model's own, else DPR's cls")  # fine-tune a model as trained
-    similarity: Literal["auto", "dot", "cos"] = opt("auto", "auto: base_model's own, else DPR's dot")  # e.g. MiniLM: mean, cos
-    scale: float = opt(20.0, "similarity cos: scores = scale x cosine", 0.0)  # sentence-transformers' MultipleNegativesRankingLoss
+    pooling: Literal["auto", "cls", "mean"] = opt("auto", "auto: base_model's own, else cls")  # as it trained
+    similarity: Literal["auto", "dot", "cos"] = opt("auto", "auto: base_model's own, else dot")  # MiniLM: cos
+    scale: float = opt(20.0, "similarity cos: scores = scale x cosine", 0.0)  # as sentence-transformers' MNRL
     output_dir: str = opt("outputs/dpr_nq", "checkpoints, last_state/, train_log.jsonl, data_cache/")
     train_batch_size: int = opt(128, "questions per optimizer step, all processes and micro-batches", 1)  # [paper]; [nq] 16 x 8 GPUs
     gradient_accumulation_steps: int = opt(1, "micro-batches per step; in-batch negatives within each (DPR's)", 1)  # [nq]

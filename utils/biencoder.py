@@ -1,6 +1,7 @@
-"""DPR's bi-encoder: question and passage towers (two BERTs, [CLS] vectors, dot-product scores; or the base model's
-own pooling and cosine), the NLL of each question's positive among all passages of the global batch, one training step (optionally with a gradient
-cache), DPR's optimizer groups and learning-rate schedule, and DPR's validation (NLL and average rank).
+"""DPR's bi-encoder: question and passage towers (two BERTs, [CLS] vectors, dot-product scores; or the
+base model's own pooling and cosine), the NLL of each question's positive among all passages of the global
+batch, one training step (optionally with a gradient cache), DPR's optimizer groups and learning-rate
+schedule, and DPR's validation (NLL and average rank).
 """
 import contextlib
 import os
@@ -17,12 +18,13 @@ from utils.models import NORM, embed, load_encoder, padded_batches, tokenize_pas
 
 
 class BiEncoder(nn.Module):
-    """DPR's "single" bi-encoder: two separate BERTs; a text's vector is the last layer's [CLS] state (or another
-    models.embed pooling). scale: None for DPR's inner product; else scores are scale x cosine (see nll_loss)."""
+    """DPR's "single" bi-encoder: two separate BERTs; a text's vector is the last layer's [CLS] state (or
+    another models.embed pooling). scale: None for DPR's inner product, else scale x cosine (see scores)."""
 
     def __init__(self, question_model, passage_model, pooling="cls", scale=None):
         super().__init__()
-        self.question_model, self.passage_model, self.pooling, self.scale = question_model, passage_model, pooling, scale
+        self.question_model, self.passage_model = question_model, passage_model
+        self.pooling, self.scale = pooling, scale
 
     def forward(self, chunk):
         """(question vectors, passage vectors) for a train_data.make_chunk input."""
@@ -32,17 +34,18 @@ class BiEncoder(nn.Module):
 
 def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
     """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our checkpoint
-    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder), scale for cos.
+    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder); `scale`
+    for similarity cos.
     BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
     towers, tokenizers, poolings = {}, {}, set()
     for role, name in TOWER_DIRS.items():
         sub = os.path.join(path, name)
         with torch.random.fork_rng(devices=[]):  # a base without pooler weights gets a random one: keep the seed's draws
-            model, tokenizers[role], own = load_encoder(sub if os.path.isdir(sub) else path, role, pooler=True,
-                                                        pooling=pooling, similarity=similarity)
+            model, tokenizers[role], own = load_encoder(sub if os.path.isdir(sub) else path, role,
+                                                        pooler=True, pooling=pooling, similarity=similarity)
         if own.startswith("pooler_output"):
-            raise EncoderError(f"{path}: training needs a BERT-style encoder (a BertModel dir, one of our checkpoints or "
-                               f"a DPR .cp file); this one loads as a Hugging Face DPR model ({own})")
+            raise EncoderError(f"{path}: training needs a BERT-style encoder (a BertModel dir, one of our "
+                               f"checkpoints or a DPR .cp file); this one is a Hugging Face DPR model")
         poolings.add(own)
         if getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)
@@ -54,9 +57,10 @@ def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
                 module.p = dropout
         towers[role] = model.train()
     if len(poolings) > 1:
-        raise EncoderError(f"{path}: its towers pool differently ({sorted(poolings)}); pass pooling and similarity")
+        raise EncoderError(f"{path}: its towers pool differently ({sorted(poolings)}): set pooling")
     own = poolings.pop()
-    return BiEncoder(towers["question"], towers["passage"], own, scale if own.endswith(NORM) else None), tokenizers
+    scale = scale if own.endswith(NORM) else None
+    return BiEncoder(towers["question"], towers["passage"], own, scale), tokenizers
 
 
 def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
@@ -124,7 +128,7 @@ def gather_rows(x):
 
 def scores(questions, passages, scale=None):
     """DPR's q . p for every question-passage pair; with `scale` (similarity cos), scale x cos(q, p): the
-    temperature of sentence-transformers' MultipleNegativesRankingLoss (unit vectors alone give too flat a softmax)."""
+    temperature of sentence-transformers' MultipleNegativesRankingLoss (cosines alone: too flat a softmax)."""
     if scale is None:
         return questions @ passages.T
     return scale * (F.normalize(questions, dim=-1) @ F.normalize(passages, dim=-1).T)
@@ -217,7 +221,8 @@ def encode(tower, pooling, tokenizer, read, ids, cfg, autocast, device):
     for start, batches in loader:
         for rows, batch in batches:
             with autocast:
-                out[(start + rows).to(device)] = embed(tower, pooling, {k: v.to(device) for k, v in batch.items()}).float()
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out[(start + rows).to(device)] = embed(tower, pooling, batch).float()
     return out
 
 
@@ -236,10 +241,12 @@ def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
     nll_lists = [dev.ctxs(i, cfg.num_hard_negatives, cfg.num_other_negatives) for i in range(n)]
     rank_lists = [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)] if with_rank else []
     unique = np.unique(np.concatenate(nll_lists + rank_lists))  # each distinct passage encoded once
-    question_vectors, _ = gather_rows(encode(model.question_model, model.pooling, tokenizers["question"], dev.question_text,
-                                             np.array_split(np.arange(n), world)[rank], cfg, autocast, device))
-    passage_vectors, _ = gather_rows(encode(model.passage_model, model.pooling, tokenizers["passage"], dev.passage,
-                                            np.array_split(unique, world)[rank], cfg, autocast, device))
+    question_vectors, _ = gather_rows(encode(model.question_model, model.pooling, tokenizers["question"],
+                                             dev.question_text, np.array_split(np.arange(n), world)[rank],
+                                             cfg, autocast, device))
+    passage_vectors, _ = gather_rows(encode(model.passage_model, model.pooling, tokenizers["passage"],
+                                            dev.passage, np.array_split(unique, world)[rank], cfg, autocast,
+                                            device))
 
     def pooled(lists):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
         rows = np.searchsorted(unique, np.concatenate(lists))
@@ -249,7 +256,7 @@ def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
     losses, correct, size = [], 0, cfg.train_batch_size
     for s in range(0, n, size):
         rows, positives = pooled(nll_lists[s: s + size])
-        batch_scores = scores(question_vectors[s: s + size], passage_vectors[rows], model.scale)  # training's similarity
+        batch_scores = scores(question_vectors[s: s + size], passage_vectors[rows], model.scale)
         losses.append(F.cross_entropy(batch_scores, positives).item())
         correct += (batch_scores.argmax(1) == positives).sum().item()
     metrics = {"dev_nll": float(np.mean(losses)), "dev_accuracy": correct / n}
@@ -257,7 +264,8 @@ def validate(model, tokenizers, dev, cfg, with_rank, autocast, device):
         rows, positives = pooled(rank_lists)
         higher = 0
         for s in range(0, n, 64):
-            pooled_scores = scores(question_vectors[s: s + 64], passage_vectors, model.scale)[:, rows]  # questions x pooled
+            # questions x pooled passages
+            pooled_scores = scores(question_vectors[s: s + 64], passage_vectors, model.scale)[:, rows]
             higher += (pooled_scores > pooled_scores.gather(1, positives[s: s + 64, None])).sum().item()
         metrics["dev_avg_rank"] = higher / n
     model.train()

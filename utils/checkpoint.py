@@ -47,11 +47,12 @@ def set_rng_state(state, device):
 
 
 def save_encoders(model, tokenizers, out_dir, info):
-    """out_dir/{query_encoder,doc_encoder} (plain HF dirs with tokenizer, role, pooling) + trainer_state.json (info)."""
+    """out_dir/{query_encoder,doc_encoder} (HF dirs: tokenizer, role, pooling) + trainer_state.json (info)."""
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     for role, name in TOWER_DIRS.items():
-        save_encoder(getattr(model, f"{role}_model"), tokenizers[role], os.path.join(tmp, name), role, model.pooling)
+        tower = getattr(model, f"{role}_model")
+        save_encoder(tower, tokenizers[role], os.path.join(tmp, name), role, model.pooling)
     with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
         json.dump(info, f, indent=1)
     replace_dir(tmp, out_dir)

@@ -70,7 +70,8 @@ def load_encoder(path, role, tokenizer=None, pooler=False, pooling=None, similar
         model, own = _from_pretrained(wanted, path, attn_implementation="sdpa"), ("pooler_output", "dot")
     else:
         model = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa")
-        own = (saved.get("pooling", "cls"), saved.get("similarity", "dot")) if saved else _sentence_transformers(path)
+        own = _sentence_transformers(path) if saved is None else (saved.get("pooling", "cls"),
+                                                                   saved.get("similarity", "dot"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
     except (OSError, ValueError) as e:
@@ -90,24 +91,28 @@ def _read_json(path):
 
 
 def _sentence_transformers(path):
-    """(pooling, similarity) of a sentence-transformers dir (modules.json: its Pooling module's mode, cos when a
-    Normalize module follows): the model is used as it was trained. Any other dir: DPR's (cls, dot)."""
-    modules = {m.get("type", "").rsplit(".", 1)[-1]: m for m in _read_json(os.path.join(path, "modules.json")) or []}
+    """(pooling, similarity) of a sentence-transformers dir (modules.json: its Pooling module's mode, cos when
+    a Normalize module follows): the model is used as it was trained. Any other dir: DPR's (cls, dot)."""
+    listed = _read_json(os.path.join(path, "modules.json")) or []
+    modules = {m.get("type", "").rsplit(".", 1)[-1]: m for m in listed}
     if "Pooling" not in modules:
         return "cls", "dot"
     where = os.path.join(path, modules["Pooling"].get("path", ""), "config.json")
     modes = [k for k, v in (_read_json(where) or {}).items() if k.startswith("pooling_mode_") and v]
-    kind = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}.get(modes[0] if len(modes) == 1 else None)
-    if kind is None:
-        raise EncoderError(f"{where}: pooling modes {modes}; only one of cls_token and mean_tokens is supported")
+    kinds = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
+    if len(modes) != 1 or modes[0] not in kinds:
+        raise EncoderError(f"{where}: pooling modes {modes}; one of cls_token and mean_tokens is supported")
+    kind = kinds[modes[0]]
     return kind, "cos" if "Normalize" in modules else "dot"
 
 
 def _pooling(path, kind, similarity, kind_override, similarity_override):
-    """embed()'s pooling value from the model's own (kind, similarity) and the caller's overrides (None, "auto": none)."""
-    kind_override, similarity_override = (None if v == "auto" else v for v in (kind_override, similarity_override))
+    """embed()'s pooling value from the model's own (kind, similarity) and the caller's overrides (None or
+    "auto": the model's own)."""
+    kind_override, similarity_override = (None if v == "auto" else v
+                                          for v in (kind_override, similarity_override))
     if kind_override and kind == "pooler_output":
-        raise EncoderError(f"{path} is a Hugging Face DPR model: it pools its pooler_output, not {kind_override}")
+        raise EncoderError(f"{path} is a Hugging Face DPR model: it pools pooler_output, not {kind_override}")
     return (kind_override or kind) + (NORM if (similarity_override or similarity) == "cos" else "")
 
 
@@ -164,8 +169,9 @@ def pad_batch(ids, pad_token_id):
 
 
 def embed(model, pooling, batch):
-    """Embeddings for a padded batch (pad_batch): CLS of the last layer, the mean over its real tokens (padding
-    excluded, as sentence-transformers), or DPR's pooler_output; unit length when pooling ends in "+normalize"."""
+    """Embeddings for a padded batch (pad_batch): CLS of the last layer, the mean over its real tokens
+    (padding excluded, as sentence-transformers), or DPR's pooler_output; unit length when pooling ends in
+    "+normalize"."""
     out = model(**batch)
     kind = pooling.removesuffix(NORM)
     if kind == "pooler_output":
