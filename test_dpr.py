@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from utils.data import PassageStore, atomic_write, normalize_question, read_qas, write_results, write_run
-from utils.embeddings import load_embeddings, read_meta
+from utils.embeddings import check_pooling, load_embeddings, read_meta
 from utils.errors import ConfigError, DataError, NanoDPRError
 from utils.index import open_index
 from utils.models import add_pooling_args, encode_batches, load_encoder, pad_batch, tokenize_questions
@@ -142,9 +142,7 @@ def run(args):
               f"were made from a {source_size}-byte file ({meta['source'].get('path')})")
     model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "question", pooling=args.pooling,
                                              similarity=args.similarity)
-    if pooling != meta.get("pooling", pooling):  # e.g. cosine questions against inner-product passages
-        raise ConfigError(f"{args.embedding_dir}: passages pooled {meta['pooling']}, question encoder "
-                          f"{pooling}: pool both alike (--pooling/--similarity on both scripts)")
+    check_pooling(args.embedding_dir, meta, pooling)
     model.to(device)
     print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} ({pooling} pooling) on {device}")
     lap("load questions + encoder")
