@@ -24,7 +24,7 @@ class BiEncoder(nn.Module):
     def __init__(self, question_model, passage_model, pooling="cls", scale=None):
         super().__init__()
         self.question_model, self.passage_model = question_model, passage_model
-        self.pooling, self.scale = pooling, scale
+        self.pooling, self.scale = pooling, scale if pooling.endswith(NORM) else None
 
     def forward(self, chunk):
         """(question vectors, passage vectors) for a train_data.make_chunk input."""
@@ -34,18 +34,14 @@ class BiEncoder(nn.Module):
 
 def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
     """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our checkpoint
-    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder); `scale`
-    for similarity cos.
-    BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
+    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder), `scale` for
+    cos. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
     towers, tokenizers, poolings = {}, {}, set()
     for role, name in TOWER_DIRS.items():
         sub = os.path.join(path, name)
         with torch.random.fork_rng(devices=[]):  # a base without pooler weights gets a random one: keep the seed's draws
             model, tokenizers[role], own = load_encoder(sub if os.path.isdir(sub) else path, role,
                                                         pooler=True, pooling=pooling, similarity=similarity)
-        if own.startswith("pooler_output"):
-            raise EncoderError(f"{path}: training needs a BERT-style encoder (a BertModel dir, one of our "
-                               f"checkpoints or a DPR .cp file); this one is a Hugging Face DPR model")
         poolings.add(own)
         if getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)
@@ -56,11 +52,10 @@ def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
             if isinstance(module, nn.Dropout):
                 module.p = dropout
         towers[role] = model.train()
-    if len(poolings) > 1:
-        raise EncoderError(f"{path}: its towers pool differently ({sorted(poolings)}): set pooling")
-    own = poolings.pop()
-    scale = scale if own.endswith(NORM) else None
-    return BiEncoder(towers["question"], towers["passage"], own, scale), tokenizers
+    if len(poolings) > 1 or min(poolings).startswith("pooler_output"):  # HF DPR models: no [CLS] to train
+        raise EncoderError(f"{path}: training needs BERT-style towers pooled alike (a BertModel dir, one of "
+                           f"our checkpoints or a DPR .cp file); these pool {sorted(poolings)}")
+    return BiEncoder(towers["question"], towers["passage"], poolings.pop(), scale), tokenizers
 
 
 def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):

@@ -41,13 +41,11 @@ def quiet_transformers():
 
 @quiet_transformers()
 def load_encoder(path, role, tokenizer=None, pooler=False, pooling=None, similarity=None):
-    """(model, tokenizer, pooling) for `role` ('question' or 'passage'). pooling, what embed() takes: "cls"
-    (last hidden state at [CLS], DPR's choice), "mean" (over real tokens) or "pooler_output" (HF DPR models:
-    CLS through their optional projection), + "+normalize" for similarity "cos". Both follow the model:
-    our dirs' nanodpr.json, a sentence-transformers dir's modules; else DPR's cls and dot. `pooling`
-    ("cls"/"mean") and `similarity` ("dot"/"cos") override it. `tokenizer` (a name or dir) overrides the
-    model's own. `pooler`: keep a BERT dir's pooler layer (random if the dir has none), unused by DPR;
-    training saves it so its dirs are complete BertModels."""
+    """(model, tokenizer, pooling) for `role` ('question' or 'passage'). pooling (embed's): "cls" (DPR's),
+    "mean" or "pooler_output" (HF DPR models), "+normalize" for similarity cos; the model's own (our
+    nanodpr.json, a sentence-transformers dir's modules, else cls and dot) unless `pooling`/`similarity` say.
+    `tokenizer` (a name or dir) overrides the model's own. `pooler`: keep a BERT dir's pooler layer (random if
+    the dir has none), unused by DPR; training saves it so its dirs are complete BertModels."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if os.path.isfile(path):
@@ -102,18 +100,16 @@ def _sentence_transformers(path):
     kinds = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
     if len(modes) != 1 or modes[0] not in kinds:
         raise EncoderError(f"{where}: pooling modes {modes}; one of cls_token and mean_tokens is supported")
-    kind = kinds[modes[0]]
-    return kind, "cos" if "Normalize" in modules else "dot"
+    return kinds[modes[0]], "cos" if "Normalize" in modules else "dot"
 
 
 def _pooling(path, kind, similarity, kind_override, similarity_override):
-    """embed()'s pooling value from the model's own (kind, similarity) and the caller's overrides (None or
-    "auto": the model's own)."""
-    kind_override, similarity_override = (None if v == "auto" else v
-                                          for v in (kind_override, similarity_override))
-    if kind_override and kind == "pooler_output":
+    """embed()'s pooling value: the model's own (kind, similarity) unless overridden (None, "auto": not)."""
+    if kind_override not in (None, "auto") and kind == "pooler_output":
         raise EncoderError(f"{path} is a Hugging Face DPR model: it pools pooler_output, not {kind_override}")
-    return (kind_override or kind) + (NORM if (similarity_override or similarity) == "cos" else "")
+    kind = kind if kind_override in (None, "auto") else kind_override
+    similarity = similarity if similarity_override in (None, "auto") else similarity_override
+    return kind + (NORM if similarity == "cos" else "")
 
 
 def _from_pretrained(cls, path, **kwargs):
@@ -172,16 +168,12 @@ def embed(model, pooling, batch):
     """Embeddings for a padded batch (pad_batch): CLS of the last layer, the mean over its real tokens
     (padding excluded, as sentence-transformers), or DPR's pooler_output; unit length when pooling ends in
     "+normalize"."""
-    out = model(**batch)
-    kind = pooling.removesuffix(NORM)
-    if kind == "pooler_output":
-        x = out.pooler_output
-    elif kind == "mean":
-        h, mask = out.last_hidden_state, batch.get("attention_mask")  # no mask: the batch has no padding
-        mask = torch.ones(h.shape[:2], device=h.device) if mask is None else mask
-        x = (h * mask[..., None].to(h.dtype)).sum(1) / mask.sum(1, keepdim=True).to(h.dtype)
-    else:
-        x = out.last_hidden_state[:, 0]
+    out, kind = model(**batch), pooling.removesuffix(NORM)
+    x = out.pooler_output if kind == "pooler_output" else out.last_hidden_state[:, 0]
+    if kind == "mean":  # no attention_mask: the batch has no padding
+        h = out.last_hidden_state
+        mask = batch.get("attention_mask", torch.ones_like(h[..., 0]))[..., None].to(h.dtype)
+        x = (h * mask).sum(1) / mask.sum(1)
     return F.normalize(x, dim=-1) if pooling.endswith(NORM) else x
 
 
