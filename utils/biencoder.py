@@ -34,8 +34,8 @@ class BiEncoder(nn.Module):
 
 def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
     """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our checkpoint
-    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder), `scale` for
-    cos. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
+    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder), `scale`
+    for cos. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
     towers, tokenizers, poolings = {}, {}, set()
     for role, name in TOWER_DIRS.items():
         sub = os.path.join(path, name)

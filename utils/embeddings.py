@@ -46,7 +46,7 @@ def read_meta(out_dir):
 
 
 def check_pooling(out_dir, meta, pooling):
-    """Questions must be pooled as the passages were (e.g. cosine questions against inner-product passages rank
+    """Questions must be pooled as the passages were (cosine questions against inner-product passages rank
     wrongly); `pooling` as utils.models.load_encoder returns it."""
     if pooling != meta.get("pooling", pooling):
         raise DataError(f"{out_dir}: passages pooled {meta['pooling']}, question encoder {pooling}: "
