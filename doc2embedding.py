@@ -32,7 +32,7 @@ from utils.embeddings import (PassageWindows, chunk_path, claim_run, committed_c
                               run_signature, write_chunk, write_shard)
 from utils.errors import ConfigError, DataError, EncoderError, HelpFormatter
 from utils.formats import RECIPE, check_made, count_lines, passage_shard
-from utils.models import embedding_dim, encode_batches, encoder_identity, load_encoder
+from utils.models import add_pooling_args, embedding_dim, encode_batches, encoder_identity, load_encoder
 
 try:  # glibc: hand freed heap pages back to the OS once per window (see the loop)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
@@ -61,6 +61,7 @@ def parse_args(argv=None):
                    help="tokenizing workers per process (default: cores per GPU but two, at most 16; CPU: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace the embeddings of a different run in output_dir")
     p.add_argument("--report_json", help="also write the end report's figures here (rank 0)")
+    add_pooling_args(p)
     args = p.parse_args(argv)
     for name in ("max_length", "batch_size", "max_tokens_per_batch", "limit", "window"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -77,7 +78,8 @@ def load(args, state):
     (or found finished: returns None) and this process's rows are located, after its committed chunks."""
     check_made(args.pretrained_model_path, args.wikipedia_path)
     start, end, line_no, count = passage_shard(args.wikipedia_path, state.process_index, state.num_processes, args.limit)
-    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage")
+    model, tokenizer, pooling = load_encoder(args.pretrained_model_path, "passage", pooling=args.pooling,
+                                             similarity=args.similarity)
     encoder = encoder_identity(model, args.pretrained_model_path)  # by content: a retrained model is another
     defaults = encode_defaults(state.device)
     budget = args.max_tokens_per_batch or (None if args.batch_size else defaults["max_tokens_per_batch"])
@@ -88,6 +90,7 @@ def load(args, state):
     model.to(state.device, getattr(torch, settings["compute_dtype"]))
     dim = embedding_dim(model)
 
+    settings["pooling"] = pooling  # the encoder's own or the flags'
     signature = run_signature(args.pretrained_model_path, encoder, args.wikipedia_path, state.num_processes, settings)
     if finished := claim_run(args.output_dir, signature, args.overwrite, state):
         n = finished["num_passages"]

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from utils.errors import HelpFormatter, NanoDPRError
 from utils.formats import RECIPE, check_made
+from utils.models import add_pooling_args
 from utils.retriever import Batcher, Retriever
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "utils", "search_page.html")
@@ -47,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto")
     p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
     p.add_argument("--top_k", type=int, default=10, help="passages per question (the server: default k)")
+    add_pooling_args(p)
     # the server
     p.add_argument("--serve", action="store_true", help="answer HTTP requests (and serve the search page)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 opens the server to the network")

@@ -21,6 +21,7 @@ from bench.profiling import LoopClock
 from utils.errors import HelpFormatter, NanoDPRError
 from utils.files import atomic_write
 from utils.formats import RECIPE, check_made, normalize_question, read_qas, write_results, write_run
+from utils.models import add_pooling_args
 from utils.qa import score_passages, top_k_accuracy
 from utils.retriever import Retriever
 
@@ -51,6 +52,7 @@ def parse_args(argv=None):
                    "(float16, 80%%), else CPU; a factory --index: gpu when faiss has GPU support")
     p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
     p.add_argument("--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)")
+    add_pooling_args(p)
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error("--top_k must be at least 1")

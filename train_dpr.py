@@ -62,6 +62,9 @@ class Config:
     train_file: List[str] = option([DOWNLOADS + "nq-train.json"], "biencoder JSON file(s) (a batch never mixes files)")
     dev_file: Optional[str] = option(DOWNLOADS + "nq-dev.json", "biencoder JSON for validation; null: none, no best/")
     base_model: str = option("bert-base-uncased", "both towers start from it (BERT dir, hub name, DPR .cp, our checkpoint)")  # [enc]
+    pooling: Literal["auto", "cls", "mean"] = option("auto", "auto: base_model's own, else cls")  # as it trained
+    similarity: Literal["auto", "dot", "cos"] = option("auto", "auto: base_model's own, else dot")  # MiniLM: cos
+    scale: float = option(20.0, "similarity cos: scores = scale x cosine")  # as sentence-transformers' MNRL
     output_dir: str = option("outputs/dpr_nq", "checkpoints, last_state/, train_log.jsonl, data_cache/")
     train_batch_size: int = option(128, "questions per optimizer step, all processes and micro-batches")  # [paper]; [nq] 16 x 8 GPUs
     gradient_accumulation_steps: int = option(1, "micro-batches per step; in-batch negatives within each (DPR's)")  # [nq]
@@ -222,7 +225,7 @@ Run = namedtuple("Run", "cfg accelerator model biencoder tokenizers optimizer sc
 
 def load_run(cfg, accelerator, precision, dtype, dev, total_steps, log):
     """Both towers, AdamW, DPR's schedule, the fp16 loss scaler; DDP over processes (loss scaling is ours)."""
-    biencoder, tokenizers = load_biencoder(cfg.base_model, cfg.dropout)
+    biencoder, tokenizers = load_biencoder(cfg.base_model, cfg.dropout, cfg.pooling, cfg.similarity, cfg.scale)
     biencoder.to(accelerator.device)
     optimizer, scheduler = make_optimizer(biencoder, cfg.lr, cfg.adam_eps, cfg.weight_decay, cfg.warmup_steps,
                                           total_steps)

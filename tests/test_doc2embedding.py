@@ -46,9 +46,10 @@ def make_rows(n, seed=0):
     return rows
 
 
-def reference(model_dir, rows, max_length):
+def reference(model_dir, rows, max_length, mean=False):
     """DPR's passage encoding by hand: tokenizer(title, text) (text alone when untitled), zero
-    token_type_ids, one passage at a time (no padding), last-layer [CLS]."""
+    token_type_ids, one passage at a time (no padding), last-layer [CLS]; mean: the mean over all tokens, unit length
+    (sentence-transformers' mean pooling + Normalize)."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
     out = []
@@ -57,7 +58,8 @@ def reference(model_dir, rows, max_length):
             args = (title, text.strip()) if title else (text.strip(),)
             enc = tok(*args, truncation=True, max_length=max_length, return_tensors="pt")
             enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
-            out.append(model(**enc).last_hidden_state[0, 0].numpy())
+            hidden = model(**enc).last_hidden_state[0]
+            out.append(torch.nn.functional.normalize(hidden.mean(0), dim=0).numpy() if mean else hidden[0].numpy())
     return np.stack(out)
 
 
@@ -281,7 +283,10 @@ def test_mini_nq_with_minilm_equals_direct_forward(tmp_path):
         rows = [(int(r[0]), r[1].strip('"'), r[2]) for r in list(csv.reader(f, delimiter="\t"))[1:121]]
     ids, emb = load_embeddings(tmp_path / "out")
     assert ids.tolist() == [r[0] for r in rows]
-    np.testing.assert_allclose(emb, reference(model, rows, 256), atol=1e-5, rtol=0)
+    # a sentence-transformers dir: its own mean pooling and Normalize; DPR's [CLS] when asked for
+    np.testing.assert_allclose(emb, reference(model, rows, 256, mean=True), atol=1e-5, rtol=0)
+    encode(model, tsv, tmp_path / "cls", "--limit", 20, "--dtype", "float32", "--pooling", "cls", "--similarity", "dot")
+    np.testing.assert_allclose(load_embeddings(tmp_path / "cls")[1], reference(model, rows[:20], 256), atol=1e-5, rtol=0)
 
 
 def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):

@@ -1,6 +1,7 @@
-"""DPR's bi-encoder: question and passage towers (two BERTs, [CLS] vectors, dot-product scores), the NLL of each
-question's positive among all passages of the global batch, the training step (plain, or with a gradient
-cache), DPR's optimizer groups and learning-rate schedule, and DPR's validation (NLL and average rank).
+"""DPR's bi-encoder: question and passage towers (two BERTs, [CLS] vectors, dot-product scores; or the base
+model's own pooling and cosine), the NLL of each question's positive among all passages of the global batch,
+the training step (plain, or with a gradient cache), DPR's optimizer groups and learning-rate schedule, and
+DPR's validation (NLL and average rank).
 
 Shapes, for B questions per batch, h hard and o other negatives per question, d the vector size:
 q [B, d] question vectors, p [B·(1+h+o), d] passage vectors, scores = q @ p.T [B, B·(1+h+o)].
@@ -15,37 +16,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ConfigError, EncoderError
-from utils.models import (autocast_dtype, embed, embedding_dim, encode_batches, load_encoder, padded_batches,
+from utils.models import (NORM, autocast_dtype, embed, embedding_dim, encode_batches, load_encoder, padded_batches,
                           tokenize_passages, tokenize_questions)
 from utils.rng import rng_state, set_rng_state
 from utils.towers import TOWER_DIRS
 
 
 class BiEncoder(nn.Module):
-    """DPR's "single" bi-encoder: two separate BERTs; a text's vector is the last layer's [CLS] state."""
+    """DPR's "single" bi-encoder: two separate BERTs; a text's vector is the last layer's [CLS] state (or
+    another models.embed pooling). scale: None for DPR's inner product, else scale x cosine (see scores)."""
 
-    def __init__(self, question_model, passage_model):
+    def __init__(self, question_model, passage_model, pooling="cls", scale=None):
         super().__init__()
         self.question_model, self.passage_model = question_model, passage_model
+        self.pooling, self.scale = pooling, scale if pooling.endswith(NORM) else None
 
     def forward(self, chunk):
         """(q [B, d], p [B·(1+h+o), d]) for a train_data.make_chunk input of B questions; p in question order,
         each question's positive first."""
-        passages = torch.cat([embed(self.passage_model, "cls", group) for group in chunk["passages"]])
-        return embed(self.question_model, "cls", chunk["question"]), passages[chunk["passage_order"]]
+        passages = torch.cat([embed(self.passage_model, self.pooling, group) for group in chunk["passages"]])
+        return embed(self.question_model, self.pooling, chunk["question"]), passages[chunk["passage_order"]]
 
 
-def load_biencoder(path, dropout):
+def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
     """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our checkpoint
-    dirs, with DPR's dropout. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
-    towers, tokenizers = {}, {}
+    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder), `scale`
+    for cos. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
+    towers, tokenizers, poolings = {}, {}, set()
     for role, name in TOWER_DIRS.items():
         sub = os.path.join(path, name)
         with torch.random.fork_rng(devices=[]):  # a base without pooler weights gets a random one: keep the seed's draws
-            model, tokenizers[role], pooling = load_encoder(sub if os.path.isdir(sub) else path, role, pooler=True)
-        if pooling != "cls":
-            raise EncoderError(f"{path}: training needs a BERT-style encoder pooled at [CLS] (a BertModel dir, one of our "
-                               f"checkpoints or a DPR .cp file); this one loads as a Hugging Face DPR model ({pooling})")
+            model, tokenizers[role], own = load_encoder(sub if os.path.isdir(sub) else path, role,
+                                                        pooler=True, pooling=pooling, similarity=similarity)
+        poolings.add(own)
         if getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)
         for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob"):  # DPR sets both (hf_bert.yaml dropout)
@@ -55,7 +58,10 @@ def load_biencoder(path, dropout):
             if isinstance(module, nn.Dropout):
                 module.p = dropout
         towers[role] = model.train()
-    return BiEncoder(towers["question"], towers["passage"]), tokenizers
+    if len(poolings) > 1 or min(poolings).startswith("pooler_output"):  # HF DPR models: no [CLS] to train
+        raise EncoderError(f"{path}: training needs BERT-style towers pooled alike (a BertModel dir, one of "
+                           f"our checkpoints or a DPR .cp file); these pool {sorted(poolings)}")
+    return BiEncoder(towers["question"], towers["passage"], poolings.pop(), scale), tokenizers
 
 
 def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
@@ -110,15 +116,22 @@ def gather_rows(x):
     return torch.cat(parts), sizes
 
 
-def nll_loss(questions, passages, positives):
-    """DPR's BiEncoderNllLoss: scores = q . p for every question-passage pair, mean over questions
-    of -log softmax(scores)[positive]. Every passage of the other questions is an in-batch negative.
-    questions [B, d], passages [B·(1+h+o), d], positives [B]: the row of each question's positive passage."""
-    scores = questions @ passages.T  # [B, B·(1+h+o)]
-    return F.cross_entropy(scores, positives)
+def scores(questions, passages, scale=None):
+    """DPR's q . p for every question-passage pair, [B, B·(1+h+o)]; with `scale` (similarity cos), scale x
+    cos(q, p): the temperature of sentence-transformers' MultipleNegativesRankingLoss (cosines alone: too flat
+    a softmax)."""
+    if scale is None:
+        return questions @ passages.T
+    return scale * (F.normalize(questions, dim=-1) @ F.normalize(passages, dim=-1).T)
 
 
-def global_nll_loss(questions, passages, positives):
+def nll_loss(questions, passages, positives, scale=None):
+    """DPR's BiEncoderNllLoss: mean over questions of -log softmax(scores)[positive]. Every passage of the
+    other questions is an in-batch negative."""
+    return F.cross_entropy(scores(questions, passages, scale), positives)
+
+
+def global_nll_loss(questions, passages, positives, scale=None):
     """nll_loss over the global batch: every process computes the same value from all processes'
     vectors (DPR's _calc_loss), differentiable in its own slice."""
     all_questions, _ = gather_rows(questions)
@@ -127,7 +140,7 @@ def global_nll_loss(questions, passages, positives):
     if len(passage_counts) > 1:  # positives index each process's passages: shift them into the concatenation
         offsets = np.repeat(np.cumsum([0] + passage_counts[:-1]), len(positives))  # same question count everywhere
         all_positives = all_positives + torch.as_tensor(offsets, device=all_positives.device)
-    return nll_loss(all_questions, all_passages, all_positives)
+    return nll_loss(all_questions, all_passages, all_positives, scale)
 
 
 def no_sync(model, skip):
@@ -144,7 +157,8 @@ def plain_step(model, batch, autocast, scaler, loss_weight, sync=True):
             vectors = [model(chunk) for chunk in batch["chunks"]]
         questions = torch.cat([q for q, _ in vectors]).float()
         passages = torch.cat([p for _, p in vectors]).float()
-        loss = global_nll_loss(questions, passages, batch["positives"])
+        scale = (model.module if hasattr(model, "module") else model).scale  # None: DPR's inner product
+        loss = global_nll_loss(questions, passages, batch["positives"], scale)
         scaler.scale(loss * loss_weight).backward()
     return loss.detach()
 
@@ -165,7 +179,7 @@ def grad_cache_step(model, batch, autocast, scaler, loss_weight, sync=True):
             passages.append(p.float())
     all_questions = torch.cat(questions).requires_grad_()
     all_passages = torch.cat(passages).requires_grad_()
-    loss = global_nll_loss(all_questions, all_passages, batch["positives"])
+    loss = global_nll_loss(all_questions, all_passages, batch["positives"], bare.scale)
     loss.backward()
     question_grads = all_questions.grad.split([len(q) for q in questions])
     passage_grads = all_passages.grad.split([len(p) for p in passages])
@@ -182,10 +196,10 @@ def grad_cache_step(model, batch, autocast, scaler, loss_weight, sync=True):
 
 
 @torch.no_grad()
-def encode(tower, tokenizer, read, ids, cfg, dtype, device):
-    """[CLS] vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's
-    (title, text)). DataLoader workers read and tokenize windows of texts; each window is encoded in
-    length-sorted batches (encode_batches)."""
+def encode(tower, pooling, tokenizer, read, ids, cfg, dtype, device):
+    """Vectors (fp32, on the device) of texts read(i) for i in ids (a question, or a passage's (title,
+    text)). DataLoader workers read and tokenize windows of texts; each window is encoded in length-sorted
+    batches (encode_batches)."""
     window = 16 * cfg.eval_batch_size
 
     def tokenize_window(start):
@@ -198,7 +212,7 @@ def encode(tower, tokenizer, read, ids, cfg, dtype, device):
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
     out = torch.empty((len(ids), embedding_dim(tower)), device=device)
     for start, n, batches in loader:
-        out[start : start + n] = encode_batches(tower, "cls", batches, n, device, dtype, host=False)
+        out[start : start + n] = encode_batches(tower, pooling, batches, n, device, dtype, host=False)
     return out
 
 
@@ -217,10 +231,11 @@ def validate(model, tokenizers, dev, cfg, with_rank, dtype, device):
     nll_lists = [dev.ctxs(i, cfg.num_hard_negatives, cfg.num_other_negatives) for i in range(n)]
     rank_lists = [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)] if with_rank else []
     unique = np.unique(np.concatenate(nll_lists + rank_lists))  # each distinct passage encoded once
-    question_vectors, _ = gather_rows(encode(model.question_model, tokenizers["question"], dev.question_text,
-                                             np.array_split(np.arange(n), world)[rank], cfg, dtype, device))
-    passage_vectors, _ = gather_rows(encode(model.passage_model, tokenizers["passage"], dev.passage,
-                                            np.array_split(unique, world)[rank], cfg, dtype, device))
+    question_vectors, _ = gather_rows(encode(model.question_model, model.pooling, tokenizers["question"],
+                                             dev.question_text, np.array_split(np.arange(n), world)[rank],
+                                             cfg, dtype, device))
+    passage_vectors, _ = gather_rows(encode(model.passage_model, model.pooling, tokenizers["passage"],
+                                            dev.passage, np.array_split(unique, world)[rank], cfg, dtype, device))
 
     def pooled(lists):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
         rows = np.searchsorted(unique, np.concatenate(lists))
@@ -230,16 +245,16 @@ def validate(model, tokenizers, dev, cfg, with_rank, dtype, device):
     losses, correct, size = [], 0, cfg.train_batch_size
     for start in range(0, n, size):
         rows, positives = pooled(nll_lists[start : start + size])
-        scores = question_vectors[start : start + size] @ passage_vectors[rows].T  # [B, B·(1+h+o)]
-        losses.append(F.cross_entropy(scores, positives).item())
-        correct += (scores.argmax(1) == positives).sum().item()
+        batch_scores = scores(question_vectors[start : start + size], passage_vectors[rows], model.scale)
+        losses.append(F.cross_entropy(batch_scores, positives).item())
+        correct += (batch_scores.argmax(1) == positives).sum().item()
     metrics = {"dev_nll": float(np.mean(losses)), "dev_accuracy": correct / n}
     if with_rank:
         rows, positives = pooled(rank_lists)
         higher = 0
-        for start in range(0, n, 64):
-            scores = (question_vectors[start : start + 64] @ passage_vectors.T)[:, rows]  # questions x pooled passages
-            higher += (scores > scores.gather(1, positives[start : start + 64, None])).sum().item()
+        for start in range(0, n, 64):  # questions x pooled passages
+            pooled_scores = scores(question_vectors[start : start + 64], passage_vectors, model.scale)[:, rows]
+            higher += (pooled_scores > pooled_scores.gather(1, positives[start : start + 64, None])).sum().item()
         metrics["dev_avg_rank"] = higher / n
     model.train()
     return metrics

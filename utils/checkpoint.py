@@ -24,7 +24,7 @@ from utils.towers import TOWER_DIRS, unused_by_dpr
 
 # settings that make a resumed run a different run than the one interrupted
 RESUME_KEYS = ("train_file", "train_batch_size", "gradient_accumulation_steps", "seed", "num_hard_negatives",
-               "num_other_negatives", "max_length", "lr", "warmup_steps")
+               "num_other_negatives", "max_length", "lr", "warmup_steps", "pooling", "similarity", "scale")
 
 
 @dataclass
@@ -39,12 +39,12 @@ class Progress:
 
 
 def save_encoders(model, tokenizers, out_dir, info):
-    """out_dir/{query_encoder,doc_encoder} (plain HF dirs with tokenizer, role, training run and step) +
-    trainer_state.json (info). Both towers share (run, step): test_dpr.py pairs them by it."""
+    """out_dir/{query_encoder,doc_encoder} (plain HF dirs with tokenizer, role, pooling, training run and step)
+    + trainer_state.json (info). Both towers share (run, step): test_dpr.py pairs them by it."""
     with atomic_dir(out_dir) as tmp:
         for role, name in TOWER_DIRS.items():
             save_encoder(getattr(model, f"{role}_model"), tokenizers[role], os.path.join(tmp, name), role,
-                         run=info.get("run"), step=info["step"])
+                         model.pooling, run=info.get("run"), step=info["step"])
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(info, f, indent=1)
 

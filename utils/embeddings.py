@@ -75,6 +75,14 @@ def check_provenance(out_dir, meta, passages, question_model, question_path, tru
                       "passage encoder, or pass --trust_encoder_pair")
 
 
+def check_pooling(out_dir, meta, pooling):
+    """Questions must be pooled as the passages were (cosine questions against inner-product passages rank
+    wrongly); `pooling` as utils.models.load_encoder returns it."""
+    if pooling != meta.get("pooling", pooling):
+        raise DataError(f"{out_dir}: passages pooled {meta['pooling']}, question encoder {pooling}: "
+                        "pool both alike (--pooling/--similarity on both scripts)")
+
+
 def load_embeddings(out_dir, mmap=False):
     """(ids int64 (N,), embeddings (N, dim)) over all shards, validated against meta.json. mmap: the shards
     stay on disk; several are joined by ShardRows, not copied (21M x 768 float16 is 32 GB)."""

@@ -21,7 +21,8 @@ from utils.dpr_checkpoint import load_dpr_checkpoint_encoder
 from utils.errors import EncoderError
 from utils.towers import DPR_CLASSES, ROLES, unused_by_dpr
 
-ROLE_FILE = "nanodpr.json"  # written next to our checkpoints: which tower, how to pool, training run and step
+ROLE_FILE = "nanodpr.json"  # next to our checkpoints: which tower, pooling, similarity, training run and step
+NORM = "+normalize"  # pooling suffix of similarity cos: unit vectors, so inner product ranks by cosine
 
 
 @contextlib.contextmanager
@@ -40,24 +41,20 @@ def quiet_transformers():
 
 
 @quiet_transformers()
-def load_encoder(path, role, tokenizer=None, pooler=False):
-    """(model, tokenizer, pooling) for `role` ('question' or 'passage'). pooling: "cls" (last hidden state at
-    [CLS], DPR's choice) or "pooler_output" (HF DPR models: CLS through their optional projection).
+def load_encoder(path, role, tokenizer=None, pooler=False, pooling=None, similarity=None):
+    """(model, tokenizer, pooling) for `role` ('question' or 'passage'). pooling (embed's): "cls" (DPR's),
+    "mean" or "pooler_output" (HF DPR models), "+normalize" for similarity cos; the model's own (our
+    nanodpr.json, a sentence-transformers dir's modules, else cls and dot) unless `pooling`/`similarity` say.
     `tokenizer` (a name or dir) overrides the model's own. `pooler`: keep a BERT dir's pooler layer (random if
     the dir has none), unused by DPR; training saves it so its dirs are complete BertModels."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if os.path.isfile(path):
-        return load_dpr_checkpoint_encoder(path, role, tokenizer)
-    saved = os.path.join(path, ROLE_FILE)
-    if os.path.isfile(saved):
-        try:
-            with open(saved) as f:
-                saved_role = json.load(f).get("role")
-        except ValueError as e:
-            raise EncoderError(f"{saved}: not valid JSON ({e})") from None
-        if saved_role != role:
-            raise EncoderError(f"{path} is a {saved_role} encoder, but a {role} encoder is needed")
+        model, tokenizer, own = load_dpr_checkpoint_encoder(path, role, tokenizer)
+        return model, tokenizer, _pooling(path, own, "dot", pooling, similarity)
+    saved = _read_json(os.path.join(path, ROLE_FILE))
+    if saved is not None and saved.get("role") != role:
+        raise EncoderError(f"{path} is a {saved.get('role')} encoder, but a {role} encoder is needed")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -67,14 +64,51 @@ def load_encoder(path, role, tokenizer=None, pooler=False):
         if arch != wanted.__name__:
             raise EncoderError(f"{path} is a {arch or 'DPR model of unknown kind'}, "
                                f"but the {role} role needs a {wanted.__name__}")
-        model, pooling = _from_pretrained(wanted, path, attn_implementation="sdpa"), "pooler_output"
+        model, own = _from_pretrained(wanted, path, attn_implementation="sdpa"), ("pooler_output", "dot")
     else:
-        model, pooling = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa"), "cls"
+        model = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa")
+        own = _sentence_transformers(path) if saved is None else (saved.get("pooling", "cls"),
+                                                                   saved.get("similarity", "dot"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
     except (OSError, ValueError) as e:
         raise EncoderError(f"{path}: cannot load tokenizer {tokenizer or path!r} ({e})") from None
-    return model.eval(), tokenizer, pooling
+    return model.eval(), tokenizer, _pooling(path, *own, pooling, similarity)
+
+
+def _read_json(path):
+    """The JSON object in `path`, None when there is no such file."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise EncoderError(f"{path}: not valid JSON ({e})") from None
+
+
+def _sentence_transformers(path):
+    """(pooling, similarity) of a sentence-transformers dir (modules.json: its Pooling module's mode, cos when
+    a Normalize module follows): the model is used as it was trained. Any other dir: DPR's (cls, dot)."""
+    listed = _read_json(os.path.join(path, "modules.json")) or []
+    modules = {m.get("type", "").rsplit(".", 1)[-1]: m for m in listed}
+    if "Pooling" not in modules:
+        return "cls", "dot"
+    where = os.path.join(path, modules["Pooling"].get("path", ""), "config.json")
+    modes = [k for k, v in (_read_json(where) or {}).items() if k.startswith("pooling_mode_") and v]
+    kinds = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
+    if len(modes) != 1 or modes[0] not in kinds:
+        raise EncoderError(f"{where}: pooling modes {modes}; one of cls_token and mean_tokens is supported")
+    return kinds[modes[0]], "cos" if "Normalize" in modules else "dot"
+
+
+def _pooling(path, kind, similarity, kind_override, similarity_override):
+    """embed()'s pooling value: the model's own (kind, similarity) unless overridden (None, "auto": not)."""
+    if kind_override not in (None, "auto") and kind == "pooler_output":
+        raise EncoderError(f"{path} is a Hugging Face DPR model: it pools pooler_output, not {kind_override}")
+    kind = kind if kind_override in (None, "auto") else kind_override
+    similarity = similarity if similarity_override in (None, "auto") else similarity_override
+    return kind + (NORM if similarity == "cos" else "")
 
 
 def _from_pretrained(cls, path, **kwargs):
@@ -102,11 +136,15 @@ def encoder_identity(model, path):
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name} {t.dtype} {t.numel()}\n".encode())
         h.update(t.view(torch.uint8).numpy())
-    origin, saved = {}, os.path.join(path, ROLE_FILE)
-    if os.path.isfile(saved):
-        with open(saved) as f:
-            origin = json.load(f)
+    origin = (_read_json(os.path.join(path, ROLE_FILE)) if os.path.isdir(path) else None) or {}
     return {"digest": h.hexdigest(), "run": origin.get("run"), "step": origin.get("step")}
+
+
+def add_pooling_args(parser):
+    """--pooling and --similarity for the scripts that encode: override what the encoder's dir says."""
+    own = "default: the encoder's own (nanodpr.json, a sentence-transformers dir's modules; else DPR's"
+    parser.add_argument("--pooling", choices=["cls", "mean"], help=f"{own} cls)")
+    parser.add_argument("--similarity", choices=["dot", "cos"], help=f"{own} dot); cos: unit vectors")
 
 
 def tokenize_passages(tokenizer, titles, texts, max_length):
@@ -146,21 +184,29 @@ def pad_batch(ids, pad_token_id, multiple=1):
 
 
 def embed(model, pooling, batch):
-    """Embeddings for a padded batch (pad_batch): CLS of the last layer, or DPR's pooler_output."""
-    out = model(**batch)
-    return out.pooler_output if pooling == "pooler_output" else out.last_hidden_state[:, 0]
+    """Embeddings for a padded batch (pad_batch): CLS of the last layer, the mean over its real tokens
+    (padding excluded, as sentence-transformers), or DPR's pooler_output; unit length when pooling ends in
+    "+normalize"."""
+    out, kind = model(**batch), pooling.removesuffix(NORM)
+    x = out.pooler_output if kind == "pooler_output" else out.last_hidden_state[:, 0]
+    if kind == "mean":  # no attention_mask: the batch has no padding
+        h = out.last_hidden_state
+        mask = batch.get("attention_mask", torch.ones_like(h[..., 0]))[..., None].to(h.dtype)
+        x = (h * mask).sum(1) / mask.sum(1)
+    return F.normalize(x, dim=-1) if pooling.endswith(NORM) else x
 
 
 @quiet_transformers()
-def save_encoder(model, tokenizer, out_dir, role, **extra):
+def save_encoder(model, tokenizer, out_dir, role, pooling="cls", **extra):
     """A plain HF dir (BertModel.from_pretrained works on it; DPRQuestionEncoder/DPRContextEncoder.from_pretrained
-    for HF DPR models) plus nanodpr.json naming role and pooling."""
+    for HF DPR models) plus nanodpr.json naming role, pooling and similarity (`pooling` as load_encoder's)."""
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    pooling = "pooler_output" if model.config.model_type == "dpr" else "cls"
+    kind = "pooler_output" if model.config.model_type == "dpr" else pooling.removesuffix(NORM)
+    similarity = "cos" if pooling.endswith(NORM) else "dot"
     with open(os.path.join(out_dir, ROLE_FILE), "w") as f:
-        json.dump({"role": role, "pooling": pooling, **extra}, f, indent=1)
+        json.dump({"role": role, "pooling": kind, "similarity": similarity, **extra}, f, indent=1)
 
 
 def length_batches(lengths, batch_size=None, max_tokens=None, exact_length=False):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from utils.embeddings import check_provenance, load_embeddings, read_meta
+from utils.embeddings import check_pooling, check_provenance, load_embeddings, read_meta
 from utils.errors import ConfigError, DataError
 from utils.formats import PassageStore, normalize_question
 from utils.index import _import_faiss, open_index
@@ -20,12 +20,12 @@ from utils.models import autocast_dtype, encode_questions, load_encoder
 
 # Retriever's arguments in order, as test_dpr.py and search_dpr.py name their options
 CLI_OPTIONS = "pretrained_model_path embedding_dir wikipedia_path index index_path index_device".split()
-CLI_OPTIONS += ["nprobe", "ef_search", "batch_size", "trust_encoder_pair"]
+CLI_OPTIONS += ["nprobe", "ef_search", "batch_size", "trust_encoder_pair", "pooling", "similarity"]
 
 
 class Retriever:
-    """Question encoder + index + passages. index: "flat" (exact, DPR's), or a faiss index_factory string
-    built once and reused through index_path: test_dpr.py's --index, --index_path, --nprobe, --ef_search."""
+    """Question encoder + index + passages: test_dpr.py's options (CLI_OPTIONS). index: "flat" (exact, DPR's),
+    "flat:float16", or a faiss index_factory string built once and reused through index_path."""
 
     def __init__(
         self,
@@ -39,11 +39,15 @@ class Retriever:
         ef_search=256,
         batch_size=128,
         trust_encoder_pair=False,
+        pooling=None,
+        similarity=None,
     ):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model_path, self.embedding_dir, self.spec, self.nprobe = model_path, embedding_dir, index, nprobe
         self.batch_size, meta = batch_size, read_meta(embedding_dir)
-        self.model, self.tokenizer, self.pooling = load_encoder(model_path, "question")
+        # pooling and similarity: the encoder's own (nanodpr.json, a sentence-transformers dir) unless given
+        self.model, self.tokenizer, self.pooling = load_encoder(model_path, "question", None, False, pooling, similarity)
+        check_pooling(embedding_dir, meta, self.pooling)
         # the question encoder must belong with the passage encoder that made the embeddings (docs/evaluation.md)
         check_provenance(embedding_dir, meta, passages_path, self.model, model_path, trust_encoder_pair)
         self.model.to(self.device)
