@@ -41,7 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--pretrained_model_path", default=RECIPE["query_encoder"], help="question encoder")
     p.add_argument("--trust_encoder_pair", action="store_true", help="vouch for the pair (e.g. official DPR)")
     p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="the passages embedded there")
-    p.add_argument("--index", default="flat", help="flat (exact, DPR), flat:float16, or a faiss factory: HNSW32")
+    p.add_argument(
+        "--index", default="flat", help="flat (exact, DPR), flat:float16, or a faiss factory: HNSW32"
+    )
     p.add_argument("--index_path", help="where a factory --index is saved and reused (docs/indexes.md)")
     p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
     p.add_argument("--ef_search", type=int, default=256, help="HNSW indexes: candidate list size")

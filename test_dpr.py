@@ -10,6 +10,7 @@ retrieved passage is a hit when its text holds an answer under DPR's has_answer 
 is the share of questions with a hit among their first k passages. Optionally writes DPR's results
 JSON (what DPR's reader, FiD and pyserini's evaluation read), a TREC run file and a top-k curve.
 """
+
 import argparse
 import os
 import sys
@@ -31,34 +32,72 @@ REPORT_KS = (1, 5, 10, 20, 50, 100)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--embedding_dir", default=RECIPE["embeddings"], help="doc2embedding.py's output")
-    p.add_argument("--pretrained_model_path", default=RECIPE["query_encoder"],
-                   help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint")
+    p.add_argument(
+        "--pretrained_model_path",
+        default=RECIPE["query_encoder"],
+        help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint",
+    )
     p.add_argument("--trust_encoder_pair", action="store_true", help="vouch for the pair (e.g. official DPR)")
     p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="the passages embedded there")
-    p.add_argument("--qa_file", "--nq_test_file", dest="qa_file", default=RECIPE["questions"],
-                   help="questions with answers: question<TAB>['answer', ...], or a biencoder JSON (its questions and answers)")
+    p.add_argument(
+        "--qa_file",
+        "--nq_test_file",
+        dest="qa_file",
+        default=RECIPE["questions"],
+        help="questions with answers: question<TAB>['answer', ...], or a biencoder JSON (its questions and answers)",
+    )
     p.add_argument("--top_k", type=int, default=100, help="passages retrieved per question")
-    p.add_argument("--match", choices=["string", "regex"], default="string",
-                   help="has_answer rule: DPR's token match, or answers as regular expressions (CuratedTREC)")
-    p.add_argument("--index", default="flat", help="flat: exact search (DPR); flat:float16, flat:bfloat16: "
-                   "fast, re-scored in float32; else a faiss index_factory string, e.g. HNSW32, IVF4096,PQ64")
-    p.add_argument("--index_path", help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs")
+    p.add_argument(
+        "--match",
+        choices=["string", "regex"],
+        default="string",
+        help="has_answer rule: DPR's token match, or answers as regular expressions (CuratedTREC)",
+    )
+    p.add_argument(
+        "--index",
+        default="flat",
+        help="flat: exact search (DPR); flat:float16, flat:bfloat16: "
+        "fast, re-scored in float32; else a faiss index_factory string, e.g. HNSW32, IVF4096,PQ64",
+    )
+    p.add_argument(
+        "--index_path",
+        help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs",
+    )
     p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
-    p.add_argument("--ef_search", type=int, default=256, help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size")
-    p.add_argument("--output_file", help="write DPR's results JSON here, and the top-k curve next to it (.topk.csv, .topk.png)")
-    p.add_argument("--run_file", help="write a TREC run file here: qid Q0 passage_id rank score tag (qid: 0-based row in --qa_file)")
-    p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="auto: exact search on the GPU(s) when the vectors fit in their free memory "
-                   "(float16, 80%%), else CPU; a factory --index: gpu when faiss has GPU support")
+    p.add_argument(
+        "--ef_search",
+        type=int,
+        default=256,
+        help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size",
+    )
+    p.add_argument(
+        "--output_file",
+        help="write DPR's results JSON here, and the top-k curve next to it (.topk.csv, .topk.png)",
+    )
+    p.add_argument(
+        "--run_file",
+        help="write a TREC run file here: qid Q0 passage_id rank score tag (qid: 0-based row in --qa_file)",
+    )
+    p.add_argument(
+        "--index_device",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="auto: exact search on the GPU(s) when the vectors fit in their free memory "
+        "(float16, 80%%), else CPU; a factory --index: gpu when faiss has GPU support",
+    )
     p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
-    p.add_argument("--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)")
+    p.add_argument(
+        "--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)"
+    )
     add_pooling_args(p)
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error("--top_k must be at least 1")
     if args.index_path and args.index == "flat":
-        p.error("--index_path saves a faiss index_factory index; --index flat searches the embeddings as they are "
-                "(--index Flat builds a faiss IndexFlatIP that can be saved)")
+        p.error(
+            "--index_path saves a faiss index_factory index; --index flat searches the embeddings as they are "
+            "(--index Flat builds a faiss IndexFlatIP that can be saved)"
+        )
     return args
 
 
@@ -72,10 +111,25 @@ def fetch_and_score(store, ids, answers, match, num_workers):
 
 def make_results(questions, answers, ids, scores, passages, hits):
     """DPR's dense_retriever results: ids and scores as strings, as DPR writes them."""
-    return [{"question": question, "answers": answer,
-             "ctxs": [{"id": str(pid), "title": passages[pid][1], "text": passages[pid][0], "score": str(score), "has_answer": hit}
-                      for pid, score, hit in zip(row_ids, row_scores, row_hits)]}
-            for question, answer, row_ids, row_scores, row_hits in zip(questions, answers, ids.tolist(), scores, hits)]
+    return [
+        {
+            "question": question,
+            "answers": answer,
+            "ctxs": [
+                {
+                    "id": str(pid),
+                    "title": passages[pid][1],
+                    "text": passages[pid][0],
+                    "score": str(score),
+                    "has_answer": hit,
+                }
+                for pid, score, hit in zip(row_ids, row_scores, row_hits)
+            ],
+        }
+        for question, answer, row_ids, row_scores, row_hits in zip(
+            questions, answers, ids.tolist(), scores, hits
+        )
+    ]
 
 
 def write_curve(stem, curve, title):
@@ -109,9 +163,17 @@ def format_table(header, rows):
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
 
     def line(r):
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            + " |"
+        )
 
-    rule = "|" + "|".join((":" + "-" * (w + 1)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    rule = (
+        "|"
+        + "|".join((":" + "-" * (w + 1)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths))
+        + "|"
+    )
     return "\n".join([line(rows[0]), rule] + [line(r) for r in rows[1:]])
 
 
@@ -122,12 +184,16 @@ def run(args):
     questions, answers = [normalize_question(q) for q, _ in qas], [a for _, a in qas]
     # the search API's retrieval path (utils/retriever.py): the evaluation measures what search_dpr.py answers
     retriever = Retriever.from_args(args)
-    print(f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} "
-          f"({retriever.pooling} pooling) on {retriever.device}")
+    print(
+        f"{len(questions)} questions from {args.qa_file}; question encoder {args.pretrained_model_path} "
+        f"({retriever.pooling} pooling) on {retriever.device}"
+    )
     k = min(args.top_k, len(retriever))
     if k < args.top_k:
         print(f"only {len(retriever)} passages in {args.embedding_dir}: retrieving top {k}")
-    print(f"index: {len(retriever):,} passages x {retriever.dim} ({retriever.emb_dtype} on disk), {retriever.index_name}")
+    print(
+        f"index: {len(retriever):,} passages x {retriever.dim} ({retriever.emb_dtype} on disk), {retriever.index_name}"
+    )
     clock.lap("load questions, encoder + index")
 
     q = retriever.encode(questions, progress=True)
@@ -149,10 +215,18 @@ def run(args):
 
 def report(args, num_questions, curve, timings, written):
     print(f"\nTop-k accuracy, {num_questions} questions, {args.match} match ({args.qa_file}):")
-    print(format_table(["top-k", "accuracy (%)"], [[f"Top-{n}", f"{100 * curve[n]:.2f}"] for n in REPORT_KS if n in curve]))
+    print(
+        format_table(
+            ["top-k", "accuracy (%)"],
+            [[f"Top-{n}", f"{100 * curve[n]:.2f}"] for n in REPORT_KS if n in curve],
+        )
+    )
     print("\nTimings:")
     print(format_table(["step", "seconds"], [[step, f"{s:.2f}"] for step, s in timings.items()]))
-    print("\n".join(f"wrote {path}" for path in written) or "no --output_file or --run_file: results not written")
+    print(
+        "\n".join(f"wrote {path}" for path in written)
+        or "no --output_file or --run_file: results not written"
+    )
 
 
 def save(args, questions, answers, retrieved, scores, passages, hits, curve):
@@ -162,7 +236,9 @@ def save(args, questions, answers, retrieved, scores, passages, hits, curve):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.output_file:
         write_results(args.output_file, make_results(questions, answers, retrieved, scores, passages, hits))
-        written += [args.output_file] + write_curve(os.path.splitext(args.output_file)[0], curve, os.path.basename(args.qa_file))
+        written += [args.output_file] + write_curve(
+            os.path.splitext(args.output_file)[0], curve, os.path.basename(args.qa_file)
+        )
     if args.run_file:
         write_run(args.run_file, retrieved, scores, f"nanoDPR_{args.index}")
         written.append(args.run_file)

@@ -10,6 +10,7 @@ passage, one more of its words as the answer. The figures at 21M are linear extr
 indexing and memory grow with the corpus, each question's retrieval with its words' posting lists,
 labelling (has_answer, reading passages) not.
 """
+
 import argparse
 import json
 import os
@@ -24,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from bm25s.stopwords import STOPWORDS_EN  # noqa: E402
+
 from utils.bm25_train_data import build_index, make_record, make_tokenizer, search  # noqa: E402
 from utils.formats import PassageStore, read_qas  # noqa: E402
 
@@ -101,22 +103,43 @@ def main():
         hits, search_s = timed(search, retriever, tokenizer, [q for q, _ in qas], args.top_k)
         opts = argparse.Namespace(num_hard_negatives=30, num_other_negatives=30)
         rng, stats = random.Random(args.seed), Counter()
-        kept, label_s = timed(lambda: sum(make_record(q, a, None, h, store, pids, opts, rng, stats, "bench") is not None
-                                          for (q, a), h in zip(qas, hits)))
+        kept, label_s = timed(
+            lambda: sum(
+                make_record(q, a, None, h, store, pids, opts, rng, stats, "bench") is not None
+                for (q, a), h in zip(qas, hits)
+            )
+        )
     n, q = len(pids), len(qas)
-    fig = {"passages": n, "questions": q, "kept": kept, "backend": retriever.backend, "load_average_1min": os.getloadavg()[0]}
-    for clock, i in (("wall", 0), ("cpu", 1)):  # cpu: this process's CPU time, the figure a loaded machine keeps
-        fig[clock] = {"index_passages_per_s": n / index_s[i], "retrieve_questions_per_s": q / search_s[i],
-                      "retrieve_and_label_questions_per_s": q / (search_s[i] + label_s[i])}
+    fig = {
+        "passages": n,
+        "questions": q,
+        "kept": kept,
+        "backend": retriever.backend,
+        "load_average_1min": os.getloadavg()[0],
+    }
+    for clock, i in (
+        ("wall", 0),
+        ("cpu", 1),
+    ):  # cpu: this process's CPU time, the figure a loaded machine keeps
+        fig[clock] = {
+            "index_passages_per_s": n / index_s[i],
+            "retrieve_questions_per_s": q / search_s[i],
+            "retrieve_and_label_questions_per_s": q / (search_s[i] + label_s[i]),
+        }
     fig.update(peak_rss_gb=peak_rss_gb(), peak_rss_gb_after_index=rss_index, rss_gb_before_index=rss_start)
     scale = NQ_PASSAGES / n  # linear extrapolation to psgs_w100, from CPU time
     fig["extrapolated_21M"] = {
         "index_hours": index_s[1] * scale / 3600,
         "index_peak_rss_gb": rss_start + (rss_index - rss_start) * scale,
-        "nq_train_retrieve_and_label_hours": NQ_TRAIN_QUESTIONS * (search_s[1] * scale + label_s[1]) / q / 3600,
+        "nq_train_retrieve_and_label_hours": NQ_TRAIN_QUESTIONS
+        * (search_s[1] * scale + label_s[1])
+        / q
+        / 3600,
     }
     for k, v in fig.items():
-        print(f"{k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:,.2f}' if isinstance(v, float) else v)}")
+        print(
+            f"{k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:,.2f}' if isinstance(v, float) else v)}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(fig, f, indent=1)

@@ -31,6 +31,7 @@ calibrated so that a 100-word passage has about the token count of mini-NQ's (me
 Models: tiny (2x128 BERT), minilm (the offline all-MiniLM-L6-v2), bert-base (BertConfig(), random
 init: speed does not depend on the weights); all use MiniLM's bert-base-uncased tokenizer.
 """
+
 import argparse
 import contextlib
 import copy
@@ -51,11 +52,17 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from utils.formats import iter_passages  # noqa: E402
-from utils.embeddings import encode_defaults, load_embeddings  # noqa: E402
-from utils.models import (autocast_dtype, encode_batches, load_encoder, padded_batches, save_encoder,  # noqa: E402
-                          tokenize_passages)
 from bench.profiling import flop_coefficients  # noqa: E402
+from utils.embeddings import encode_defaults, load_embeddings  # noqa: E402
+from utils.formats import iter_passages  # noqa: E402
+from utils.models import (
+    autocast_dtype,
+    encode_batches,
+    load_encoder,
+    padded_batches,
+    save_encoder,  # noqa: E402
+    tokenize_passages,
+)
 
 MODELS = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -68,19 +75,37 @@ def parse_args():
     p.add_argument("--model", choices=["tiny", "minilm", "bert-base"], default="minilm")
     p.add_argument("--n", type=int, default=2000, help="passages")
     p.add_argument("--tsv", help="time the first n passages of this passage file instead of synthetic ones")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tokenizer", help="dir of a bert-base-uncased tokenizer (default: the all-MiniLM-L6-v2 package's)")
-    p.add_argument("--baseline_batch_size", type=int, help="(a): default 1024 on GPU (the seed's), 128 on CPU")
-    p.add_argument("--baseline_n", type=int, default=20000, help="(a) times the first this many passages (it is slow)")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    p.add_argument(
+        "--tokenizer", help="dir of a bert-base-uncased tokenizer (default: the all-MiniLM-L6-v2 package's)"
+    )
+    p.add_argument(
+        "--baseline_batch_size", type=int, help="(a): default 1024 on GPU (the seed's), 128 on CPU"
+    )
+    p.add_argument(
+        "--baseline_n", type=int, default=20000, help="(a) times the first this many passages (it is slow)"
+    )
     for name in ("max_tokens_per_batch", "num_workers", "window"):
         p.add_argument(f"--{name}", type=int, help="(b): passed to doc2embedding.py (default: its own)")
-    p.add_argument("--compute_dtype", choices=["float32", "bfloat16", "float16"], help="(b) and (c) (default: doc2embedding's)")
-    p.add_argument("--peak_tflops", type=float, help="the device's dense peak for the compute dtype: also report MFU")
+    p.add_argument(
+        "--compute_dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="(b) and (c) (default: doc2embedding's)",
+    )
+    p.add_argument(
+        "--peak_tflops", type=float, help="the device's dense peak for the compute dtype: also report MFU"
+    )
     p.add_argument("--skip", nargs="+", choices=["a", "b", "c"], default=[], help="parts not to run")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--write_tsv", help="only write --n synthetic passages to this TSV and exit")
-    p.add_argument("--profile", action="store_true", help="(c): also profile a first and a second pass over "
-                   "batch shapes no variant ran (3/4 of the default budget); print the top operators of each")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="(c): also profile a first and a second pass over "
+        "batch shapes no variant ran (3/4 of the default budget); print the top operators of each",
+    )
     return p.parse_args()
 
 
@@ -95,7 +120,13 @@ def synthetic_passages(tokenizer, n, seed=0):
 
     def word(rare):  # rare: this passage's share of multi-piece words (names, numbers vary by topic)
         r = rng.random()
-        w = rng.choice(vocab) + rng.choice(vocab) if r < rare else str(rng.randint(1, 2020)) if r < 1.4 * rare else rng.choice(vocab)
+        w = (
+            rng.choice(vocab) + rng.choice(vocab)
+            if r < rare
+            else str(rng.randint(1, 2020))
+            if r < 1.4 * rare
+            else rng.choice(vocab)
+        )
         return w + (rng.choice(",.") if rng.random() < 0.09 else "")
 
     rows = []
@@ -124,9 +155,17 @@ def nanodpr_encode(model, tokenizer, rows, batch_size, device):
     out = []
     for i in range(0, len(rows), batch_size):
         batch = rows[i : i + batch_size]
-        enc = tokenizer([r[2] for r in batch], [r[1] for r in batch], max_length=256, padding="max_length",
-                        truncation=True, return_tensors="pt").to(device)
-        enc["token_type_ids"].zero_()  # the seed kept the tokenizer's 1s; zeros (as ours, DPR) for the cosine guard below
+        enc = tokenizer(
+            [r[2] for r in batch],
+            [r[1] for r in batch],
+            max_length=256,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        ).to(device)
+        enc[
+            "token_type_ids"
+        ].zero_()  # the seed kept the tokenizer's 1s; zeros (as ours, DPR) for the cosine guard below
         out.append(model(**enc).last_hidden_state[:, 0].cpu().numpy())
     return np.concatenate(out)
 
@@ -134,8 +173,21 @@ def nanodpr_encode(model, tokenizer, rows, batch_size, device):
 def run_doc2embedding(args, model_dir, tsv, out_dir):
     """(b): the real program in its own process; returns its --report_json figures and its embeddings (float32)."""
     report = os.path.join(out_dir, "report.json")
-    cmd = [sys.executable, os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model_dir, "--wikipedia_path", tsv,
-           "--output_dir", os.path.join(out_dir, "emb"), "--limit", str(args.n), "--overwrite", "--report_json", report]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "doc2embedding.py"),
+        "--pretrained_model_path",
+        model_dir,
+        "--wikipedia_path",
+        tsv,
+        "--output_dir",
+        os.path.join(out_dir, "emb"),
+        "--limit",
+        str(args.n),
+        "--overwrite",
+        "--report_json",
+        report,
+    ]
     for name in ("max_tokens_per_batch", "num_workers", "window", "compute_dtype"):
         if getattr(args, name) is not None:
             cmd += [f"--{name}", str(getattr(args, name))]
@@ -174,10 +226,14 @@ def model_alone(args, model, tokens, pad_id, device):
     gpu = device.type == "cuda"
 
     def batches(where="device", always_mask=defaults["always_mask"], mask4d=False, **kw):
-        out = padded_batches(tokens, pad_id, max_tokens=kw.pop("max_tokens", budget), always_mask=always_mask, **kw)
+        out = padded_batches(
+            tokens, pad_id, max_tokens=kw.pop("max_tokens", budget), always_mask=always_mask, **kw
+        )
         if mask4d:  # (rows, 1, 1, length) booleans: transformers passes them on instead of checking them on the device
             out = [(r, {**x, "attention_mask": x["attention_mask"][:, None, None, :].bool()}) for r, x in out]
-        move = {"device": lambda v: v.to(device), "pinned": torch.Tensor.pin_memory, "pageable": lambda v: v}[where]
+        move = {"device": lambda v: v.to(device), "pinned": torch.Tensor.pin_memory, "pageable": lambda v: v}[
+            where
+        ]
         return [(move(r), {k: move(v) for k, v in x.items()}) for r, x in out]
 
     ref, _ = timed_encode(model, batches(), n, device)  # fp32 weights, no autocast: the reference
@@ -189,29 +245,75 @@ def model_alone(args, model, tokens, pad_id, device):
     variants[f"{dtype} weights, {mask} (default)"] = (fast, batches(), False, None)
     other = not defaults["always_mask"]
     variants[f"{dtype} weights, {'a mask on every batch' if other else 'no mask on unpadded batches'}"] = (
-        fast, batches(always_mask=other), False, None)
-    variants[f"{dtype} weights, exact-length batches (no mask at all)"] = (fast, batches(exact_length=True), False, None)
-    variants[f"{dtype} weights, widths padded to a multiple of 8 (1/8 the shapes)"] = (fast, batches(multiple=8), False, None)
+        fast,
+        batches(always_mask=other),
+        False,
+        None,
+    )
+    variants[f"{dtype} weights, exact-length batches (no mask at all)"] = (
+        fast,
+        batches(exact_length=True),
+        False,
+        None,
+    )
+    variants[f"{dtype} weights, widths padded to a multiple of 8 (1/8 the shapes)"] = (
+        fast,
+        batches(multiple=8),
+        False,
+        None,
+    )
     variants[f"{dtype} weights, 4-D masks on every batch (no host sync)"] = (
-        fast, batches(always_mask=True, mask4d=True), False, None)
+        fast,
+        batches(always_mask=True, mask4d=True),
+        False,
+        None,
+    )
     if gpu:
-        variants["autocast over float32 weights, a mask on every batch"] = (model, batches(always_mask=True), True, None)
-        variants[f"{dtype} weights, batches copied from pinned host memory"] = (fast, batches("pinned"), False, None)
-        variants[f"{dtype} weights, batches copied from pageable host memory"] = (fast, batches("pageable"), False, None)
+        variants["autocast over float32 weights, a mask on every batch"] = (
+            model,
+            batches(always_mask=True),
+            True,
+            None,
+        )
+        variants[f"{dtype} weights, batches copied from pinned host memory"] = (
+            fast,
+            batches("pinned"),
+            False,
+            None,
+        )
+        variants[f"{dtype} weights, batches copied from pageable host memory"] = (
+            fast,
+            batches("pageable"),
+            False,
+            None,
+        )
     for tokens_per_batch in sorted({budget // 4, budget // 2, budget * 2} - {budget}):
-        variants[f"{dtype} weights, token budget {tokens_per_batch}"] = (fast, batches(max_tokens=tokens_per_batch), False, None)
+        variants[f"{dtype} weights, token budget {tokens_per_batch}"] = (
+            fast,
+            batches(max_tokens=tokens_per_batch),
+            False,
+            None,
+        )
     out = {}
     for name, (m, bs, autocast, backends) in variants.items():
         if gpu:
             torch.cuda.reset_peak_memory_stats(device)
         emb, (cold, rate) = timed_encode(m, bs, n, device, autocast, backends)
         unpadded = sum(int(lengths[r.cpu().numpy()].min() == x["input_ids"].shape[1]) for r, x in bs)
-        out[name] = {"passages_per_s": rate, "cold_passages_per_s": cold, "batches": len(bs), "unpadded_batches": unpadded,
-                     "tflops": flops / (n / rate) / 1e12, "min_cosine": min_cosine(ref, emb),
-                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None}
-        print(f"(c) {name}: {rate:.1f} passages/s (first pass {cold:.1f}), {out[name]['tflops']:.3g} TFLOP/s, {len(bs)} batches "
-              f"({unpadded} unpadded), min cosine to float32 {out[name]['min_cosine']:.6f}"
-              + (f", peak {out[name]['peak_gib']:.2f} GiB" if gpu else ""))
+        out[name] = {
+            "passages_per_s": rate,
+            "cold_passages_per_s": cold,
+            "batches": len(bs),
+            "unpadded_batches": unpadded,
+            "tflops": flops / (n / rate) / 1e12,
+            "min_cosine": min_cosine(ref, emb),
+            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None,
+        }
+        print(
+            f"(c) {name}: {rate:.1f} passages/s (first pass {cold:.1f}), {out[name]['tflops']:.3g} TFLOP/s, {len(bs)} batches "
+            f"({unpadded} unpadded), min cosine to float32 {out[name]['min_cosine']:.6f}"
+            + (f", peak {out[name]['peak_gib']:.2f} GiB" if gpu else "")
+        )
     if args.profile:  # last, and a failing profiler costs only its tables
         try:
             profile_passes(fast, batches(max_tokens=budget * 3 // 4), n, device)
@@ -230,7 +332,9 @@ def bench_tokenizer_dir(args):
 
 def profile_passes(model, batches, n, device):
     """torch.profiler's top operators by self time over a first pass (new shapes) and a second (same ones)."""
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+    )
     for which in ("first", "second"):
         with torch.profiler.profile(activities=activities) as prof:
             encode_batches(model, "cls", batches, n, device)
@@ -247,15 +351,21 @@ def load_bench_model(args, tmp):
         return tokenizer_dir, tokenizer
     torch.manual_seed(0)
     model_dir = os.path.join(tmp, args.model)
-    save_encoder(BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **MODELS[args.model]), add_pooling_layer=False),
-                 tokenizer, model_dir, "passage")
+    save_encoder(
+        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **MODELS[args.model]), add_pooling_layer=False),
+        tokenizer,
+        model_dir,
+        "passage",
+    )
     return model_dir, tokenizer
 
 
 def passages(args, tokenizer, tmp):
     """(rows, tsv path, the first 10,000 rows' tokens, their length distribution)."""
     if args.tsv:
-        rows = [(pid, text, title) for _, pid, text, title in itertools.islice(iter_passages(args.tsv), args.n)]
+        rows = [
+            (pid, text, title) for _, pid, text, title in itertools.islice(iter_passages(args.tsv), args.n)
+        ]
         tsv = args.tsv
     else:
         rows = synthetic_passages(tokenizer, min(args.n, SYNTHETIC_MAX))
@@ -266,22 +376,36 @@ def passages(args, tokenizer, tmp):
     sample = rows[:10000]
     tokens = tokenize_passages(tokenizer, [r[2] for r in sample], [r[1] for r in sample], 256)
     lengths = np.array([len(x) for x in tokens])
-    dist = {k: float(v) for k, v in zip(["min", "median", "p90", "max"], np.percentile(lengths, [0, 50, 90, 100]))}
-    print(f"{args.n} {'passages of ' + tsv if args.tsv else 'synthetic passages'}; tokens of the first {len(sample)} (max_length 256): "
-          f"min {dist['min']:.0f}, median {dist['median']:.0f}, p90 {dist['p90']:.0f}, max {dist['max']:.0f}; mean {lengths.mean():.1f}")
+    dist = {
+        k: float(v) for k, v in zip(["min", "median", "p90", "max"], np.percentile(lengths, [0, 50, 90, 100]))
+    }
+    print(
+        f"{args.n} {'passages of ' + tsv if args.tsv else 'synthetic passages'}; tokens of the first {len(sample)} (max_length 256): "
+        f"min {dist['min']:.0f}, median {dist['median']:.0f}, p90 {dist['p90']:.0f}, max {dist['max']:.0f}; mean {lengths.mean():.1f}"
+    )
     return rows, tsv, tokens, dist
 
 
 def pipeline_figures(stats, peak):
     """(b)'s report in the bench's JSON keys, with the steady rate a long run would see (extrapolated)."""
     capacity = stats["tokenize_per_worker_per_s"] * stats["num_workers"]
-    return {"ours_passages_per_s": stats["passages_per_s_per_process"], "first_window_s": stats["first_window_s"],
-            "ours_model_passages_per_s": stats["model_passages_per_s"], "ours_tflops": stats["tflops"],
-            "ours_mfu": stats["tflops"] / peak if peak else None, "compute_dtype": stats["compute_dtype"],
-            "tokenize_passages_per_s_per_worker": stats["tokenize_per_worker_per_s"], "num_workers": stats["num_workers"],
-            "tokenize_passages_per_s": capacity, "ours_projected_passages_per_s": min(stats["model_passages_per_s"], capacity),
-            "idle_s": stats["idle_s"], "idle_split_s": {k: stats[k] for k in ("wait_s", "copy_s", "write_wait_s", "other_s")},
-            "model_s": stats["model_s"], "seconds": stats["seconds"], "pinned_batches": stats.get("pinned")}
+    return {
+        "ours_passages_per_s": stats["passages_per_s_per_process"],
+        "first_window_s": stats["first_window_s"],
+        "ours_model_passages_per_s": stats["model_passages_per_s"],
+        "ours_tflops": stats["tflops"],
+        "ours_mfu": stats["tflops"] / peak if peak else None,
+        "compute_dtype": stats["compute_dtype"],
+        "tokenize_passages_per_s_per_worker": stats["tokenize_per_worker_per_s"],
+        "num_workers": stats["num_workers"],
+        "tokenize_passages_per_s": capacity,
+        "ours_projected_passages_per_s": min(stats["model_passages_per_s"], capacity),
+        "idle_s": stats["idle_s"],
+        "idle_split_s": {k: stats[k] for k in ("wait_s", "copy_s", "write_wait_s", "other_s")},
+        "model_s": stats["model_s"],
+        "seconds": stats["seconds"],
+        "pinned_batches": stats.get("pinned"),
+    }
 
 
 def main():
@@ -297,9 +421,19 @@ def main():
     model_dir, tokenizer = load_bench_model(args, tmp)
     rows, tsv, sample_tokens, dist = passages(args, tokenizer, tmp)
     model = load_encoder(model_dir, "passage")[0].to(device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    fig = {"model": args.model, "n": args.n, "passages": args.tsv or "synthetic", "device": name, "token_lengths": dist,
-           "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "max_tokens_per_batch": args.max_tokens_per_batch}
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    fig = {
+        "model": args.model,
+        "n": args.n,
+        "passages": args.tsv or "synthetic",
+        "device": name,
+        "token_lengths": dist,
+        "date": time.strftime("%Y-%m-%d"),
+        "argv": sys.argv[1:],
+        "max_tokens_per_batch": args.max_tokens_per_batch,
+    }
     if "c" not in args.skip:
         fig["model_alone"] = model_alone(args, model, sample_tokens, tokenizer.pad_token_id, device)
         fig["model_alone_passages_per_s"] = next(iter(fig["model_alone"].values()))["passages_per_s"]
@@ -308,21 +442,31 @@ def main():
         t = time.perf_counter()
         emb_a = nanodpr_encode(model, tokenizer, rows[: args.baseline_n], args.baseline_batch_size, device)
         fig["nanodpr_passages_per_s"] = len(emb_a) / (time.perf_counter() - t)
-        print(f"(a) nanoDPR-style (file order, pad to 256, fp32, batch {args.baseline_batch_size}): {fig['nanodpr_passages_per_s']:.1f} passages/s")
+        print(
+            f"(a) nanoDPR-style (file order, pad to 256, fp32, batch {args.baseline_batch_size}): {fig['nanodpr_passages_per_s']:.1f} passages/s"
+        )
     del model
     if "b" not in args.skip:
         stats, emb_b = run_doc2embedding(args, model_dir, tsv, tmp)
         fig.update(pipeline_figures(stats, args.peak_tflops))
-        print(f"(b) doc2embedding.py: {fig['ours_passages_per_s']:.1f} passages/s whole run (first window after {fig['first_window_s']:.1f}s); "
-              f"model {fig['ours_model_passages_per_s']:.1f} passages/s, {fig['ours_tflops']:.3g} TFLOP/s"
-              + (f" (MFU {fig['ours_mfu']:.1%})" if args.peak_tflops else "") + f"; idle {fig['idle_s']:.1f}s of {fig['seconds']:.1f}s; "
-              f"tokenizing {fig['tokenize_passages_per_s']:.0f} passages/s ({fig['num_workers']} workers); projected steady "
-              f"{fig['ours_projected_passages_per_s']:.1f} passages/s")
+        print(
+            f"(b) doc2embedding.py: {fig['ours_passages_per_s']:.1f} passages/s whole run (first window after {fig['first_window_s']:.1f}s); "
+            f"model {fig['ours_model_passages_per_s']:.1f} passages/s, {fig['ours_tflops']:.3g} TFLOP/s"
+            + (f" (MFU {fig['ours_mfu']:.1%})" if args.peak_tflops else "")
+            + f"; idle {fig['idle_s']:.1f}s of {fig['seconds']:.1f}s; "
+            f"tokenizing {fig['tokenize_passages_per_s']:.0f} passages/s ({fig['num_workers']} workers); projected steady "
+            f"{fig['ours_projected_passages_per_s']:.1f} passages/s"
+        )
     if "a" not in args.skip and "b" not in args.skip:
         # Same vectors up to fp16 storage and the compute dtype: a guard against timing a wrong computation.
-        fig.update(ratio=fig["ours_passages_per_s"] / fig["nanodpr_passages_per_s"], min_cosine=min_cosine(emb_a, emb_b[: len(emb_a)]))
-        print(f"ratio (b)/(a): {fig['ratio']:.2f}x whole run, {fig['ours_projected_passages_per_s'] / fig['nanodpr_passages_per_s']:.2f}x "
-              f"projected steady state; min cosine (a) vs (b): {fig['min_cosine']:.5f}")
+        fig.update(
+            ratio=fig["ours_passages_per_s"] / fig["nanodpr_passages_per_s"],
+            min_cosine=min_cosine(emb_a, emb_b[: len(emb_a)]),
+        )
+        print(
+            f"ratio (b)/(a): {fig['ratio']:.2f}x whole run, {fig['ours_projected_passages_per_s'] / fig['nanodpr_passages_per_s']:.2f}x "
+            f"projected steady state; min cosine (a) vs (b): {fig['min_cosine']:.5f}"
+        )
     shutil.rmtree(tmp)
     if args.json:
         with open(args.json, "w") as f:

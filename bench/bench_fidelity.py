@@ -28,8 +28,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from utils.formats import iter_passages, normalize_question, read_qas  # noqa: E402
 from utils.index import TorchIndex  # noqa: E402
-from utils.models import autocast_dtype, encode_batches, load_encoder, padded_batches  # noqa: E402
-from utils.models import tokenize_passages, tokenize_questions  # noqa: E402
+from utils.models import (  # noqa: E402  # noqa: E402
+    autocast_dtype,
+    encode_batches,
+    load_encoder,
+    padded_batches,
+    tokenize_passages,
+    tokenize_questions,
+)
 
 
 def parse_args():
@@ -62,7 +68,9 @@ def main():
         "autocast over float32 weights": (model, True),
     }
     emb = {
-        name: encode_batches(m, pooling, batches, len(tokens), device, autocast_dtype(device) if amp else None, host=False)
+        name: encode_batches(
+            m, pooling, batches, len(tokens), device, autocast_dtype(device) if amp else None, host=False
+        )
         for name, (m, amp) in ways.items()
     }
     qmodel, qtokenizer, qpooling = load_encoder(args.query_encoder, "question")

@@ -10,6 +10,7 @@ k+64) re-scored in float32). Build = loading the vectors into the index; search 
 one small warm-up search. Each path's ids are checked against a float64 brute-force top-k of the first 16
 queries (overlap@k; below 1 only through near-ties).
 """
+
 import argparse
 import json
 import os
@@ -27,15 +28,33 @@ CHECK_QUERIES = 16
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description="exact top-k search speed: CPU faiss vs the torch path (and GPU paths)")
+    p = argparse.ArgumentParser(
+        description="exact top-k search speed: CPU faiss vs the torch path (and GPU paths)"
+    )
     p.add_argument("--n", type=int, default=200_000, help="corpus vectors (NQ: 21,015,324)")
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--queries", type=int, default=3610, help="NQ test has 3,610 questions")
     p.add_argument("--k", type=int, default=100)
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="of the stored embeddings (doc2embedding's default: float16)")
-    p.add_argument("--paths", nargs="+", choices=["faiss-cpu", "torch-cpu", "faiss-gpu", "torch-gpu", "torch-gpu:float16",
-                                                  "torch-gpu:bfloat16", "torch-cpu:bfloat16"],
-                   help="default: faiss-cpu and torch-cpu, plus the GPU paths when a GPU is present")
+    p.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="of the stored embeddings (doc2embedding's default: float16)",
+    )
+    p.add_argument(
+        "--paths",
+        nargs="+",
+        choices=[
+            "faiss-cpu",
+            "torch-cpu",
+            "faiss-gpu",
+            "torch-gpu",
+            "torch-gpu:float16",
+            "torch-gpu:bfloat16",
+            "torch-cpu:bfloat16",
+        ],
+        help="default: faiss-cpu and torch-cpu, plus the GPU paths when a GPU is present",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the figures here (for bench/run_all.py)")
     return p.parse_args()
@@ -72,7 +91,9 @@ def sync():
 def main():
     args = parse_args()
     gpu = torch.cuda.is_available()
-    paths = args.paths or ["faiss-cpu", "torch-cpu"] + (["faiss-gpu"] if faiss_gpu_count() else []) + (["torch-gpu"] if gpu else [])
+    paths = args.paths or ["faiss-cpu", "torch-cpu"] + (["faiss-gpu"] if faiss_gpu_count() else []) + (
+        ["torch-gpu"] if gpu else []
+    )
     if any("gpu" in p for p in paths) and not gpu:
         raise SystemExit("error: a GPU path was asked for, but torch sees no CUDA device")
     if "faiss-gpu" in paths and not faiss_gpu_count():
@@ -84,8 +105,10 @@ def main():
     queries = torch.randn((args.queries, args.dim), generator=torch.Generator().manual_seed(args.seed + 1))
     reference = reference_topk(corpus, queries[:CHECK_QUERIES], args.k)
     corpus_np = corpus.cpu().numpy() if any("cpu" in p for p in paths) else None
-    print(f"{args.n:,} x {args.dim} {args.dtype} random vectors ({corpus.numel() * corpus.element_size() / 2**30:.1f} GiB) "
-          f"on {device}, {args.queries} queries, k={args.k}: made in {time.perf_counter() - t:.1f} s")
+    print(
+        f"{args.n:,} x {args.dim} {args.dtype} random vectors ({corpus.numel() * corpus.element_size() / 2**30:.1f} GiB) "
+        f"on {device}, {args.queries} queries, k={args.k}: made in {time.perf_counter() - t:.1f} s"
+    )
 
     results = []
     for path in paths:
@@ -95,9 +118,17 @@ def main():
         elif path == "faiss-gpu":
             index = FaissIndex(corpus_np if corpus_np is not None else corpus.cpu().numpy(), gpu=True)
         elif path.startswith("torch-cpu"):
-            index = TorchIndex(corpus_np if corpus.device.type == "cuda" else corpus, ["cpu"], search_dtype=path[10:] or "float32")
+            index = TorchIndex(
+                corpus_np if corpus.device.type == "cuda" else corpus,
+                ["cpu"],
+                search_dtype=path[10:] or "float32",
+            )
         else:
-            index = TorchIndex(corpus, [f"cuda:{g}" for g in range(torch.cuda.device_count())], search_dtype=path[10:] or "float32")
+            index = TorchIndex(
+                corpus,
+                [f"cuda:{g}" for g in range(torch.cuda.device_count())],
+                search_dtype=path[10:] or "float32",
+            )
         sync()
         build = time.perf_counter() - t
         index.search(queries[:8].numpy(), args.k)  # warm-up: BLAS / cuBLAS / faiss initialisation
@@ -105,18 +136,39 @@ def main():
         t = time.perf_counter()
         _, rows = index.search(queries.numpy(), args.k)
         search = time.perf_counter() - t
-        overlap = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(rows[:CHECK_QUERIES].tolist(), reference.tolist())])
-        results.append({"path": path, "index": index.name, "build_s": round(build, 3), "search_s": round(search, 3),
-                        "queries_per_s": round(args.queries / search, 1), "overlap_at_k": round(float(overlap), 4)})
-        print(f"{path:18s}  build {build:8.2f} s  search {search:8.2f} s  {args.queries / search:10.1f} q/s  "
-              f"overlap@{args.k} vs float64 {overlap:.4f}  [{index.name}]")
+        overlap = np.mean(
+            [len(set(a) & set(b)) / args.k for a, b in zip(rows[:CHECK_QUERIES].tolist(), reference.tolist())]
+        )
+        results.append(
+            {
+                "path": path,
+                "index": index.name,
+                "build_s": round(build, 3),
+                "search_s": round(search, 3),
+                "queries_per_s": round(args.queries / search, 1),
+                "overlap_at_k": round(float(overlap), 4),
+            }
+        )
+        print(
+            f"{path:18s}  build {build:8.2f} s  search {search:8.2f} s  {args.queries / search:10.1f} q/s  "
+            f"overlap@{args.k} vs float64 {overlap:.4f}  [{index.name}]"
+        )
         del index
         if gpu:
             torch.cuda.empty_cache()
 
     cpu_desc = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
-    figures = {"workload": "search", "n": args.n, "dim": args.dim, "queries": args.queries, "k": args.k, "dtype": args.dtype,
-               "device": torch.cuda.get_device_name(0) if gpu else "cpu", "cpu": cpu_desc, "results": results}
+    figures = {
+        "workload": "search",
+        "n": args.n,
+        "dim": args.dim,
+        "queries": args.queries,
+        "k": args.k,
+        "dtype": args.dtype,
+        "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+        "cpu": cpu_desc,
+        "results": results,
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

@@ -14,6 +14,7 @@ backward, clip, AdamW) through utils.biencoder.plain_step / grad_cache_step:
 examples/s = questions per second; peak memory = torch.cuda.max_memory_allocated (GPU only).
 If a variant runs out of memory at --batch_size it is retried at half the batch (reported).
 """
+
 import argparse
 import contextlib
 import json
@@ -26,10 +27,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import BertConfig, BertModel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.biencoder import BiEncoder, grad_cache_step, plain_step  # noqa: E402
 from accelerate.utils import send_to_device  # noqa: E402
-from utils.train_data import make_chunk, passage_groups  # noqa: E402
+
+from utils.biencoder import BiEncoder, grad_cache_step, plain_step  # noqa: E402
 from utils.models import pad_batch  # noqa: E402
+from utils.train_data import make_chunk, passage_groups  # noqa: E402
 
 LEVERS = {  # name: what changes against "ours"
     "pad8": "every batch padded to a multiple of 8 tokens (Collate's pad_multiple)",
@@ -48,14 +50,27 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", choices=SIZES, default=None, help="default: base on GPU, small on CPU")
-    p.add_argument("--batch_size", type=int, default=None, help="questions per step; default 128 on GPU, 8 on CPU")
-    p.add_argument("--chunk", type=int, default=None, help="gradient-cache chunk (questions); default 32 GPU, 4 CPU")
+    p.add_argument(
+        "--batch_size", type=int, default=None, help="questions per step; default 128 on GPU, 8 on CPU"
+    )
+    p.add_argument(
+        "--chunk", type=int, default=None, help="gradient-cache chunk (questions); default 32 GPU, 4 CPU"
+    )
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant; default 10 GPU, 2 CPU")
-    p.add_argument("--warmup", type=int, default=4, help="untimed steps; 4: one pass over the 4 distinct "
-                   "batches, so no variant meets a batch shape first while timed (GPU libraries plan per shape)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=4,
+        help="untimed steps; 4: one pass over the 4 distinct "
+        "batches, so no variant meets a batch shape first while timed (GPU libraries plan per shape)",
+    )
     p.add_argument("--levers", nargs="*", default=[], choices=LEVERS, help="also run ours with each of these")
-    p.add_argument("--no_baseline", action="store_true", help="skip the nanoDPR-style step (slow; measured before)")
-    p.add_argument("--profile", action="store_true", help="print ours' top operators over 4 steps (torch.profiler)")
+    p.add_argument(
+        "--no_baseline", action="store_true", help="skip the nanoDPR-style step (slow; measured before)"
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="print ours' top operators over 4 steps (torch.profiler)"
+    )
     p.add_argument("--json", default=None, help="write results to this file")
     args = p.parse_args()
     gpu = args.device.startswith("cuda")
@@ -83,9 +98,12 @@ def make_batches(n, batch_size, chunk, pad_to, seed, groups=1, pad_multiple=1):
         questions, passages = seqs(batch_size, 10, 20), seqs(2 * batch_size, 150, 200)
         chunks = []
         for s in range(0, batch_size, chunk):
-            q, p = questions[s: s + chunk], passages[2 * s: 2 * (s + chunk)]
-            chunks.append({"question": pad(q), "passages": [pad(p)], "passage_order": torch.arange(len(p))} if pad_to
-                          else make_chunk(q, p, 0, 0, groups, pad_multiple))
+            q, p = questions[s : s + chunk], passages[2 * s : 2 * (s + chunk)]
+            chunks.append(
+                {"question": pad(q), "passages": [pad(p)], "passage_order": torch.arange(len(p))}
+                if pad_to
+                else make_chunk(q, p, 0, 0, groups, pad_multiple)
+            )
         batches.append({"chunks": chunks, "positives": torch.arange(0, 2 * batch_size, 2)})
     return batches
 
@@ -94,21 +112,39 @@ def run_variant(name, args, device, batch_size):
     hidden, layers, heads, inter = SIZES[args.model]
     gpu = device.type == "cuda"
     nano, lever = name == "nanodpr", name.partition("+")[2]
-    config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
-                        attn_implementation="eager" if nano else "sdpa")
+    config = BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        attn_implementation="eager" if nano else "sdpa",
+    )
     torch.manual_seed(0)
-    model = BiEncoder(BertModel(config, add_pooling_layer=False), BertModel(config, add_pooling_layer=False)).to(device)
+    model = BiEncoder(
+        BertModel(config, add_pooling_layer=False), BertModel(config, add_pooling_layer=False)
+    ).to(device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, fused=gpu and lever != "unfused_adamw")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=2e-5, eps=1e-8, fused=gpu and lever != "unfused_adamw"
+    )
     bf16 = gpu and not nano
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if bf16 else torch.float32, enabled=bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     grad_cache = name == "ours_gc"
     train_step = grad_cache_step if grad_cache else plain_step
     chunk = args.chunk if grad_cache else batch_size
-    batches = [send_to_device(b, device, non_blocking=True)
-               for b in make_batches(4, batch_size, chunk, 256 if nano else None, 1, passage_groups(device),
-                                     8 if lever == "pad8" else 1)]
+    batches = [
+        send_to_device(b, device, non_blocking=True)
+        for b in make_batches(
+            4,
+            batch_size,
+            chunk,
+            256 if nano else None,
+            1,
+            passage_groups(device),
+            8 if lever == "pad8" else 1,
+        )
+    ]
     if lever == "mask4d":
         for x in (x for b in batches for c in b["chunks"] for x in [c["question"], *c["passages"]]):
             x["attention_mask"] = x["attention_mask"][:, None, None, :].bool()
@@ -135,11 +171,18 @@ def run_variant(name, args, device, batch_size):
         loss = step(i)
     loss = loss.item()
     elapsed = time.perf_counter() - start
-    result = {"variant": name, "batch_size": batch_size, "examples_per_s": batch_size * args.steps / elapsed,
-              "steps_per_s": args.steps / elapsed, "loss": loss,
-              "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None}
+    result = {
+        "variant": name,
+        "batch_size": batch_size,
+        "examples_per_s": batch_size * args.steps / elapsed,
+        "steps_per_s": args.steps / elapsed,
+        "loss": loss,
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None,
+    }
     if args.profile and name == "ours":  # where a step's time goes: the top operators over 4 steps
-        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if gpu else [])
+        activities = [torch.profiler.ProfilerActivity.CPU] + (
+            [torch.profiler.ProfilerActivity.CUDA] if gpu else []
+        )
         try:
             with torch.profiler.profile(activities=activities) as prof:
                 for i in range(4):
@@ -158,11 +201,19 @@ def run_variant(name, args, device, batch_size):
 def main():
     args = parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device {name}, model {args.model} {SIZES[args.model]}, batch {args.batch_size} questions x 2 passages, "
-          f"{args.steps} timed steps")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device {name}, model {args.model} {SIZES[args.model]}, batch {args.batch_size} questions x 2 passages, "
+        f"{args.steps} timed steps"
+    )
     results = []
-    variants = ([] if args.no_baseline else ["nanodpr"]) + ["ours", "ours_gc"] + [f"ours+{x}" for x in args.levers]
+    variants = (
+        ([] if args.no_baseline else ["nanodpr"]) + ["ours", "ours_gc"] + [f"ours+{x}" for x in args.levers]
+    )
     for variant in variants:
         batch_size = args.batch_size
         while True:
@@ -187,7 +238,9 @@ def main():
         r["oom_at_requested_batch"] = batch_size != args.batch_size
         results.append(r)
         mem = f", peak {r['peak_mem_gb']:.1f} GiB" if r["peak_mem_gb"] is not None else ""
-        print(f"{variant:8s} batch {batch_size:4d}: {r['examples_per_s']:8.1f} examples/s, {r['steps_per_s']:.3f} steps/s{mem}")
+        print(
+            f"{variant:8s} batch {batch_size:4d}: {r['examples_per_s']:8.1f} examples/s, {r['steps_per_s']:.3f} steps/s{mem}"
+        )
     base = results[0]["examples_per_s"] if results[0]["variant"] == "nanodpr" else None
     for r in results[1:] if base else []:
         r["speedup_vs_nanodpr"] = r["examples_per_s"] / base
@@ -198,8 +251,19 @@ def main():
         print(f"lever {r['variant']}: {r['vs_ours']:.3f}x ours ({LEVERS[r['variant'].partition('+')[2]]})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"bench": "train", "device": name, "model": args.model, "batch_size": args.batch_size,
-                       "chunk": args.chunk, "steps": args.steps, "results": results}, f, indent=1)
+            json.dump(
+                {
+                    "bench": "train",
+                    "device": name,
+                    "model": args.model,
+                    "batch_size": args.batch_size,
+                    "chunk": args.chunk,
+                    "steps": args.steps,
+                    "results": results,
+                },
+                f,
+                indent=1,
+            )
         print(f"wrote {args.json}")
 
 

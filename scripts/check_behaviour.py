@@ -17,6 +17,7 @@ Stages, in order (each a run function called once per tree and a compare functio
 To add a stage: write run_<name>(tree, out, ctx) -> outputs and compare_<name>(old, new) -> [(what, diff, tol)],
 and list it in STAGES; ctx carries the inputs (base model, data) and earlier stages' outputs of the working tree.
 """
+
 import argparse
 import json
 import os
@@ -34,12 +35,48 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
-TRAIN_ARGS = ["--train_batch_size", "16", "--max_train_epochs", "2", "--max_train_steps", "8", "--eval_steps", "4",
-              "--lr", "1e-3", "--warmup_steps", "2", "--max_length", "64", "--num_hard_negatives", "1",
-              "--val_av_rank_start_epoch", "0", "--val_av_rank_hard_neg", "5", "--val_av_rank_other_neg", "2",
-              "--eval_batch_size", "32", "--num_workers", "0", "--log_steps", "1", "--mixed_precision", "no",
-              "--dropout", "0.1", "--seed", "7", "--save_total_limit", "1",
-              "--adam_eps", "1e-8", "--max_grad_norm", "2.0"]  # every option whose default may differ between revisions
+TRAIN_ARGS = [
+    "--train_batch_size",
+    "16",
+    "--max_train_epochs",
+    "2",
+    "--max_train_steps",
+    "8",
+    "--eval_steps",
+    "4",
+    "--lr",
+    "1e-3",
+    "--warmup_steps",
+    "2",
+    "--max_length",
+    "64",
+    "--num_hard_negatives",
+    "1",
+    "--val_av_rank_start_epoch",
+    "0",
+    "--val_av_rank_hard_neg",
+    "5",
+    "--val_av_rank_other_neg",
+    "2",
+    "--eval_batch_size",
+    "32",
+    "--num_workers",
+    "0",
+    "--log_steps",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dropout",
+    "0.1",
+    "--seed",
+    "7",
+    "--save_total_limit",
+    "1",
+    "--adam_eps",
+    "1e-8",
+    "--max_grad_norm",
+    "2.0",
+]  # every option whose default may differ between revisions
 TRAIN_VARIANTS = {"plain": [], "grad_cache": ["--grad_cache_chunk_size", "4"]}
 
 
@@ -48,11 +85,20 @@ def tiny_bert(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     with open(os.path.join(out_dir, "vocab.txt"), "w") as f:
-        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]) + "\n")
+        f.write(
+            "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars])
+            + "\n"
+        )
     tokenizer = BertTokenizerFast.from_pretrained(out_dir, do_lower_case=True)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config, add_pooling_layer=False).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
@@ -67,8 +113,22 @@ def run(cmd, tree, **extra_env):
 
 def run_train(tree, out, ctx):
     for variant, extra in TRAIN_VARIANTS.items():
-        run(["train_dpr.py", "--train_file", ctx["train"], "--dev_file", ctx["dev"], "--base_model", ctx["base_model"],
-             "--output_dir", os.path.join(out, variant)] + TRAIN_ARGS + extra, tree)
+        run(
+            [
+                "train_dpr.py",
+                "--train_file",
+                ctx["train"],
+                "--dev_file",
+                ctx["dev"],
+                "--base_model",
+                ctx["base_model"],
+                "--output_dir",
+                os.path.join(out, variant),
+            ]
+            + TRAIN_ARGS
+            + extra,
+            tree,
+        )
     return {"train_dir": os.path.join(out, "plain")}
 
 
@@ -89,7 +149,9 @@ def compare_train(old, new):
     rows = []
     for variant in TRAIN_VARIANTS:
         a, b = os.path.join(old, variant), os.path.join(new, variant)
-        state = [torch.load(os.path.join(d, "last_state", "state.pt"), weights_only=True)["model"] for d in (a, b)]
+        state = [
+            torch.load(os.path.join(d, "last_state", "state.pt"), weights_only=True)["model"] for d in (a, b)
+        ]
         rows.append((f"{variant}: last_state weights", weight_diff(*state, variant), 1e-6))
         for tower in ("query_encoder", "doc_encoder"):
             saved = [load_file(os.path.join(d, "best", tower, "model.safetensors")) for d in (a, b)]
@@ -97,7 +159,13 @@ def compare_train(old, new):
         log_a, log_b = read_log(a), read_log(b)
         if [(r["step"], sorted(r)) for r in log_a] != [(r["step"], sorted(r)) for r in log_b]:
             sys.exit(f"{variant}: train_log.jsonl records differ in steps or keys")
-        for key, tol in (("loss", 1e-6), ("grad_norm", 1e-5), ("lr", 0.0), ("dev_nll", 1e-5), ("dev_avg_rank", 1e-6)):
+        for key, tol in (
+            ("loss", 1e-6),
+            ("grad_norm", 1e-5),
+            ("lr", 0.0),
+            ("dev_nll", 1e-5),
+            ("dev_avg_rank", 1e-6),
+        ):
             diffs = [abs(x[key] - y[key]) for x, y in zip(log_a, log_b) if key in x]
             rows.append((f"{variant}: {key} ({len(diffs)} records)", max(diffs), tol))
     return rows
@@ -105,8 +173,26 @@ def compare_train(old, new):
 
 ENCODE_RUNS = {
     "default": [],
-    "float32, windows, budget, 2 workers": ["--dtype", "float32", "--window", "64", "--max_tokens_per_batch", "1024", "--num_workers", "2"],
-    "limit, batch_size, no worker": ["--dtype", "float32", "--limit", "100", "--batch_size", "16", "--num_workers", "0"],
+    "float32, windows, budget, 2 workers": [
+        "--dtype",
+        "float32",
+        "--window",
+        "64",
+        "--max_tokens_per_batch",
+        "1024",
+        "--num_workers",
+        "2",
+    ],
+    "limit, batch_size, no worker": [
+        "--dtype",
+        "float32",
+        "--limit",
+        "100",
+        "--batch_size",
+        "16",
+        "--num_workers",
+        "0",
+    ],
     "2 processes": ["--window", "50", "--max_tokens_per_batch", "2048"],
 }
 
@@ -120,9 +206,28 @@ def free_port():
 
 def run_encode(tree, out, ctx):
     for i, (name, extra) in enumerate(ENCODE_RUNS.items()):
-        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()] if name == "2 processes" else []
-        run(launch + ["doc2embedding.py", "--pretrained_model_path", ctx["base_model"], "--wikipedia_path", ctx["psgs"],
-                      "--output_dir", os.path.join(out, str(i)), "--max_length", "128"] + extra, tree, ACCELERATE_USE_CPU="1")
+        launch = (
+            ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
+            if name == "2 processes"
+            else []
+        )
+        run(
+            launch
+            + [
+                "doc2embedding.py",
+                "--pretrained_model_path",
+                ctx["base_model"],
+                "--wikipedia_path",
+                ctx["psgs"],
+                "--output_dir",
+                os.path.join(out, str(i)),
+                "--max_length",
+                "128",
+            ]
+            + extra,
+            tree,
+            ACCELERATE_USE_CPU="1",
+        )
     return {}
 
 
@@ -137,7 +242,11 @@ def compare_encode(old, new):
             if file == "meta.json":
                 x, y = ({k: v for k, v in json.loads(m).items() if k != "encoder"} for m in (x, y))
             diff = 0.0 if x == y else float("inf")
-            ea, eb = (np.load(os.path.join(d, file)).astype(np.float32) for d in (a, b)) if file.startswith("embeddings_") else (0, 0)
+            ea, eb = (
+                (np.load(os.path.join(d, file)).astype(np.float32) for d in (a, b))
+                if file.startswith("embeddings_")
+                else (0, 0)
+            )
             if x != y and file.startswith("embeddings_") and np.shape(ea) == np.shape(eb):  # how far apart
                 diff = float(np.abs(ea - eb).max())
             rows.append((f"{name}: {file} ({'values' if file == 'meta.json' else 'bytes'})", diff, 0.0))
@@ -146,10 +255,39 @@ def compare_encode(old, new):
 
 def run_search(tree, out, ctx):
     emb = os.path.join(out, "embeddings")
-    run(["doc2embedding.py", "--pretrained_model_path", ctx["base_model"], "--wikipedia_path", ctx["psgs"], "--output_dir", emb,
-         "--max_length", "128"], ROOT, ACCELERATE_USE_CPU="1")  # the working tree's: both trees search the same vectors
-    run(["test_dpr.py", "--embedding_dir", emb, "--pretrained_model_path", ctx["base_model"], "--wikipedia_path", ctx["psgs"],
-         "--qa_file", ctx["qa"], "--index_device", "cpu", "--output_file", os.path.join(out, "results.json")], tree)
+    run(
+        [
+            "doc2embedding.py",
+            "--pretrained_model_path",
+            ctx["base_model"],
+            "--wikipedia_path",
+            ctx["psgs"],
+            "--output_dir",
+            emb,
+            "--max_length",
+            "128",
+        ],
+        ROOT,
+        ACCELERATE_USE_CPU="1",
+    )  # the working tree's: both trees search the same vectors
+    run(
+        [
+            "test_dpr.py",
+            "--embedding_dir",
+            emb,
+            "--pretrained_model_path",
+            ctx["base_model"],
+            "--wikipedia_path",
+            ctx["psgs"],
+            "--qa_file",
+            ctx["qa"],
+            "--index_device",
+            "cpu",
+            "--output_file",
+            os.path.join(out, "results.json"),
+        ],
+        tree,
+    )
     return {}
 
 
@@ -161,7 +299,11 @@ def compare_search(old, new):
     return rows
 
 
-STAGES = [("train", run_train, compare_train), ("encode", run_encode, compare_encode), ("search", run_search, compare_search)]
+STAGES = [
+    ("train", run_train, compare_train),
+    ("encode", run_encode, compare_encode),
+    ("search", run_search, compare_search),
+]
 
 
 def export(rev, dest):
@@ -174,26 +316,38 @@ def export(rev, dest):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--old", required=True, help="git revision to compare the working tree with")
-    parser.add_argument("--base_model", help="BERT dir both runs start from (default: a tiny random BERT built here)")
-    parser.add_argument("--stages", default=",".join(name for name, _, _ in STAGES), help="comma-separated stages")
+    parser.add_argument(
+        "--base_model", help="BERT dir both runs start from (default: a tiny random BERT built here)"
+    )
+    parser.add_argument(
+        "--stages", default=",".join(name for name, _, _ in STAGES), help="comma-separated stages"
+    )
     parser.add_argument("--keep", help="work in this dir and keep it (default: a temp dir, removed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or tmp
         os.makedirs(work, exist_ok=True)
         trees = {"old": export(args.old, os.path.join(work, "old_tree")), "new": ROOT}
-        ctx = {"train": os.path.join(SAMPLE, "train.json"), "dev": os.path.join(SAMPLE, "dev.json"),
-               "psgs": os.path.join(SAMPLE, "psgs.tsv"), "qa": os.path.join(SAMPLE, "test.qa.csv"),
-               "base_model": args.base_model or tiny_bert(os.path.join(work, "tiny_bert"))}
+        ctx = {
+            "train": os.path.join(SAMPLE, "train.json"),
+            "dev": os.path.join(SAMPLE, "dev.json"),
+            "psgs": os.path.join(SAMPLE, "psgs.tsv"),
+            "qa": os.path.join(SAMPLE, "test.qa.csv"),
+            "base_model": args.base_model or tiny_bert(os.path.join(work, "tiny_bert")),
+        }
         failed = False
         for name, run_stage, compare in STAGES:
             if name not in args.stages.split(","):
                 continue
             for side in trees:
                 shutil.rmtree(os.path.join(work, side, name), ignore_errors=True)
-            outputs = {side: run_stage(tree, os.path.join(work, side, name), ctx) for side, tree in trees.items()}
+            outputs = {
+                side: run_stage(tree, os.path.join(work, side, name), ctx) for side, tree in trees.items()
+            }
             ctx.update(outputs["new"])
             print(f"{name}: {args.old} vs working tree")
             for what, diff, tol in compare(os.path.join(work, "old", name), os.path.join(work, "new", name)):

@@ -4,13 +4,14 @@ With two files on the same questions it also prints the change, how many questio
 run gets right at Top-1 that the first did not (and the reverse), and one such question with
 each run's first passage.
 """
+
 import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.formats import read_results  # noqa: E402
 from utils.errors import DataError  # noqa: E402
+from utils.formats import read_results  # noqa: E402
 from utils.qa import top_k_accuracy  # noqa: E402
 
 KS = (1, 5, 10, 20, 50, 100)
@@ -31,7 +32,9 @@ def print_change(runs, ks):
     top1 = [(ra["ctxs"][0]["has_answer"], rb["ctxs"][0]["has_answer"]) for ra, rb in zip(a, b)]
     won = [i for i, (x, y) in enumerate(top1) if y and not x]
     lost = sum(x and not y for x, y in top1)
-    print(f"\nTop-1: {name_b} answers {len(won)} questions that {name_a} missed; misses {lost} that {name_a} answered.")
+    print(
+        f"\nTop-1: {name_b} answers {len(won)} questions that {name_a} missed; misses {lost} that {name_a} answered."
+    )
     if won:
         i = won[0]
         print(f"e.g. {a[i]['question']!r} (answer {a[i]['answers'][0]!r}), first passage retrieved:")
@@ -41,12 +44,17 @@ def print_change(runs, ks):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results", nargs="+", help="results JSON files written by test_dpr.py")
     parser.add_argument("--timings", help="TSV of stage<TAB>seconds to print below the table")
     args = parser.parse_args()
     try:
-        runs = [(os.path.basename(p).removesuffix(".json").removeprefix("results_"), read_results(p)) for p in args.results]
+        runs = [
+            (os.path.basename(p).removesuffix(".json").removeprefix("results_"), read_results(p))
+            for p in args.results
+        ]
     except DataError as e:
         sys.exit(f"error: {e}")
     depth = min(len(r["ctxs"]) for _, records in runs for r in records)

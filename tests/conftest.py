@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random-init BERT encoders with a vocab written here, small DPR-format files."""
+
 import csv
 import json
 import os
@@ -40,8 +41,15 @@ def make_tiny_bert(out_dir, seed=0, role=None, **config):
     write_vocab(os.path.join(out_dir, "vocab.txt"))
     # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5 ignores vocab_file and keeps 5 tokens
     tokenizer = BertTokenizerFast.from_pretrained(out_dir, do_lower_case=True)
-    cfg = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=64, max_position_embeddings=512, type_vocab_size=2)
+    cfg = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+    )
     cfg.update(config)
     torch.manual_seed(seed)
     model = BertModel(BertConfig(**cfg), add_pooling_layer=False)
@@ -64,7 +72,7 @@ def write_passages_tsv(path, rows):
         f.write("id\ttext\ttitle\n")
         w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
         for pid, text, title in rows:
-            f.write(f"{pid}\t\"{text.replace(chr(34), chr(34) * 2)}\"\t")
+            f.write(f'{pid}\t"{text.replace(chr(34), chr(34) * 2)}"\t')
             w.writerow([title])
     return path
 

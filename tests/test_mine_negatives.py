@@ -1,4 +1,5 @@
 """utils/mine_negatives.py: adv-hn mining from a retriever's results, its false-negative control, bad input."""
+
 import json
 import os
 import subprocess
@@ -23,28 +24,67 @@ TEXTS = {
 POS0 = {"title": "France", "text": TEXTS[1], "passage_id": "1", "score": 1000}
 POS1 = {"title": "Lyon", "text": TEXTS[3], "passage_id": "3"}
 TRAIN = [
-    {"question": "what is the capital of france", "answers": ["Paris"], "positive_ctxs": [POS0],
-     "negative_ctxs": [{"title": "Louvre", "text": TEXTS[7], "passage_id": "7"}], "hard_negative_ctxs": []},
-    {"question": "which city's in france", "answers": ["Lyon"], "positive_ctxs": [POS1],
-     "negative_ctxs": [], "hard_negative_ctxs": [{"title": "Port", "text": TEXTS[6], "passage_id": "6"}]},
+    {
+        "question": "what is the capital of france",
+        "answers": ["Paris"],
+        "positive_ctxs": [POS0],
+        "negative_ctxs": [{"title": "Louvre", "text": TEXTS[7], "passage_id": "7"}],
+        "hard_negative_ctxs": [],
+    },
+    {
+        "question": "which city's in france",
+        "answers": ["Lyon"],
+        "positive_ctxs": [POS1],
+        "negative_ctxs": [],
+        "hard_negative_ctxs": [{"title": "Port", "text": TEXTS[6], "passage_id": "6"}],
+    },
 ]
 RANKING = [[2, 1, 4, 5, 6, 7, 3], [3, 4, 2, 6, 7, 1, 5]]
 
 
 def results(train=TRAIN, ranking=RANKING, texts=TEXTS):
     """test_dpr.py's results JSON: ids and scores as strings."""
-    return [{"question": rec["question"], "answers": rec["answers"],
-             "ctxs": [{"id": str(pid), "title": f"t{pid}", "text": texts[pid], "score": str(10.0 - rank),
-                       "has_answer": has_answer(rec["answers"], texts[pid])} for rank, pid in enumerate(row)]}
-            for rec, row in zip(train, ranking)]
+    return [
+        {
+            "question": rec["question"],
+            "answers": rec["answers"],
+            "ctxs": [
+                {
+                    "id": str(pid),
+                    "title": f"t{pid}",
+                    "text": texts[pid],
+                    "score": str(10.0 - rank),
+                    "has_answer": has_answer(rec["answers"], texts[pid]),
+                }
+                for rank, pid in enumerate(row)
+            ],
+        }
+        for rec, row in zip(train, ranking)
+    ]
 
 
 def mine(tmp_path, res, *extra, train=TRAIN):
     out, res_path = tmp_path / "out.json", tmp_path / "results.json"
-    res_path.write_text(res) if isinstance(res, str) else write_json(res_path, res)  # str: raw (malformed) text
-    proc = subprocess.run([sys.executable, TOOL, "--train_file", str(write_json(tmp_path / "train.json", train)),
-                           "--results_file", str(res_path),
-                           "--output_file", str(out), *map(str, extra)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res_path.write_text(res) if isinstance(res, str) else write_json(
+        res_path, res
+    )  # str: raw (malformed) text
+    proc = subprocess.run(
+        [
+            sys.executable,
+            TOOL,
+            "--train_file",
+            str(write_json(tmp_path / "train.json", train)),
+            "--results_file",
+            str(res_path),
+            "--output_file",
+            str(out),
+            *map(str, extra),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     return proc, out
 
 
@@ -59,7 +99,9 @@ def test_negatives_are_the_top_answer_free_passages_and_positives_are_kept(tmp_p
     # q0: 2 (no answer), 1 positive, 4 holds 'paris', then 5, 6; q1: 3 positive, 4 holds 'lyon', then 2, 6, 7
     assert [ids(r["hard_negative_ctxs"]) for r in recs] == [[2, 5, 6], [2, 6, 7]]
     for rec, given in zip(recs, TRAIN):
-        assert rec["positive_ctxs"] == given["positive_ctxs"] and rec["negative_ctxs"] == given["negative_ctxs"]
+        assert (
+            rec["positive_ctxs"] == given["positive_ctxs"] and rec["negative_ctxs"] == given["negative_ctxs"]
+        )
         assert rec["question"] == given["question"] and rec["answers"] == given["answers"]
         assert not any(has_answer(rec["answers"], c["text"]) for c in rec["hard_negative_ctxs"])
     assert "filtered: holds an answer: 2" in proc.stdout and "filtered: is a positive: 2" in proc.stdout
@@ -104,10 +146,16 @@ def test_quoted_passages_read_as_dpr_match_the_csv_field(tmp_path):
 
 
 BAD = {
-    "another question": (lambda d: [dict(r, question="who is he") if i else r for i, r in enumerate(results())], "results.json: record 1"),
+    "another question": (
+        lambda d: [dict(r, question="who is he") if i else r for i, r in enumerate(results())],
+        "results.json: record 1",
+    ),
     "fewer questions": (lambda d: results()[:1], "results.json"),
     "more questions": (lambda d: results() + results()[:1], "results.json"),
-    "another passage file": (lambda d: results(texts={**TEXTS, 1: "berlin is the capital of germany"}), "results.json: record 0"),
+    "another passage file": (
+        lambda d: results(texts={**TEXTS, 1: "berlin is the capital of germany"}),
+        "results.json: record 0",
+    ),
     "not a results file": (lambda d: TRAIN, "results.json: record 0"),
     "malformed JSON": (lambda d: "[{", "results.json"),
 }
@@ -118,25 +166,45 @@ def test_bad_results_are_one_clear_error(case, tmp_path):
     make, names = BAD[case]
     proc, out = mine(tmp_path, make(tmp_path))
     assert proc.returncode != 0
-    assert proc.stderr.strip().startswith("error:") and names in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip().startswith("error:") and names in proc.stderr and "Traceback" not in proc.stderr
+    )
     assert not os.path.exists(out) and not os.path.exists(f"{out}.tmp")
 
 
-@pytest.mark.parametrize("train, names", [
-    ([dict(TRAIN[0], answers=[])], "train.json: record 0"),
-    ([dict(TRAIN[0], answers=[""])], "train.json: record 0"),
-    ([{"question": "q"}], "train.json: record 0"),
-    ([], "train.json: no questions"),
-])
+@pytest.mark.parametrize(
+    "train, names",
+    [
+        ([dict(TRAIN[0], answers=[])], "train.json: record 0"),
+        ([dict(TRAIN[0], answers=[""])], "train.json: record 0"),
+        ([{"question": "q"}], "train.json: record 0"),
+        ([], "train.json: no questions"),
+    ],
+)
 def test_bad_train_file_is_one_clear_error(train, names, tmp_path):
     proc, out = mine(tmp_path, results(), train=train)
     assert proc.returncode != 0
-    assert proc.stderr.strip().startswith("error:") and names in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip().startswith("error:") and names in proc.stderr and "Traceback" not in proc.stderr
+    )
     assert not os.path.exists(out)
 
 
 def test_missing_files_are_one_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, TOOL, "--train_file", str(tmp_path / "nowhere.json"), "--results_file",
-                           str(tmp_path / "r.json"), "--output_file", str(tmp_path / "out.json")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            TOOL,
+            "--train_file",
+            str(tmp_path / "nowhere.json"),
+            "--results_file",
+            str(tmp_path / "r.json"),
+            "--output_file",
+            str(tmp_path / "out.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "nowhere.json" in proc.stderr and "Traceback" not in proc.stderr

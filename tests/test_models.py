@@ -3,6 +3,7 @@
 Expectations come from a direct BertModel forward on the original weights (and CLS @ W.T + b by hand for a
 projection), never from the loader under test. Raw checkpoints are built here with DPR's exact layout.
 """
+
 import json
 import os
 import subprocess
@@ -10,12 +11,26 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, make_tiny_bert
-from transformers import (AutoTokenizer, BertConfig, BertModel, DPRConfig, DPRContextEncoder, DPRQuestionEncoder)
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    DPRConfig,
+    DPRContextEncoder,
+    DPRQuestionEncoder,
+)
 
+from conftest import ROOT, make_tiny_bert
 from utils.convert_dpr_checkpoint import main as convert
 from utils.errors import EncoderError
-from utils.models import embed, load_encoder, pad_batch, quiet_transformers, tokenize_passages, tokenize_questions
+from utils.models import (
+    embed,
+    load_encoder,
+    pad_batch,
+    quiet_transformers,
+    tokenize_passages,
+    tokenize_questions,
+)
 
 QUESTIONS = ["who is the king of the city", "what river?", "capital"]
 PASSAGES = [("the river city", "the king of the river is the capital"), ("", "who and what"), ("king", "of")]
@@ -35,8 +50,13 @@ def batch_for(tokenizer, role):
 def reference(bert_dir, weights, batch, proj=None):
     """CLS of a plain BertModel carrying `weights` (DPR's HFBertEncoder), then DPR's encode_proj by hand."""
     model = BertModel(BertConfig.from_pretrained(bert_dir), add_pooling_layer=False).eval()
-    model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(("pooler.", "encode_proj."))
-                           and k != "embeddings.position_ids"})
+    model.load_state_dict(
+        {
+            k: v
+            for k, v in weights.items()
+            if not k.startswith(("pooler.", "encode_proj.")) and k != "embeddings.position_ids"
+        }
+    )
     with torch.no_grad():
         cls = model(**batch).last_hidden_state[:, 0]
     return cls if proj is None else cls @ proj[0].T + proj[1]
@@ -72,8 +92,14 @@ def dpr_checkpoint(path, towers, encoder_params, legacy=False):
     params[0].sum().backward()
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    state = dict(model_dict=model_dict, optimizer_dict=optimizer.state_dict(), scheduler_dict=scheduler.state_dict(),
-                 offset=1200, epoch=39, encoder_params=encoder_params)
+    state = dict(
+        model_dict=model_dict,
+        optimizer_dict=optimizer.state_dict(),
+        scheduler_dict=scheduler.state_dict(),
+        offset=1200,
+        epoch=39,
+        encoder_params=encoder_params,
+    )
     torch.save(state, path, **({"_use_new_zipfile_serialization": False} if legacy else {}))
     return str(path)
 
@@ -82,14 +108,32 @@ def hydra_encoder_params(pretrained_model_cfg, projection_dim=0):
     """DPR's get_encoder_params_state_from_cfg: {do_lower_case, encoder: cfg.encoder}, a genuine DictConfig
     (child of the whole hydra config, which pickles along with it)."""
     omegaconf = pytest.importorskip("omegaconf")
-    cfg = omegaconf.OmegaConf.create({
-        "encoder": {"encoder_model_type": "hf_bert", "pretrained_model_cfg": pretrained_model_cfg,
-                    "pretrained_file": None, "model_file": None, "projection_dim": projection_dim,
-                    "sequence_length": 256, "dropout": 0.1, "fix_ctx_encoder": False, "pretrained": True},
-        "train": {"batch_size": 16, "learning_rate": 2e-5, "num_train_epochs": 40, "eval_per_epoch": 1},
-        "datasets": {"nq_train": {"_target_": "dpr.data.biencoder_data.JsonQADataset",
-                                  "file": "data.retriever.nq-train"}},
-        "train_datasets": ["nq_train"], "do_lower_case": True, "local_rank": -1, "output_dir": "${train.batch_size}"})
+    cfg = omegaconf.OmegaConf.create(
+        {
+            "encoder": {
+                "encoder_model_type": "hf_bert",
+                "pretrained_model_cfg": pretrained_model_cfg,
+                "pretrained_file": None,
+                "model_file": None,
+                "projection_dim": projection_dim,
+                "sequence_length": 256,
+                "dropout": 0.1,
+                "fix_ctx_encoder": False,
+                "pretrained": True,
+            },
+            "train": {"batch_size": 16, "learning_rate": 2e-5, "num_train_epochs": 40, "eval_per_epoch": 1},
+            "datasets": {
+                "nq_train": {
+                    "_target_": "dpr.data.biencoder_data.JsonQADataset",
+                    "file": "data.retriever.nq-train",
+                }
+            },
+            "train_datasets": ["nq_train"],
+            "do_lower_case": True,
+            "local_rank": -1,
+            "output_dir": "${train.batch_size}",
+        }
+    )
     omegaconf.OmegaConf.set_struct(cfg, True)
     return {"do_lower_case": cfg.do_lower_case, "encoder": cfg.encoder}
 
@@ -140,9 +184,18 @@ assert sys.modules["omegaconf"] is None and sys.modules["hydra"] is None
 def test_pre_hydra_legacy_format_no_pooler_no_position_ids(tmp_path):
     """Flat encoder_params without pretrained_model_cfg, old torch format: the architecture comes from the
     weights (heads = hidden / 64, as in every Google BERT), the tokenizer from the caller."""
-    bert_dir = make_tiny_bert(str(tmp_path / "b"), seed=3, hidden_size=128, num_attention_heads=2,
-                              intermediate_size=96, num_hidden_layers=3)
-    w = {r: tower_weights(bert_dir, s, pooler=False, position_ids=False) for r, s in (("question", 3), ("passage", 4))}
+    bert_dir = make_tiny_bert(
+        str(tmp_path / "b"),
+        seed=3,
+        hidden_size=128,
+        num_attention_heads=2,
+        intermediate_size=96,
+        num_hidden_layers=3,
+    )
+    w = {
+        r: tower_weights(bert_dir, s, pooler=False, position_ids=False)
+        for r, s in (("question", 3), ("passage", 4))
+    }
     cp = dpr_checkpoint(tmp_path / "old.cp", w, {"do_lower_case": True, "sequence_length": 256}, legacy=True)
     for role in ("question", "passage"):
         got, model, _ = our_embedding(cp, role, tokenizer=bert_dir)
@@ -172,8 +225,10 @@ def test_converter_output_gives_the_same_embeddings(hydra_cp, towers, tmp_path, 
     out = str(tmp_path / "converted")
     convert(["--checkpoint", hydra_cp, "--output_dir", out] + (["--hf_dpr"] if hf_dpr else []))
     assert sorted(os.listdir(out)) == ["doc_encoder", "query_encoder"]
-    for role, name, dpr_cls in (("question", "query_encoder", DPRQuestionEncoder),
-                                ("passage", "doc_encoder", DPRContextEncoder)):
+    for role, name, dpr_cls in (
+        ("question", "query_encoder", DPRQuestionEncoder),
+        ("passage", "doc_encoder", DPRContextEncoder),
+    ):
         bert_dir, weights = towers[role]
         path = os.path.join(out, name)
         want = reference(bert_dir, weights, batch_for(AutoTokenizer.from_pretrained(bert_dir), role))
@@ -211,8 +266,14 @@ def test_hf_dpr_encoders_give_their_own_pooler_output(tmp_path, projection_dim):
     bert_dir = make_tiny_bert(str(tmp_path / "b"))
     tok = AutoTokenizer.from_pretrained(bert_dir)
     cfg = BertConfig.from_pretrained(bert_dir).to_dict()
-    sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-             "max_position_embeddings")
+    sizes = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    )
     config = DPRConfig(**{k: cfg[k] for k in sizes}, projection_dim=projection_dim)
     dirs = {}
     for role, cls in (("question", DPRQuestionEncoder), ("passage", DPRContextEncoder)):
@@ -227,9 +288,13 @@ def test_hf_dpr_encoders_give_their_own_pooler_output(tmp_path, projection_dim):
         assert type(loaded) is cls and pooling == "pooler_output"
         assert got.shape[1] == (projection_dim or cfg["hidden_size"])
         assert torch.allclose(got, want, atol=1e-6, rtol=0)
-    with pytest.raises(EncoderError, match="DPRContextEncoder, but the question role needs a DPRQuestionEncoder"):
+    with pytest.raises(
+        EncoderError, match="DPRContextEncoder, but the question role needs a DPRQuestionEncoder"
+    ):
         load_encoder(dirs["passage"], "question")
-    with pytest.raises(EncoderError, match="DPRQuestionEncoder, but the passage role needs a DPRContextEncoder"):
+    with pytest.raises(
+        EncoderError, match="DPRQuestionEncoder, but the passage role needs a DPRContextEncoder"
+    ):
         load_encoder(dirs["question"], "passage")
 
 
@@ -238,8 +303,12 @@ def test_our_dir_and_plain_bert_dir(tmp_path):
     got, model, pooling = our_embedding(ours, "passage")
     weights = BertModel.from_pretrained(ours, add_pooling_layer=False).state_dict()
     assert pooling == "cls"
-    assert torch.allclose(got, reference(ours, weights, batch_for(AutoTokenizer.from_pretrained(ours), "passage")),
-                          atol=1e-6, rtol=0)
+    assert torch.allclose(
+        got,
+        reference(ours, weights, batch_for(AutoTokenizer.from_pretrained(ours), "passage")),
+        atol=1e-6,
+        rtol=0,
+    )
     with pytest.raises(EncoderError, match="is a passage encoder, but a question encoder is needed"):
         load_encoder(ours, "question")
     plain = make_tiny_bert(str(tmp_path / "plain"), seed=9)  # no role file: a generic init, either role
@@ -282,7 +351,9 @@ def test_corrupt_and_foreign_files(tmp_path, towers):
             load_encoder(str(path), "question", tokenizer=bert_dir)
     state_dict_only = tmp_path / "pytorch_model.bin"
     torch.save(weights, state_dict_only)
-    with pytest.raises(EncoderError, match="pytorch_model.bin: not a DPR training checkpoint: no 'model_dict'"):
+    with pytest.raises(
+        EncoderError, match="pytorch_model.bin: not a DPR training checkpoint: no 'model_dict'"
+    ):
         load_encoder(str(state_dict_only), "question", tokenizer=bert_dir)
     with pytest.raises(EncoderError, match="not a model dir, hub name or DPR checkpoint file"):
         load_encoder(str(tmp_path / "no_such_dir"), "question")

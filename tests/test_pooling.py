@@ -1,6 +1,7 @@
 """Pooling and similarity beyond DPR's [CLS] + inner product: mean pooling, cosine with a scale, recorded in
 the saved dirs and followed by encoding and search; sentence-transformers dirs bring their own. Tiny BERTs
 built here."""
+
 import json
 import math
 import os
@@ -11,11 +12,10 @@ import torch
 import yaml
 from transformers import BertModel, BertTokenizerFast
 
-from conftest import make_tiny_bert, write_json, write_passages_tsv
-
 import doc2embedding
 import test_dpr
 import train_dpr
+from conftest import make_tiny_bert, write_json, write_passages_tsv
 from utils.biencoder import global_nll_loss, load_biencoder, nll_loss
 from utils.data import read_qas
 from utils.embeddings import load_embeddings, read_meta
@@ -62,8 +62,10 @@ def test_cosine_loss_with_scale_is_hand_computed():
 def make_sentence_transformers_dir(out_dir, mode="pooling_mode_mean_tokens", normalize=True):
     """A tiny BertModel saved with sentence-transformers' module files (as all-MiniLM-L6-v2 ships them)."""
     make_tiny_bert(out_dir)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
     if normalize:
         normalize_type = "sentence_transformers.models.Normalize"
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": normalize_type})
@@ -114,20 +116,66 @@ def test_mean_cos_survives_train_save_encode_search(tmp_path):
     rows = [(pid, " ".join(rng.choice(vocab, 8)), f"t{pid}") for pid in range(1, 41)]
     psgs = write_passages_tsv(str(tmp_path / "psgs.tsv"), rows)
     ctx = [{"title": t, "text": x} for _, x, t in rows]
-    records = [{"question": f"what is the {WORDS[i % 4]} {i}", "answers": ["paris"], "positive_ctxs": [ctx[i]],
-                "hard_negative_ctxs": [ctx[i + 20]], "negative_ctxs": []} for i in range(16)]
+    records = [
+        {
+            "question": f"what is the {WORDS[i % 4]} {i}",
+            "answers": ["paris"],
+            "positive_ctxs": [ctx[i]],
+            "hard_negative_ctxs": [ctx[i + 20]],
+            "negative_ctxs": [],
+        }
+        for i in range(16)
+    ]
     train = write_json(str(tmp_path / "train.json"), records)
     out = tmp_path / "run"
-    train_dpr.main(["--train_file", train, "--dev_file", train, "--base_model", st, "--output_dir", str(out),
-                    "--train_batch_size", "8", "--max_train_epochs", "1", "--lr", "1e-3", "--warmup_steps", "0",
-                    "--max_length", "32", "--num_workers", "0", "--val_av_rank_start_epoch", "0",
-                    "--val_av_rank_hard_neg", "1", "--val_av_rank_other_neg", "1"])
+    train_dpr.main(
+        [
+            "--train_file",
+            train,
+            "--dev_file",
+            train,
+            "--base_model",
+            st,
+            "--output_dir",
+            str(out),
+            "--train_batch_size",
+            "8",
+            "--max_train_epochs",
+            "1",
+            "--lr",
+            "1e-3",
+            "--warmup_steps",
+            "0",
+            "--max_length",
+            "32",
+            "--num_workers",
+            "0",
+            "--val_av_rank_start_epoch",
+            "0",
+            "--val_av_rank_hard_neg",
+            "1",
+            "--val_av_rank_other_neg",
+            "1",
+        ]
+    )
     for tower in ("query_encoder", "doc_encoder"):
         saved = json.load(open(out / "best" / tower / "nanodpr.json"))
         assert (saved["pooling"], saved["similarity"]) == ("mean", "cos")
     emb_dir = str(tmp_path / "emb")
-    doc2embedding.main(["--pretrained_model_path", str(out / "best" / "doc_encoder"), "--output_dir", emb_dir,
-                        "--wikipedia_path", psgs, "--dtype", "float32", "--num_workers", "0"])
+    doc2embedding.main(
+        [
+            "--pretrained_model_path",
+            str(out / "best" / "doc_encoder"),
+            "--output_dir",
+            emb_dir,
+            "--wikipedia_path",
+            psgs,
+            "--dtype",
+            "float32",
+            "--num_workers",
+            "0",
+        ]
+    )
     assert read_meta(emb_dir)["pooling"] == "mean+normalize"
     ids, emb = load_embeddings(emb_dir)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -136,9 +184,26 @@ def test_mean_cos_survives_train_save_encode_search(tmp_path):
     with open(qa, "w") as f:
         f.writelines(f"{r['question']}\t['paris']\n" for r in records[:6])
     results = str(tmp_path / "results.json")
-    test_dpr.main(["--embedding_dir", emb_dir, "--pretrained_model_path", str(out / "best" / "query_encoder"),
-                   "--wikipedia_path", psgs, "--qa_file", qa, "--top_k", "5", "--index_device", "cpu",
-                   "--output_file", results, "--num_workers", "1"])
+    test_dpr.main(
+        [
+            "--embedding_dir",
+            emb_dir,
+            "--pretrained_model_path",
+            str(out / "best" / "query_encoder"),
+            "--wikipedia_path",
+            psgs,
+            "--qa_file",
+            qa,
+            "--top_k",
+            "5",
+            "--index_device",
+            "cpu",
+            "--output_file",
+            results,
+            "--num_workers",
+            "1",
+        ]
+    )
     # brute force: the saved question tower run directly, mean over its tokens, unit length, cosine to all passages
     tok = BertTokenizerFast.from_pretrained(str(out / "best" / "query_encoder"))
     bert = BertModel.from_pretrained(str(out / "best" / "query_encoder"), add_pooling_layer=False).eval()
@@ -156,8 +221,20 @@ def test_mean_cos_survives_train_save_encode_search(tmp_path):
         np.testing.assert_allclose(got_scores, np.sort(cos)[::-1][:5], atol=1e-4)
 
     with pytest.raises(SystemExit, match="pool both alike"):  # questions pooled unlike the passages: refused
-        test_dpr.main(["--embedding_dir", emb_dir, "--pretrained_model_path", str(out / "best" / "query_encoder"),
-                       "--wikipedia_path", psgs, "--qa_file", qa, "--similarity", "dot"])
+        test_dpr.main(
+            [
+                "--embedding_dir",
+                emb_dir,
+                "--pretrained_model_path",
+                str(out / "best" / "query_encoder"),
+                "--wikipedia_path",
+                psgs,
+                "--qa_file",
+                qa,
+                "--similarity",
+                "dot",
+            ]
+        )
 
 
 def test_config_options_are_checked(tmp_path):

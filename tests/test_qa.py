@@ -7,6 +7,7 @@ character that is not a separator (Z) or control/format/unassigned (C) is its ow
 dropped); tokens compared after str.lower(); the answer's tokens must occur contiguously in the
 passage's. Regex answers: NFD pattern, case-insensitive `search` (substring), bad pattern = miss.
 """
+
 import os
 import re
 import sys
@@ -59,7 +60,13 @@ CASES = [
     (["cafe"], "Le caf\u00e9 noir", S, False, "no accent stripping: the mark stays in the token"),
     (["caf\u00e9"], "Le cafe noir", S, False, "no accent stripping"),
     (["CAF\u00c9"], "caf\u00e9", S, True, "upper \u00c9 decomposes to E + mark, lower() gives e + mark"),
-    (["\u00c5ngstr\u00f6m"], "\u212bngstr\u00f6m", S, True, "ANGSTROM SIGN decomposes canonically to A + ring"),
+    (
+        ["\u00c5ngstr\u00f6m"],
+        "\u212bngstr\u00f6m",
+        S,
+        True,
+        "ANGSTROM SIGN decomposes canonically to A + ring",
+    ),
     (["\u03c9"], "\u2126", S, True, "OHM SIGN is canonically \u03a9, lower() \u03c9"),
     (["k"], "\u212a", S, True, "KELVIN SIGN is canonically K"),
     (["fi"], "\ufb01", S, False, "ligature \ufb01 has only a compatibility decomposition"),
@@ -71,14 +78,32 @@ CASES = [
     (["\uff41"], "\uff21", S, True, "full-width A lower()s to full-width a"),
     (["d\u017e"], "\u01c5", S, False, "titlecase digraph \u01c5 has only a compatibility decomposition"),
     (["\u01c6"], "\u01c5", S, True, "lower() of \u01c5 is \u01c6 (its NFD is d + z + caron)"),
-    (["\ud55c\uad6d"], "\u1112\u1161\u11ab\u1100\u116e\u11a8", S, True, "Hangul syllables vs conjoining jamo"),
+    (
+        ["\ud55c\uad6d"],
+        "\u1112\u1161\u11ab\u1100\u116e\u11a8",
+        S,
+        True,
+        "Hangul syllables vs conjoining jamo",
+    ),
     (["\ud55c"], "\ud55c\uad6d", S, False, "jamo run is one token"),
     # --- runs of letters/digits/marks are one token
     (["\u6771\u4eac"], "\u6771\u4eac\u90fd\u306b\u4f4f\u3080", S, False, "CJK run is one token"),
-    (["\u6771\u4eac\u90fd\u306b\u4f4f\u3080"], "\u79c1\u306f \u6771\u4eac\u90fd\u306b\u4f4f\u3080\u3002", S, True, "whole run, then '\u3002' token"),
+    (
+        ["\u6771\u4eac\u90fd\u306b\u4f4f\u3080"],
+        "\u79c1\u306f \u6771\u4eac\u90fd\u306b\u4f4f\u3080\u3002",
+        S,
+        True,
+        "whole run, then '\u3002' token",
+    ),
     (["\u6771\u4eac"], "\u6771\u4eac\u3001\u5927\u962a", S, True, "CJK comma splits the run"),
     (["abc"], "abc\u6771\u4eac", S, False, "latin + CJK letters form one run"),
-    (["\u0e44\u0e17\u0e22"], "\u0e1b\u0e23\u0e30\u0e40\u0e17\u0e28\u0e44\u0e17\u0e22", S, False, "Thai run is one token"),
+    (
+        ["\u0e44\u0e17\u0e22"],
+        "\u0e1b\u0e23\u0e30\u0e40\u0e17\u0e28\u0e44\u0e17\u0e22",
+        S,
+        False,
+        "Thai run is one token",
+    ),
     (["1"], "1\u0301", S, False, "combining mark after a digit joins its token"),
     (["1\u0301"], "x 1\u0301 y", S, True, "digit + mark token"),
     (["5"], "5\u20e3", S, False, "enclosing keycap (Me) joins the digit"),
@@ -94,8 +119,20 @@ CASES = [
     (["STRASSE"], "strasse", S, True, "ASCII case"),
     (["\u00df"], "\u1e9e", S, True, "capital sharp s lower()s to \u00df"),
     (["stra\u1e9ee"], "STRASSE", S, False, "\u00df is never ss"),
-    (["\u03bf\u03b4\u03bf\u03c2"], "\u039f\u0394\u039f\u03a3", S, True, "lower() gives final sigma at word end"),
-    (["\u03bf\u03b4\u03bf\u03c3"], "\u039f\u0394\u039f\u03a3", S, False, "\u03c3 != final \u03c2 (casefold would equate)"),
+    (
+        ["\u03bf\u03b4\u03bf\u03c2"],
+        "\u039f\u0394\u039f\u03a3",
+        S,
+        True,
+        "lower() gives final sigma at word end",
+    ),
+    (
+        ["\u03bf\u03b4\u03bf\u03c3"],
+        "\u039f\u0394\u039f\u03a3",
+        S,
+        False,
+        "\u03c3 != final \u03c2 (casefold would equate)",
+    ),
     (["\u03c3"], "\u03a3", S, True, "a lone capital sigma lower()s to \u03c3"),
     (["istanbul"], "\u0130stanbul", S, False, "\u0130 is I + dot above after NFD: token 'i\u0307stanbul'"),
     (["i\u0307stanbul"], "\u0130STANBUL", S, True, "both sides i + U+0307 + stanbul"),
@@ -123,7 +160,13 @@ CASES = [
     (["\u2764"], "I \u2764\ufe0f NY", S, True, "variation selector (Mn) is a separate token after a symbol"),
     (["\u2764\ufe0f"], "I \u2764 NY", S, False, "answer has the extra variation-selector token"),
     (["\U0001f44d"], "\U0001f44d\U0001f3fd", S, True, "skin-tone modifier (Sk) is its own token"),
-    (["\U0001f468 \U0001f469"], "\U0001f468\u200d\U0001f469\u200d\U0001f467", S, True, "ZWJ (Cf) dropped between emoji"),
+    (
+        ["\U0001f468 \U0001f469"],
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+        S,
+        True,
+        "ZWJ (Cf) dropped between emoji",
+    ),
     (["\U0001f468\u200d\U0001f469"], "\U0001f468 \U0001f469", S, True, "ZWJ in the answer dropped too"),
     (["\U0001f469\U0001f468"], "\U0001f468\U0001f469", S, False, "order of one-char tokens"),
     # --- empty / blank answers, several answers
@@ -268,7 +311,9 @@ def test_no_bare_eval_call_in_repo():
     bare_eval = re.compile(r"(?<![\w.])eval\s*\(")  # not .eval() (torch), not literal_eval(
     offenders = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", "node_modules")]
+        dirnames[:] = [
+            d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", "node_modules")
+        ]
         for name in filenames:
             if name.endswith(".py"):
                 path = os.path.join(dirpath, name)

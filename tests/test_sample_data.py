@@ -1,6 +1,7 @@
 """The shipped sample (data/sample/) parses with our readers, is built as its README says (a fact and
 a trap passage per question, people split between train, dev and test), and is exactly what
 data/make_sample.py writes."""
+
 import filecmp
 import functools
 import importlib.util
@@ -17,7 +18,9 @@ from utils.qa import has_answer
 SAMPLE = os.path.join(ROOT, "data", "sample")
 FILES = ["psgs.tsv", "train.json", "dev.json", "test.qa.csv"]
 RELATIONS = 6  # birthplace, teacher, spouse, death, first work, prize
-STOP = set("a an the of in on at by to for with and was is did do s what who whom when where which how".split())
+STOP = set(
+    "a an the of in on at by to for with and was is did do s what who whom when where which how".split()
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,11 @@ def passage_words():
 def answer_passages(answers):
     """(text, title) of the passages that hold an answer (has_answer, tried only where all its words occur)."""
     psgs, words = passages(), [set(re.findall(r"\w+", a.lower())) for a in answers]
-    return [psgs[pid] for pid, pw in passage_words().items()
-            if any(w <= pw for w in words) and has_answer(answers, psgs[pid][0])]
+    return [
+        psgs[pid]
+        for pid, pw in passage_words().items()
+        if any(w <= pw for w in words) and has_answer(answers, psgs[pid][0])
+    ]
 
 
 def raw_records(name):
@@ -67,7 +73,9 @@ def test_passages_parse_with_consecutive_ids_grouped_by_person(tmp_path):
     store = PassageStore(os.path.join(SAMPLE, "psgs.tsv"), index_path=str(tmp_path / "offsets.npz"))
     assert len(store) == len(rows)
     wanted = [len(rows), 1, 137]
-    assert store.get_passages(wanted) == [(pid, text, title) for pid in wanted for _, i, text, title in rows if i == pid]
+    assert store.get_passages(wanted) == [
+        (pid, text, title) for pid in wanted for _, i, text, title in rows if i == pid
+    ]
 
 
 def test_passages_written_like_psgs_w100():
@@ -76,7 +84,9 @@ def test_passages_written_like_psgs_w100():
     assert lines[0] == "id\ttext\ttitle" and lines[-1] == ""
     for line in lines[1:-1]:
         pid, text, title = line.split("\t")
-        assert text.startswith('"') and text.endswith('"') and '"' not in text[1:-1], pid  # text quoted, as DPR's file
+        assert text.startswith('"') and text.endswith('"') and '"' not in text[1:-1], (
+            pid
+        )  # text quoted, as DPR's file
         assert not title.startswith('"'), pid
 
 
@@ -100,7 +110,9 @@ def test_biencoder_records_point_at_the_passages():
             # the top BM25 hard negative is the person's trap: more of the question's words than the positive
             trap = rec["hard_negative_ctxs"][0]
             q = content_words(rec["question"])
-            assert trap["title"] == pos["title"] and len(q & content_words(trap["text"])) > len(q & content_words(pos["text"]))
+            assert trap["title"] == pos["title"] and len(q & content_words(trap["text"])) > len(
+                q & content_words(pos["text"])
+            )
 
 
 def test_each_question_has_one_answer_passage_and_a_trap():
@@ -141,6 +153,11 @@ def test_generator_rewrites_the_same_bytes(tmp_path, make_sample):
 
 def test_generator_scales_with_people_who_add_passages_only(tmp_path, make_sample):
     counts = make_sample.generate(str(tmp_path), splits={"train": 3, "dev": 1, "test": 2}, extra_people=4)
-    assert counts == {"passages": 10 * 2 * RELATIONS, "train": 3 * RELATIONS, "dev": RELATIONS, "test": 2 * RELATIONS}
+    assert counts == {
+        "passages": 10 * 2 * RELATIONS,
+        "train": 3 * RELATIONS,
+        "dev": RELATIONS,
+        "test": 2 * RELATIONS,
+    }
     assert len(list(iter_passages(str(tmp_path / "psgs.tsv")))) == counts["passages"]
     assert len(read_qas(str(tmp_path / "test.qa.csv"))) == counts["test"]

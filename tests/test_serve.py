@@ -22,10 +22,10 @@ from transformers import BertModel, BertTokenizerFast
 import search_dpr
 import test_dpr
 from conftest import ROOT, make_tiny_bert, write_passages_tsv
-from utils.formats import read_results
 from utils.embeddings import shard_paths, write_meta
-from utils.retriever import Batcher, Retriever
+from utils.formats import read_results
 from utils.models import encoder_identity, load_encoder
+from utils.retriever import Batcher, Retriever
 
 WORDS = ["river", "city", "king", "the", "of", "and", "stone", "bridge", "tower", "field", "road", "hill"]
 QUESTIONS = [
@@ -195,8 +195,15 @@ def test_command_line_prints_top_k(corpus, retriever, capsys):
 def test_command_line_error_is_one_line(corpus, tmp_path):
     with pytest.raises(SystemExit) as exc:
         search_dpr.main(
-            ["--embedding_dir", str(tmp_path), "--pretrained_model_path", corpus["model"], "--wikipedia_path",
-             corpus["tsv"], "what"]
+            [
+                "--embedding_dir",
+                str(tmp_path),
+                "--pretrained_model_path",
+                corpus["model"],
+                "--wikipedia_path",
+                corpus["tsv"],
+                "what",
+            ]
         )
     assert str(exc.value.code).startswith("error: ") and "meta.json" in str(exc.value.code)
 

@@ -1,5 +1,6 @@
 """The module graph is a tree: library modules import each other at the top only (no import inside a function
 to dodge a cycle), never a command-line tool, and never edit sys.path; tools import only the library."""
+
 import ast
 import os
 
@@ -17,8 +18,12 @@ def imports(path):
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            (top if node in tree.body or any(node in getattr(n, "body", []) for n in tree.body
-                                             if isinstance(n, (ast.If, ast.Try))) else nested).update(names)
+            (
+                top
+                if node in tree.body
+                or any(node in getattr(n, "body", []) for n in tree.body if isinstance(n, (ast.If, ast.Try)))
+                else nested
+            ).update(names)
     return top, nested, source
 
 
@@ -26,7 +31,9 @@ def test_library_imports_form_a_tree_and_tools_import_only_the_library():
     graph = {}
     for name in sorted(f[:-3] for f in os.listdir(UTILS) if f.endswith(".py") and f != "__init__.py"):
         top, nested, source = imports(os.path.join(UTILS, name + ".py"))
-        assert not {m for m in nested if m and m.startswith("utils")}, f"{name}: a function-level utils import"
+        assert not {m for m in nested if m and m.startswith("utils")}, (
+            f"{name}: a function-level utils import"
+        )
         used = {m.split(".")[1] for m in top if m and m.startswith("utils.")}
         if name not in TOOLS:
             assert not used & TOOLS, f"library module {name} imports a tool"

@@ -1,5 +1,6 @@
 """test_dpr.py and utils/index.py against independent expectations: brute-force numpy search, hand-computed
 accuracies, a direct BertModel forward, and utils/qa.has_answer re-run on the written results."""
+
 import csv
 import json
 import os
@@ -13,12 +14,11 @@ from transformers import BertModel, BertTokenizerFast
 
 import test_dpr
 from conftest import ROOT, make_tiny_bert, write_passages_tsv
-from utils.formats import PassageStore, read_results
 from utils.embeddings import shard_paths, write_meta
+from utils.formats import PassageStore, read_results
 from utils.index import FaissIndex, TorchIndex, build_index
 from utils.models import encoder_identity, load_encoder, save_encoder
 from utils.qa import has_answer, top_k_accuracy
-
 
 # ---------------------------------------------------------------------------------------------
 # Search: every path returns the brute-force top-k (up to near-ties)
@@ -31,8 +31,12 @@ def assert_same_topk(scores, rows, stored, queries, k, tol=1e-3):
     order = np.argsort(-ref, axis=1, kind="stable")
     ref_top = np.take_along_axis(ref, order[:, : k + 1], 1)
     assert rows.shape == (len(queries), k) and scores.shape == (len(queries), k)
-    np.testing.assert_allclose(scores, np.take_along_axis(ref, rows, 1), rtol=1e-5, atol=1e-4)  # true scores of those rows
-    np.testing.assert_allclose(np.take_along_axis(ref, rows, 1), ref_top[:, :k], rtol=0, atol=1e-4)  # and the k best
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(ref, rows, 1), rtol=1e-5, atol=1e-4
+    )  # true scores of those rows
+    np.testing.assert_allclose(
+        np.take_along_axis(ref, rows, 1), ref_top[:, :k], rtol=0, atol=1e-4
+    )  # and the k best
     gaps = np.diff(ref_top, axis=1)  # <= 0
     clear = np.ones((len(queries), k), bool)
     clear[:, :] &= -gaps[:, :k] > tol  # separated from the next one
@@ -48,10 +52,18 @@ def assert_same_topk(scores, rows, stored, queries, k, tol=1e-3):
         ("faiss", np.float16, None),
         ("torch", np.float32, torch.float32),
         ("torch", np.float16, torch.float16),
-        ("torch", np.float32, torch.float16),  # float16 storage of float32 embeddings: exact for the stored vectors
+        (
+            "torch",
+            np.float32,
+            torch.float16,
+        ),  # float16 storage of float32 embeddings: exact for the stored vectors
         ("torch-2-shards", np.float32, torch.float32),
         ("torch-2-shards", np.float16, torch.float16),
-        ("torch-2-shards-bfloat16", np.float16, torch.float16),  # low-precision scores, candidates re-scored in float32
+        (
+            "torch-2-shards-bfloat16",
+            np.float16,
+            torch.float16,
+        ),  # low-precision scores, candidates re-scored in float32
         ("torch-float16", np.float32, torch.float16),
     ],
 )
@@ -64,7 +76,9 @@ def test_search_equals_brute_force(backend, file_dtype, storage):
     else:
         devices = ["cpu", "cpu"] if backend.startswith("torch-2-shards") else ["cpu"]
         search_dtype = backend.split("-")[-1] if backend.endswith("16") else "float32"
-        index = TorchIndex(emb, devices, dtype=storage, chunk_rows=300, search_dtype=search_dtype)  # several chunks, a ragged last one
+        index = TorchIndex(
+            emb, devices, dtype=storage, chunk_rows=300, search_dtype=search_dtype
+        )  # several chunks, a ragged last one
         assert ("re-scored in float32" in index.name) == (search_dtype != "float32")
     assert index.name
     scores, rows = index.search(queries, 40)
@@ -130,11 +144,18 @@ def test_accuracy_regex_match_hand_computed(hand_store):
 
 def test_accuracy_table_shows_only_ks_up_to_top_k():
     table = test_dpr.format_table(["top-k", "accuracy (%)"], [["Top-1", "25.00"], ["Top-5", "50.00"]])
-    assert table.splitlines() == ["| top-k | accuracy (%) |", "|:------|-------------:|", "| Top-1 |        25.00 |", "| Top-5 |        50.00 |"]
+    assert table.splitlines() == [
+        "| top-k | accuracy (%) |",
+        "|:------|-------------:|",
+        "| Top-1 |        25.00 |",
+        "| Top-5 |        50.00 |",
+    ]
 
 
 def test_nq_test_file_is_an_alias_of_qa_file():
-    args = test_dpr.parse_args(["--embedding_dir", "D", "--pretrained_model_path", "P", "--nq_test_file", "x.csv"])
+    args = test_dpr.parse_args(
+        ["--embedding_dir", "D", "--pretrained_model_path", "P", "--nq_test_file", "x.csv"]
+    )
     assert args.qa_file == "x.csv"
 
 
@@ -156,9 +177,22 @@ def write_embedding_dir(out_dir, ids, emb, tsv, num_shards=2, encoder=None):
         np.save(emb_path, emb[start : start + n])
         np.save(ids_path, np.asarray(ids[start : start + n], dtype=np.int64))
         start += n
-    write_meta(out_dir, {"model": "tiny", "role": "passage", "pooling": "cls", "dim": emb.shape[1], "dtype": str(emb.dtype),
-                         "max_length": 256, "num_passages": len(ids), "num_shards": num_shards, "shard_counts": counts,
-                         "source": {"path": tsv, "size": os.path.getsize(tsv)}, "encoder": encoder})
+    write_meta(
+        out_dir,
+        {
+            "model": "tiny",
+            "role": "passage",
+            "pooling": "cls",
+            "dim": emb.shape[1],
+            "dtype": str(emb.dtype),
+            "max_length": 256,
+            "num_passages": len(ids),
+            "num_shards": num_shards,
+            "shard_counts": counts,
+            "source": {"path": tsv, "size": os.path.getsize(tsv)},
+            "encoder": encoder,
+        },
+    )
     return out_dir
 
 
@@ -173,7 +207,10 @@ def e2e(tmp_path_factory):
             words.insert(int(rng.integers(0, 12)), str(rng.choice(ANSWERS)))
         rows.append((pid, " ".join(words), f"title {pid}"))
     tsv = write_passages_tsv(str(tmp / "psgs.tsv"), rows)
-    qas = [(f"what city of the {w} is the capital", [str(a)]) for w, a in zip(WORDS, rng.choice(ANSWERS, len(WORDS)))]
+    qas = [
+        (f"what city of the {w} is the capital", [str(a)])
+        for w, a in zip(WORDS, rng.choice(ANSWERS, len(WORDS)))
+    ]
     qas[0] = ("which king\u2019s city is it", ["rome", "lima"])  # DPR normalizes ’ to '
     qa_file = str(tmp / "qa.csv")
     with open(qa_file, "w", newline="") as f:
@@ -183,8 +220,17 @@ def e2e(tmp_path_factory):
     # as if one model served both towers (random vectors here): the question encoder belongs with them
     encoder = encoder_identity(load_encoder(model, "question")[0], model)
     emb_dir = write_embedding_dir(str(tmp / "emb"), [r[0] for r in rows], emb, tsv, encoder=encoder)
-    return dict(tmp=tmp, rows=rows, tsv=tsv, qas=qas, qa_file=qa_file, model=model, emb=emb, emb_dir=emb_dir,
-                encoder=encoder)
+    return dict(
+        tmp=tmp,
+        rows=rows,
+        tsv=tsv,
+        qas=qas,
+        qa_file=qa_file,
+        model=model,
+        emb=emb,
+        emb_dir=emb_dir,
+        encoder=encoder,
+    )
 
 
 def reference_retrieval(e2e, k):
@@ -194,8 +240,14 @@ def reference_retrieval(e2e, k):
     vectors = []
     with torch.no_grad():
         for question, _ in e2e["qas"]:
-            enc = tokenizer(question.replace("\u2019", "'"), truncation=True, max_length=256, return_tensors="pt")
-            out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=torch.zeros_like(enc["input_ids"]))
+            enc = tokenizer(
+                question.replace("\u2019", "'"), truncation=True, max_length=256, return_tensors="pt"
+            )
+            out = model(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                token_type_ids=torch.zeros_like(enc["input_ids"]),
+            )
             vectors.append(out.last_hidden_state[0, 0].numpy())
     queries = np.stack(vectors)
     scores = queries.astype(np.float64) @ e2e["emb"].astype(np.float64).T
@@ -208,16 +260,37 @@ def reference_retrieval(e2e, k):
 
 def test_end_to_end_cli(e2e):
     out = str(e2e["tmp"] / "out" / "results.json")
-    cmd = [sys.executable, os.path.join(ROOT, "test_dpr.py"), "--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"],
-           "--wikipedia_path", e2e["tsv"], "--qa_file", e2e["qa_file"], "--top_k", "10", "--output_file", out,
-           "--index_device", "cpu", "--num_workers", "2"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "test_dpr.py"),
+        "--embedding_dir",
+        e2e["emb_dir"],
+        "--pretrained_model_path",
+        e2e["model"],
+        "--wikipedia_path",
+        e2e["tsv"],
+        "--qa_file",
+        e2e["qa_file"],
+        "--top_k",
+        "10",
+        "--output_file",
+        out,
+        "--index_device",
+        "cpu",
+        "--num_workers",
+        "2",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
 
     queries, ref_ids, ref_hits = reference_retrieval(e2e, 10)
     ref_acc = top_k_accuracy(ref_hits, range(1, 11))
-    table = {c[1].strip(): c[2].strip() for c in (x.split("|") for x in proc.stdout.splitlines()) if len(c) == 4}
-    assert {k: v for k, v in table.items() if k.startswith("Top-")} == {f"Top-{k}": f"{100 * ref_acc[k]:.2f}" for k in (1, 5, 10)}
+    table = {
+        c[1].strip(): c[2].strip() for c in (x.split("|") for x in proc.stdout.splitlines()) if len(c) == 4
+    }
+    assert {k: v for k, v in table.items() if k.startswith("Top-")} == {
+        f"Top-{k}": f"{100 * ref_acc[k]:.2f}" for k in (1, 5, 10)
+    }
     assert "Top-20" not in proc.stdout and "fetch + score" in proc.stdout
     assert f"wrote {out}" in proc.stdout
 
@@ -243,22 +316,45 @@ def test_end_to_end_cli(e2e):
     with open(stem + ".topk.csv") as f:
         curve = list(csv.DictReader(f))
     assert [int(r["k"]) for r in curve] == list(range(1, 11))
-    assert [float(r["accuracy_percent"]) for r in curve] == pytest.approx([100 * ref_acc[k] for k in range(1, 11)])
+    assert [float(r["accuracy_percent"]) for r in curve] == pytest.approx(
+        [100 * ref_acc[k] for k in range(1, 11)]
+    )
     try:
         import matplotlib  # noqa: F401
 
         assert os.path.isfile(stem + ".topk.png")
     except ImportError:
         assert not os.path.exists(stem + ".topk.png")
-    assert os.path.isfile(os.path.join(e2e["emb_dir"], "passages.offsets.npz"))  # offsets next to the embeddings
+    assert os.path.isfile(
+        os.path.join(e2e["emb_dir"], "passages.offsets.npz")
+    )  # offsets next to the embeddings
 
 
 def test_top_k_larger_than_corpus_is_clamped(e2e, capsys):
-    curve = test_dpr.main(["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
-                           "--nq_test_file", e2e["qa_file"], "--num_workers", "1"])  # --index_device auto: cpu here
+    curve = test_dpr.main(
+        [
+            "--embedding_dir",
+            e2e["emb_dir"],
+            "--pretrained_model_path",
+            e2e["model"],
+            "--wikipedia_path",
+            e2e["tsv"],
+            "--nq_test_file",
+            e2e["qa_file"],
+            "--num_workers",
+            "1",
+        ]
+    )  # --index_device auto: cpu here
     out = capsys.readouterr().out
-    assert len(curve) == 40 and curve[40] == 1.0 - sum(not any(has_answer(a, r[1]) for r in e2e["rows"]) for _, a in e2e["qas"]) / len(e2e["qas"])
-    assert "retrieving top 40" in out and "| Top-20 " in out and "Top-50" not in out and "no --output_file" in out
+    assert len(curve) == 40 and curve[40] == 1.0 - sum(
+        not any(has_answer(a, r[1]) for r in e2e["rows"]) for _, a in e2e["qas"]
+    ) / len(e2e["qas"])
+    assert (
+        "retrieving top 40" in out
+        and "| Top-20 " in out
+        and "Top-50" not in out
+        and "no --output_file" in out
+    )
 
 
 def test_low_precision_flat_search_gives_the_exact_results(e2e, tmp_path):
@@ -266,14 +362,39 @@ def test_low_precision_flat_search_gives_the_exact_results(e2e, tmp_path):
     out = {}
     for spec in ("flat", "flat:bfloat16"):
         out[spec] = str(tmp_path / f"{spec.replace(':', '_')}.json")
-        test_dpr.main(["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
-                       "--qa_file", e2e["qa_file"], "--index_device", "cpu", "--num_workers", "1", "--top_k", "10",
-                       "--index", spec, "--output_file", out[spec]])
+        test_dpr.main(
+            [
+                "--embedding_dir",
+                e2e["emb_dir"],
+                "--pretrained_model_path",
+                e2e["model"],
+                "--wikipedia_path",
+                e2e["tsv"],
+                "--qa_file",
+                e2e["qa_file"],
+                "--index_device",
+                "cpu",
+                "--num_workers",
+                "1",
+                "--top_k",
+                "10",
+                "--index",
+                spec,
+                "--output_file",
+                out[spec],
+            ]
+        )
     exact, fast = read_results(out["flat"]), read_results(out["flat:bfloat16"])
     assert [[c["id"] for c in r["ctxs"]] for r in fast] == [[c["id"] for c in r["ctxs"]] for r in exact]
-    np.testing.assert_allclose([[float(c["score"]) for c in r["ctxs"]] for r in fast],
-                               [[float(c["score"]) for c in r["ctxs"]] for r in exact], rtol=1e-5, atol=1e-5)
-    assert "saves a faiss index_factory index" in run_main(e2e, **{"--index": "flat:float16", "--index_path": str(tmp_path / "x")})
+    np.testing.assert_allclose(
+        [[float(c["score"]) for c in r["ctxs"]] for r in fast],
+        [[float(c["score"]) for c in r["ctxs"]] for r in exact],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert "saves a faiss index_factory index" in run_main(
+        e2e, **{"--index": "flat:float16", "--index_path": str(tmp_path / "x")}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,8 +403,15 @@ def test_low_precision_flat_search_gives_the_exact_results(e2e, tmp_path):
 
 def run_main(e2e, ok=False, **over):
     """test_dpr.main on the e2e files with `over` (None: a flag); its one error line, or (ok) its curve."""
-    argv = {"--embedding_dir": e2e["emb_dir"], "--pretrained_model_path": e2e["model"], "--wikipedia_path": e2e["tsv"],
-            "--qa_file": e2e["qa_file"], "--index_device": "cpu", "--num_workers": "1", "--top_k": "5"}
+    argv = {
+        "--embedding_dir": e2e["emb_dir"],
+        "--pretrained_model_path": e2e["model"],
+        "--wikipedia_path": e2e["tsv"],
+        "--qa_file": e2e["qa_file"],
+        "--index_device": "cpu",
+        "--num_workers": "1",
+        "--top_k": "5",
+    }
     argv.update(over)
     argv = [x for kv in argv.items() for x in kv if x is not None]
     if ok:
@@ -297,8 +425,9 @@ def run_main(e2e, ok=False, **over):
 
 def test_error_embedding_dim_differs_from_encoder(e2e, tmp_path):
     ids = [r[0] for r in e2e["rows"]]
-    emb_dir = write_embedding_dir(str(tmp_path / "emb16"), ids, np.zeros((len(ids), 16), np.float16),
-                                  e2e["tsv"], encoder=e2e["encoder"])
+    emb_dir = write_embedding_dir(
+        str(tmp_path / "emb16"), ids, np.zeros((len(ids), 16), np.float16), e2e["tsv"], encoder=e2e["encoder"]
+    )
     message = run_main(e2e, **{"--embedding_dir": emb_dir})
     assert "16-d" in message and "32-d" in message and emb_dir in message
 
@@ -306,8 +435,13 @@ def test_error_embedding_dim_differs_from_encoder(e2e, tmp_path):
 def test_error_ids_not_in_passage_file(e2e, tmp_path):
     ids = [r[0] for r in e2e["rows"]]
     ids[3] = 999
-    emb_dir = write_embedding_dir(str(tmp_path / "emb_bad_ids"), ids, np.ones((len(ids), 32), np.float16),
-                                  e2e["tsv"], encoder=e2e["encoder"])
+    emb_dir = write_embedding_dir(
+        str(tmp_path / "emb_bad_ids"),
+        ids,
+        np.ones((len(ids), 32), np.float16),
+        e2e["tsv"],
+        encoder=e2e["encoder"],
+    )
     message = run_main(e2e, **{"--embedding_dir": emb_dir, "--top_k": "40"})
     assert "999" in message and "not found" in message and e2e["tsv"] in message
 
@@ -327,12 +461,28 @@ def test_error_malformed_qa_row(e2e, tmp_path):
 
 
 def test_error_exits_non_zero_with_one_line(e2e, tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "test_dpr.py"), "--embedding_dir", str(tmp_path / "nowhere"),
-                           "--pretrained_model_path", e2e["model"], "--qa_file", e2e["qa_file"],
-                           "--wikipedia_path", e2e["tsv"]],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "test_dpr.py"),
+            "--embedding_dir",
+            str(tmp_path / "nowhere"),
+            "--pretrained_model_path",
+            e2e["model"],
+            "--qa_file",
+            e2e["qa_file"],
+            "--wikipedia_path",
+            e2e["tsv"],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert proc.stderr.strip().splitlines() == [
+        line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")
+    ]
     assert "meta.json" in proc.stderr
 
 
@@ -342,24 +492,71 @@ def test_error_exits_non_zero_with_one_line(e2e, tmp_path):
 
 def test_run_file_matches_results_line_by_line(e2e):
     out, run = str(e2e["tmp"] / "run" / "results.json"), str(e2e["tmp"] / "run" / "results.trec")
-    test_dpr.main(["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
-                   "--qa_file", e2e["qa_file"], "--top_k", "7", "--output_file", out, "--run_file", run, "--num_workers", "1"])
+    test_dpr.main(
+        [
+            "--embedding_dir",
+            e2e["emb_dir"],
+            "--pretrained_model_path",
+            e2e["model"],
+            "--wikipedia_path",
+            e2e["tsv"],
+            "--qa_file",
+            e2e["qa_file"],
+            "--top_k",
+            "7",
+            "--output_file",
+            out,
+            "--run_file",
+            run,
+            "--num_workers",
+            "1",
+        ]
+    )
     records = read_results(out)
     with open(run) as f:
         lines = f.read().splitlines()
     assert len(lines) == 7 * len(e2e["qas"])
-    for line, (qid, rank, ctx) in zip(lines, [(q, r, c) for q, rec in enumerate(records) for r, c in enumerate(rec["ctxs"], 1)]):
+    for line, (qid, rank, ctx) in zip(
+        lines, [(q, r, c) for q, rec in enumerate(records) for r, c in enumerate(rec["ctxs"], 1)]
+    ):
         assert line.split(" ") == [str(qid), "Q0", ctx["id"], str(rank), ctx["score"], "nanoDPR_flat"]
 
 
 def test_factory_index_saved_then_reused_by_the_cli(e2e, tmp_path):
     index_path = str(tmp_path / "hnsw.faiss")
-    argv = ["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
-            "--qa_file", e2e["qa_file"], "--top_k", "10", "--index", "HNSW8", "--index_path", index_path, "--num_workers", "1"]
+    argv = [
+        "--embedding_dir",
+        e2e["emb_dir"],
+        "--pretrained_model_path",
+        e2e["model"],
+        "--wikipedia_path",
+        e2e["tsv"],
+        "--qa_file",
+        e2e["qa_file"],
+        "--top_k",
+        "10",
+        "--index",
+        "HNSW8",
+        "--index_path",
+        index_path,
+        "--num_workers",
+        "1",
+    ]
     runs = []
     for name in ("first", "second"):
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "test_dpr.py"), *argv, "--output_file", str(tmp_path / f"{name}.json")],
-                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, "test_dpr.py"),
+                *argv,
+                "--output_file",
+                str(tmp_path / f"{name}.json"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         runs.append((proc.stdout, read_results(str(tmp_path / f"{name}.json"))))
     assert f"saved to {index_path}" in runs[0][0] and f"loaded from {index_path}" in runs[1][0]
@@ -374,7 +571,9 @@ def test_factory_index_saved_then_reused_by_the_cli(e2e, tmp_path):
 
 def test_index_path_needs_a_factory_index(capsys):
     with pytest.raises(SystemExit):
-        test_dpr.parse_args(["--embedding_dir", "D", "--pretrained_model_path", "P", "--index_path", "x.faiss"])
+        test_dpr.parse_args(
+            ["--embedding_dir", "D", "--pretrained_model_path", "P", "--index_path", "x.faiss"]
+        )
     assert "--index Flat" in capsys.readouterr().err
 
 
@@ -391,15 +590,38 @@ def test_error_bad_factory_string(e2e):
 def test_biencoder_json_as_qa_file(e2e, tmp_path):
     """A biencoder JSON gives its questions and answers, every record in file order (also one without
     positives, which training skips): retrieval for a model's own training questions."""
-    records = [{"question": q, "answers": a, "positive_ctxs": [{"title": "t", "text": "x"}] if i else [], "hard_negative_ctxs": []}
-               for i, (q, a) in enumerate(e2e["qas"])]
+    records = [
+        {
+            "question": q,
+            "answers": a,
+            "positive_ctxs": [{"title": "t", "text": "x"}] if i else [],
+            "hard_negative_ctxs": [],
+        }
+        for i, (q, a) in enumerate(e2e["qas"])
+    ]
     json_file = str(tmp_path / "train.biencoder")  # no .json name: recognised by its content
     with open(json_file, "w") as f:
         json.dump(records, f, indent=2)
     csv_out, json_out = str(tmp_path / "csv.json"), str(tmp_path / "json.json")
     for qa_file, out in ((e2e["qa_file"], csv_out), (json_file, json_out)):
-        test_dpr.main(["--embedding_dir", e2e["emb_dir"], "--pretrained_model_path", e2e["model"], "--wikipedia_path", e2e["tsv"],
-                       "--qa_file", qa_file, "--top_k", "5", "--output_file", out, "--num_workers", "1"])
+        test_dpr.main(
+            [
+                "--embedding_dir",
+                e2e["emb_dir"],
+                "--pretrained_model_path",
+                e2e["model"],
+                "--wikipedia_path",
+                e2e["tsv"],
+                "--qa_file",
+                qa_file,
+                "--top_k",
+                "5",
+                "--output_file",
+                out,
+                "--num_workers",
+                "1",
+            ]
+        )
     assert read_results(json_out) == read_results(csv_out)
 
 
@@ -421,26 +643,39 @@ def test_question_encoder_must_belong_with_the_passage_encoder(e2e, tmp_path):
     torch.manual_seed(0)
     tok = BertTokenizerFast.from_pretrained(e2e["model"])
     towers = {}
-    for name, role, run, step in (("p", "passage", "runA", 4), ("q", "question", "runA", 4),
-                                  ("q_step2", "question", "runA", 2), ("q_runB", "question", "runB", 4)):
+    for name, role, run, step in (
+        ("p", "passage", "runA", 4),
+        ("q", "question", "runA", 4),
+        ("q_step2", "question", "runA", 2),
+        ("q_runB", "question", "runB", 4),
+    ):
         towers[name] = str(tmp_path / name)
-        model = BertModel.from_pretrained(make_tiny_bert(str(tmp_path / f"{name}_base"), seed=len(towers)),
-                                          add_pooling_layer=False)
+        model = BertModel.from_pretrained(
+            make_tiny_bert(str(tmp_path / f"{name}_base"), seed=len(towers)), add_pooling_layer=False
+        )
         save_encoder(model, tok, towers[name], role, run=run, step=step)
     passage = encoder_identity(load_encoder(towers["p"], "passage")[0], towers["p"])
     assert (passage["run"], passage["step"]) == ("runA", 4)
     emb_dir = write_embedding_dir(str(tmp_path / "emb"), ids, emb, e2e["tsv"], encoder=passage)
     curve = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": towers["q"]}, ok=True)
     assert len(curve) == 5
-    for name, why in (("q_step2", "run runA step 2 vs run runA step 4"),
-                      ("q_runB", "run runB step 4 vs run runA step 4"), (e2e["model"], "no run, digest ")):
+    for name, why in (
+        ("q_step2", "run runA step 2 vs run runA step 4"),
+        ("q_runB", "run runB step 4 vs run runA step 4"),
+        (e2e["model"], "no run, digest "),
+    ):
         path = towers.get(name, name)
         message = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": path})
-        assert f"question encoder {path} does not belong with passage encoder tiny, which made {emb_dir}" \
+        assert (
+            f"question encoder {path} does not belong with passage encoder tiny, which made {emb_dir}"
             in message
+        )
         assert why in message and "--trust_encoder_pair" in message
-        curve = run_main(e2e, **{"--embedding_dir": emb_dir, "--pretrained_model_path": path,
-                                 "--trust_encoder_pair": None}, ok=True)
+        curve = run_main(
+            e2e,
+            **{"--embedding_dir": emb_dir, "--pretrained_model_path": path, "--trust_encoder_pair": None},
+            ok=True,
+        )
         assert len(curve) == 5
     unrecorded = write_embedding_dir(str(tmp_path / "old"), ids, emb, e2e["tsv"])  # older: no "encoder"
     assert "meta.json names no passage encoder" in run_main(e2e, **{"--embedding_dir": unrecorded})

@@ -3,6 +3,7 @@
 Tiny random-init BERTs (conftest.make_tiny_bert) on a synthetic biencoder set written here: each
 question names a made-up person, its positive passage is about that person, negatives about others.
 """
+
 import dataclasses
 import json
 import math
@@ -17,9 +18,8 @@ import torch
 import yaml
 from transformers import BertModel
 
-from conftest import ROOT, free_port, make_tiny_bert, write_json
-
 import train_dpr
+from conftest import ROOT, free_port, make_tiny_bert, write_json
 from utils.biencoder import global_nll_loss, grad_cache_step, load_biencoder, nll_loss, plain_step
 from utils.errors import ConfigError
 from utils.models import pad_batch, tokenize_passages, tokenize_questions
@@ -42,10 +42,20 @@ def make_records(n, seed, n_hard=2, n_other=2):
         names.add("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5)))
     names = sorted(names)
     rng.shuffle(names)
-    ctx = [{"title": shifted(name), "text": f"{shifted(name)} is the king of {name[::-1][:4]}"} for name in names]
-    return [{"question": f"who is {names[i]}", "answers": [names[i][::-1][:4]], "positive_ctxs": [ctx[i]],
-             "hard_negative_ctxs": [ctx[j] for j in neg[:n_hard]], "negative_ctxs": [ctx[j] for j in neg[n_hard:]]}
-            for i in range(n) for neg in [rng.sample(range(n, 3 * n), n_hard + n_other)]]
+    ctx = [
+        {"title": shifted(name), "text": f"{shifted(name)} is the king of {name[::-1][:4]}"} for name in names
+    ]
+    return [
+        {
+            "question": f"who is {names[i]}",
+            "answers": [names[i][::-1][:4]],
+            "positive_ctxs": [ctx[i]],
+            "hard_negative_ctxs": [ctx[j] for j in neg[:n_hard]],
+            "negative_ctxs": [ctx[j] for j in neg[n_hard:]],
+        }
+        for i in range(n)
+        for neg in [rng.sample(range(n, 3 * n), n_hard + n_other)]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +66,27 @@ def setup(tmp_path_factory):
     records = make_records(64, seed=1)
     train = write_json(str(d / "train.json"), records)
     # dev: reworded questions about 16 of the training people (a 2-layer BERT from scratch learns them, not language)
-    dev = write_json(str(d / "dev.json"), [dict(r, question=r["question"].replace("who is", "what is")) for r in records[:16]])
-    cfg = dict(train_file=train, dev_file=dev, base_model=base, train_batch_size=16, max_train_epochs=12, lr=1e-2,
-               warmup_steps=2, max_length=64, num_hard_negatives=1, num_other_negatives=0, val_av_rank_start_epoch=0,
-               eval_batch_size=32, num_workers=0, log_steps=1, seed=7)
+    dev = write_json(
+        str(d / "dev.json"),
+        [dict(r, question=r["question"].replace("who is", "what is")) for r in records[:16]],
+    )
+    cfg = dict(
+        train_file=train,
+        dev_file=dev,
+        base_model=base,
+        train_batch_size=16,
+        max_train_epochs=12,
+        lr=1e-2,
+        warmup_steps=2,
+        max_length=64,
+        num_hard_negatives=1,
+        num_other_negatives=0,
+        val_av_rank_start_epoch=0,
+        eval_batch_size=32,
+        num_workers=0,
+        log_steps=1,
+        seed=7,
+    )
     config = str(d / "cfg.yaml")
     with open(config, "w") as f:
         yaml.safe_dump(cfg, f)
@@ -96,8 +123,10 @@ def test_loss_is_hand_computed_nll():
 def make_step_inputs(setup, chunk_size, dropout):
     model, tokenizers = load_biencoder(setup["base"], dropout)
     records = make_records(6, seed=3)
-    items = [(r["question"], [(c["title"], c["text"]) for c in r["positive_ctxs"] + r["hard_negative_ctxs"]])
-             for r in records]
+    items = [
+        (r["question"], [(c["title"], c["text"]) for c in r["positive_ctxs"] + r["hard_negative_ctxs"]])
+        for r in records
+    ]
     batch = Collate(tokenizers, 64, chunk_size, groups=2)(items)
     return model, batch
 
@@ -106,8 +135,12 @@ def step_grads(model, batch, grad_cache, seed):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     step = grad_cache_step if grad_cache else plain_step
-    loss = step(model, batch, torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False), 1.0)
-    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])  # not the unused pooler
+    loss = step(
+        model, batch, torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False), 1.0
+    )
+    return loss.item(), torch.cat(
+        [p.grad.flatten() for p in model.parameters() if p.requires_grad]
+    )  # not the unused pooler
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -131,13 +164,17 @@ def test_padding_to_a_multiple_of_8_gives_the_same_step(setup):
     """Collate's pad_multiple (a speed lever): every width a multiple of 8, extra positions masked, the same
     loss and gradients as padding to the longest (no dropout: its masks are drawn over the wider tensors)."""
     model, batch = make_step_inputs(setup, chunk_size=3, dropout=0.0)
-    items = [(r["question"], [(c["title"], c["text"]) for c in r["positive_ctxs"] + r["hard_negative_ctxs"]])
-             for r in make_records(6, seed=3)]
+    items = [
+        (r["question"], [(c["title"], c["text"]) for c in r["positive_ctxs"] + r["hard_negative_ctxs"]])
+        for r in make_records(6, seed=3)
+    ]
     wide = Collate(load_biencoder(setup["base"], 0.0)[1], 64, 3, groups=2, pad_multiple=8)(items)
     for narrow, padded in zip(batch["chunks"], wide["chunks"]):
         for a, b in zip([narrow["question"], *narrow["passages"]], [padded["question"], *padded["passages"]]):
-            assert b["input_ids"].shape[1] % 8 == 0 and b["input_ids"].shape[1] - a["input_ids"].shape[1] in range(8)
-            assert b["attention_mask"][:, a["input_ids"].shape[1]:].sum() == 0
+            assert b["input_ids"].shape[1] % 8 == 0 and b["input_ids"].shape[1] - a["input_ids"].shape[
+                1
+            ] in range(8)
+            assert b["attention_mask"][:, a["input_ids"].shape[1] :].sum() == 0
     loss, grads = step_grads(model, batch, grad_cache=False, seed=0)
     loss8, grads8 = step_grads(model, wide, grad_cache=False, seed=0)
     assert loss8 == pytest.approx(loss, abs=1e-6)
@@ -149,11 +186,28 @@ def test_two_processes_equal_one(setup, tmp_path):
     micro-batches: same losses, grad norms, parameters and dev metrics. Dropout off: each process draws its
     own masks. Adam with eps 1 moves a parameter by about lr * gradient (not lr * sign), so equal parameters
     mean equal gradients."""
-    common = dict(dropout=0.0, max_train_steps=3, eval_steps=3, train_batch_size=8, max_train_epochs=1, lr=1.0,
-                  adam_eps=1.0, mixed_precision="no", gradient_accumulation_steps=2)
+    common = dict(
+        dropout=0.0,
+        max_train_steps=3,
+        eval_steps=3,
+        train_batch_size=8,
+        max_train_epochs=1,
+        lr=1.0,
+        adam_eps=1.0,
+        mixed_precision="no",
+        gradient_accumulation_steps=2,
+    )
     env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-           os.path.join(ROOT, "train_dpr.py")] + argv(setup, tmp_path / "two", grad_cache_chunk_size=1, **common)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        free_port(),
+        os.path.join(ROOT, "train_dpr.py"),
+    ] + argv(setup, tmp_path / "two", grad_cache_chunk_size=1, **common)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     train_dpr.main(argv(setup, tmp_path / "one", **common))
@@ -180,9 +234,14 @@ def brute_force_avg_rank(q_dir, p_dir, dev_records, max_length, n_hard=30, n_oth
         gold.append(len(pool))
         pool += r["positive_ctxs"][:1] + r["negative_ctxs"][:n_other] + hard[:n_hard]
     with torch.no_grad():
-        q = q_model(**pad_batch(tokenize_questions(q_tok, [r["question"] for r in dev_records], max_length), 0))
-        p = p_model(**pad_batch(tokenize_passages(p_tok, [c["title"] for c in pool], [c["text"] for c in pool],
-                                                  max_length), 0))
+        q = q_model(
+            **pad_batch(tokenize_questions(q_tok, [r["question"] for r in dev_records], max_length), 0)
+        )
+        p = p_model(
+            **pad_batch(
+                tokenize_passages(p_tok, [c["title"] for c in pool], [c["text"] for c in pool], max_length), 0
+            )
+        )
     scores = (q.last_hidden_state[:, 0] @ p.last_hidden_state[:, 0].T).numpy()
     ranks = [int(np.nonzero(np.argsort(-s, kind="stable") == g)[0][0]) for s, g in zip(scores, gold)]
     return float(np.mean(ranks))
@@ -198,7 +257,9 @@ def test_short_run_learns_and_writes_loadable_checkpoints(setup, tmp_path):
         dev = json.load(f)
     before = brute_force_avg_rank(setup["base"], setup["base"], dev, 64)
     best = os.path.join(out, "best")
-    after = brute_force_avg_rank(os.path.join(best, "query_encoder"), os.path.join(best, "doc_encoder"), dev, 64)
+    after = brute_force_avg_rank(
+        os.path.join(best, "query_encoder"), os.path.join(best, "doc_encoder"), dev, 64
+    )
     assert after < 0.5 * before, (before, after)
     with open(os.path.join(best, "trainer_state.json")) as f:
         reported = json.load(f)
@@ -221,12 +282,16 @@ def test_saved_encoders_load_as_plain_bert_with_the_base_pooler(setup, tmp_path)
     with_pooler.save_pretrained(base)
     AutoTokenizer.from_pretrained(setup["base"]).save_pretrained(base)
     out = tmp_path / "run"
-    train_dpr.main(argv(setup, out, base_model=base, max_train_steps=2, dev_file=None))  # step 1 has lr 0 (warm-up)
+    train_dpr.main(
+        argv(setup, out, base_model=base, max_train_steps=2, dev_file=None)
+    )  # step 1 has lr 0 (warm-up)
     for tower in ("query_encoder", "doc_encoder"):
         model, info = BertModel.from_pretrained(os.path.join(out, "step-2", tower), output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"], info
         assert torch.equal(model.pooler.dense.weight, with_pooler.pooler.dense.weight)
-        assert not torch.equal(model.encoder.layer[0].output.dense.weight, with_pooler.encoder.layer[0].output.dense.weight)
+        assert not torch.equal(
+            model.encoder.layer[0].output.dense.weight, with_pooler.encoder.layer[0].output.dense.weight
+        )
 
 
 class Crash(Exception):
@@ -236,7 +301,9 @@ class Crash(Exception):
 def test_resume_after_crash_equals_uninterrupted_run(setup, tmp_path, monkeypatch):
     """Killed during step 5 (last checkpoint: step 3, mid-epoch 0; 4 steps per epoch), resumed: the same
     parameters and per-step losses as an uninterrupted 8-step run, dropout and gradient cache on."""
-    common = dict(dropout=0.1, grad_cache_chunk_size=3, eval_steps=3, max_train_steps=8, num_workers=1, log_steps=1)
+    common = dict(
+        dropout=0.1, grad_cache_chunk_size=3, eval_steps=3, max_train_steps=8, num_workers=1, log_steps=1
+    )
     train_dpr.main(argv(setup, tmp_path / "straight", **common))
 
     step = train_dpr.grad_cache_step
@@ -259,16 +326,23 @@ def test_resume_after_crash_equals_uninterrupted_run(setup, tmp_path, monkeypatc
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
-    assert [r["step"] for r in log_b] == [r["step"] for r in log_a]  # step 4 logged once: the crashed run's entry dropped
-    assert [r["loss"] for r in log_b if "loss" in r] == pytest.approx([r["loss"] for r in log_a if "loss" in r], abs=1e-6)
+    assert [r["step"] for r in log_b] == [
+        r["step"] for r in log_a
+    ]  # step 4 logged once: the crashed run's entry dropped
+    assert [r["loss"] for r in log_b if "loss" in r] == pytest.approx(
+        [r["loss"] for r in log_a if "loss" in r], abs=1e-6
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(foo=1), "unrecognized arguments: --foo=1"),
-    (dict(lr="fast"), "argument --lr: invalid float value: 'fast'"),
-    (dict(train_file="/nonexistent/train.json"), "/nonexistent/train.json: file not found"),
-    (dict(train_batch_size=6, gradient_accumulation_steps=4), "not divisible"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(foo=1), "unrecognized arguments: --foo=1"),
+        (dict(lr="fast"), "argument --lr: invalid float value: 'fast'"),
+        (dict(train_file="/nonexistent/train.json"), "/nonexistent/train.json: file not found"),
+        (dict(train_batch_size=6, gradient_accumulation_steps=4), "not divisible"),
+    ],
+)
 def test_bad_input_is_one_clear_error(setup, tmp_path, overrides, message):
     with pytest.raises(SystemExit) as e:
         train_dpr.main(argv(setup, tmp_path / "bad", **overrides))
@@ -296,14 +370,26 @@ def test_compact_data_keeps_only_what_training_reads(setup, tmp_path):
     assert np.diff(data.other_ptr).tolist() == [0, 2, 0, 0]
     text = lambda p: data.passage(p)[1]  # noqa: E731
     ctxs = data.ctxs(0, num_hard=2, num_other=0)
-    assert [text(p) for p in ctxs] == [c["text"] for c in records[0]["positive_ctxs"] + records[0]["hard_negative_ctxs"][:2]]
+    assert [text(p) for p in ctxs] == [
+        c["text"] for c in records[0]["positive_ctxs"] + records[0]["hard_negative_ctxs"][:2]
+    ]
     fallback = data.ctxs(1, num_hard=1, num_other=0)
-    assert [text(p) for p in fallback] == [records[1]["positive_ctxs"][0]["text"], records[1]["negative_ctxs"][0]["text"]]
+    assert [text(p) for p in fallback] == [
+        records[1]["positive_ctxs"][0]["text"],
+        records[1]["negative_ctxs"][0]["text"],
+    ]
     shuffled = {tuple(data.ctxs(0, 3, 0, random.Random(s))) for s in range(20)}
-    assert len(shuffled) > 1 and all(s[0] == ctxs[0] and sorted(s) == sorted(data.ctxs(0, 3, 0)) for s in shuffled)
+    assert len(shuffled) > 1 and all(
+        s[0] == ctxs[0] and sorted(s) == sorted(data.ctxs(0, 3, 0)) for s in shuffled
+    )
     # identical passages are stored once
-    distinct = {(c["title"], c["text"]) for r in records for k in ("positive_ctxs", "hard_negative_ctxs", "negative_ctxs")
-                for c in r[k] if k != "negative_ctxs" or not r["hard_negative_ctxs"]}
+    distinct = {
+        (c["title"], c["text"])
+        for r in records
+        for k in ("positive_ctxs", "hard_negative_ctxs", "negative_ctxs")
+        for c in r[k]
+        if k != "negative_ctxs" or not r["hard_negative_ctxs"]
+    }
     assert data.meta["passages"] == len(distinct) < sum(1 + len(r["hard_negative_ctxs"]) for r in records) + 2
 
 
@@ -325,15 +411,21 @@ def test_multi_file_batches_never_mix_files(setup, tmp_path):
 
 
 def test_help_lists_every_option_with_default_and_meaning():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "train_dpr.py"), "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train_dpr.py"), "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     for key in ("train_file", "train_batch_size", "grad_cache_chunk_size", "resume_from_checkpoint"):
         assert f"--{key} " in out.stdout
     blocks = {b.split()[0]: " ".join(b.split()[1:]) for b in out.stdout.split("\n  --")[1:]}
     for f in dataclasses.fields(train_dpr.Config):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        default = "null" if default is None else " ".join(default) if isinstance(default, list) else str(default)
-        meaning, _, shown = blocks[f.name].removeprefix("VALUE [VALUE ...] ").removeprefix("VALUE ").rpartition(" (default: ")
+        default = (
+            "null" if default is None else " ".join(default) if isinstance(default, list) else str(default)
+        )
+        meaning, _, shown = (
+            blocks[f.name].removeprefix("VALUE [VALUE ...] ").removeprefix("VALUE ").rpartition(" (default: ")
+        )
         assert shown == default + ")" and len(meaning.split()) >= 2, f.name
 
 
@@ -341,10 +433,24 @@ def test_help_lists_every_option_with_default_and_meaning():
 # 1237, 40 epochs, one hard negative; its clipping (2.0) and Adam eps (1e-8) acted on DDP's average, 1/8 of the
 # gradient we compute.
 DPR_GPUS = 8
-DPR_NQ = dict(train_batch_size=16 * DPR_GPUS, lr=2e-5, warmup_steps=1237, max_train_epochs=40, num_hard_negatives=1,
-              num_other_negatives=0, dropout=0.1, max_length=256, weight_decay=0.0, seed=12345, val_av_rank_start_epoch=30,
-              val_av_rank_hard_neg=30, val_av_rank_other_neg=30, max_grad_norm=2.0 * DPR_GPUS, adam_eps=1e-8 * DPR_GPUS,
-              gradient_accumulation_steps=1)
+DPR_NQ = dict(
+    train_batch_size=16 * DPR_GPUS,
+    lr=2e-5,
+    warmup_steps=1237,
+    max_train_epochs=40,
+    num_hard_negatives=1,
+    num_other_negatives=0,
+    dropout=0.1,
+    max_length=256,
+    weight_decay=0.0,
+    seed=12345,
+    val_av_rank_start_epoch=30,
+    val_av_rank_hard_neg=30,
+    val_av_rank_other_neg=30,
+    max_grad_norm=2.0 * DPR_GPUS,
+    adam_eps=1e-8 * DPR_GPUS,
+    gradient_accumulation_steps=1,
+)
 
 
 def test_defaults_are_dpr_nq_recipe():
@@ -352,11 +458,15 @@ def test_defaults_are_dpr_nq_recipe():
     for key, value in DPR_NQ.items():
         assert getattr(cfg, key) == pytest.approx(value, rel=1e-12), key
     assert cfg.base_model == "bert-base-uncased" and cfg.eval_steps is None  # [enc]; validate once per epoch
-    assert cfg.train_file == ["downloads/data/retriever/nq-train.json"]  # where utils/download_data.py puts DPR's files
+    assert cfg.train_file == [
+        "downloads/data/retriever/nq-train.json"
+    ]  # where utils/download_data.py puts DPR's files
     assert cfg.dev_file == "downloads/data/retriever/nq-dev.json"
 
 
-@pytest.mark.parametrize("name", ["train_dpr_nq.yaml", "train_dpr_nq_adv_hn.yaml", "train_mini_nq.yaml", "train_demo.yaml"])
+@pytest.mark.parametrize(
+    "name", ["train_dpr_nq.yaml", "train_dpr_nq_adv_hn.yaml", "train_mini_nq.yaml", "train_demo.yaml"]
+)
 def test_shipped_configs_parse(name):
     cfg = train_dpr.parse_args(["--config_file", os.path.join(ROOT, "config", name)])
     assert isinstance(cfg, train_dpr.Config)
@@ -364,36 +474,52 @@ def test_shipped_configs_parse(name):
         for key, value in DPR_NQ.items():
             assert getattr(cfg, key) == pytest.approx(value, rel=1e-12), key
     if name == "train_dpr_nq_adv_hn.yaml":  # DPR's train_datasets=[nq_train,nq_train_hn1]
-        assert cfg.train_file == ["downloads/data/retriever/nq-train.json", "downloads/data/retriever/nq-adv-hn-train.json"]
+        assert cfg.train_file == [
+            "downloads/data/retriever/nq-train.json",
+            "downloads/data/retriever/nq-adv-hn-train.json",
+        ]
 
 
 def test_config_file_then_overrides(tmp_path):
     """YAML as people write it (a bare `no`, 2e-5 without a dot, a list of files), then --key value / --key=value
     (several files: --train_file a b)."""
     path = tmp_path / "c.yaml"
-    path.write_text("mixed_precision: no\nlr: 2e-5\ntrain_file: [a.json, b.json]\neval_steps: 7\nreport_to: null\n")
+    path.write_text(
+        "mixed_precision: no\nlr: 2e-5\ntrain_file: [a.json, b.json]\neval_steps: 7\nreport_to: null\n"
+    )
     cfg = train_dpr.parse_args(["--config_file", str(path)])
-    assert (cfg.mixed_precision, cfg.lr, cfg.train_file, cfg.eval_steps, cfg.report_to) == ("no", 2e-5, ["a.json", "b.json"], 7, "none")
-    cfg = train_dpr.parse_args(["--eval_steps", "null", "--config_file", str(path), "--lr=1e-5", "--train_file", "c.json"])
+    assert (cfg.mixed_precision, cfg.lr, cfg.train_file, cfg.eval_steps, cfg.report_to) == (
+        "no",
+        2e-5,
+        ["a.json", "b.json"],
+        7,
+        "none",
+    )
+    cfg = train_dpr.parse_args(
+        ["--eval_steps", "null", "--config_file", str(path), "--lr=1e-5", "--train_file", "c.json"]
+    )
     assert (cfg.eval_steps, cfg.lr, cfg.train_file, cfg.max_train_epochs) == (None, 1e-5, ["c.json"], 40)
     assert train_dpr.parse_args(["--train_file", "x.json", "y.json"]).train_file == ["x.json", "y.json"]
 
 
-@pytest.mark.parametrize("text, args, message", [
-    ("lr: fast\n", [], "c.yaml: argument --lr: invalid float value: 'fast'"),
-    ("train_batch_size: 0\n", [], "c.yaml: train_batch_size must be >= 1, got 0"),
-    ("mixed_precision: fp8\n", [], "c.yaml: argument --mixed_precision: invalid choice: 'fp8'"),
-    ("train_batch_size: 1.5\n", [], "c.yaml: argument --train_batch_size: invalid int value: '1.5'"),
-    ("epochs: 3\n", [], "c.yaml: unrecognized arguments: --epochs 3"),
-    ("- lr\n", [], "c.yaml: expected a mapping of config keys"),
-    ("train_file: []\n", [], "c.yaml: argument --train_file: expected at least one argument"),
-    ("", ["--dropout", "-0.1"], "dropout must be >= 0, got -0.1"),
-    ("", ["--train_file"], "argument --train_file: expected at least one argument"),
-    ("", ["--epochs=3"], "unrecognized arguments: --epochs=3"),
-    ("", ["--lr"], "argument --lr: expected one argument"),
-    ("", ["stray"], "unrecognized arguments: stray"),
-    ("", ["--overwrite_output_dir", "maybe"], "argument --overwrite_output_dir: Truthy value expected"),
-])
+@pytest.mark.parametrize(
+    "text, args, message",
+    [
+        ("lr: fast\n", [], "c.yaml: argument --lr: invalid float value: 'fast'"),
+        ("train_batch_size: 0\n", [], "c.yaml: train_batch_size must be >= 1, got 0"),
+        ("mixed_precision: fp8\n", [], "c.yaml: argument --mixed_precision: invalid choice: 'fp8'"),
+        ("train_batch_size: 1.5\n", [], "c.yaml: argument --train_batch_size: invalid int value: '1.5'"),
+        ("epochs: 3\n", [], "c.yaml: unrecognized arguments: --epochs 3"),
+        ("- lr\n", [], "c.yaml: expected a mapping of config keys"),
+        ("train_file: []\n", [], "c.yaml: argument --train_file: expected at least one argument"),
+        ("", ["--dropout", "-0.1"], "dropout must be >= 0, got -0.1"),
+        ("", ["--train_file"], "argument --train_file: expected at least one argument"),
+        ("", ["--epochs=3"], "unrecognized arguments: --epochs=3"),
+        ("", ["--lr"], "argument --lr: expected one argument"),
+        ("", ["stray"], "unrecognized arguments: stray"),
+        ("", ["--overwrite_output_dir", "maybe"], "argument --overwrite_output_dir: Truthy value expected"),
+    ],
+)
 def test_config_errors_name_where(tmp_path, text, args, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -404,8 +530,14 @@ def test_config_errors_name_where(tmp_path, text, args, message):
 
 def test_no_arguments_without_downloads_is_one_line_naming_the_download(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "train_dpr.py")], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train_dpr.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
@@ -416,12 +548,17 @@ def test_no_arguments_without_downloads_is_one_line_naming_the_download(tmp_path
 def test_log_without_a_terminal_is_plain_lines(setup, tmp_path):
     """stderr not a TTY (a log file, CI): one plain line every log_steps instead of tqdm's carriage-return updates."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, os.path.join(ROOT, "train_dpr.py")] + argv(setup, tmp_path / "out", max_train_steps=3, dev_file=None)
+    cmd = [sys.executable, os.path.join(ROOT, "train_dpr.py")] + argv(
+        setup, tmp_path / "out", max_train_steps=3, dev_file=None
+    )
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "\r" not in result.stdout + result.stderr
-    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("step ")] == \
-           ["step 1/3", "step 2/3", "step 3/3"]
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("step ")] == [
+        "step 1/3",
+        "step 2/3",
+        "step 3/3",
+    ]
 
 
 @pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
@@ -432,8 +569,12 @@ def test_report_to_trackers(setup, tmp_path, tracker):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, os.path.join(ROOT, "train_dpr.py")] + argv(setup, out, max_train_steps=3, eval_steps=3, report_to=tracker)
-    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=240)
+    cmd = [sys.executable, os.path.join(ROOT, "train_dpr.py")] + argv(
+        setup, out, max_train_steps=3, eval_steps=3, report_to=tracker
+    )
+    result = subprocess.run(
+        cmd, env=env, cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=240
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = read_log(out)
     train_steps = [r for r in log if "loss" in r]
@@ -443,9 +584,12 @@ def test_report_to_trackers(setup, tmp_path, tracker):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         events = EventAccumulator(str(out / "nanodpr")).Reload()
-        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars("loss")] == \
-               [(r["step"], r["loss"]) for r in train_steps]
-        assert [(e.step, e.value) for e in events.Scalars("dev_avg_rank")] == [(3, pytest.approx(dev["dev_avg_rank"], rel=1e-6))]
+        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars("loss")] == [
+            (r["step"], r["loss"]) for r in train_steps
+        ]
+        assert [(e.step, e.value) for e in events.Scalars("dev_avg_rank")] == [
+            (3, pytest.approx(dev["dev_avg_rank"], rel=1e-6))
+        ]
     else:
         assert "offline" in result.stdout + result.stderr
         (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
@@ -472,19 +616,32 @@ def test_second_run_into_a_used_dir_is_refused_unless_overwrite(setup, tmp_path)
     out = tmp_path / "run"
     common = dict(dev_file=None, eval_steps=2, log_steps=1)
     train_dpr.main(argv(setup, out, max_train_steps=4, **common))
-    before = {name: sorted(os.listdir(out / name)) if os.path.isdir(out / name) else open(out / name).read()
-              for name in os.listdir(out)}
+    before = {
+        name: sorted(os.listdir(out / name)) if os.path.isdir(out / name) else open(out / name).read()
+        for name in os.listdir(out)
+    }
     with pytest.raises(SystemExit) as e:
         train_dpr.main(argv(setup, out, max_train_steps=2, **common))
     message = str(e.value)
     assert message.startswith("error: ") and "holds another training run" in message and "\n" not in message
     assert "step-2, step-4, train_log.jsonl" in message and "--overwrite_output_dir" in message
-    assert {name: sorted(os.listdir(out / name)) if os.path.isdir(out / name) else open(out / name).read()
-            for name in os.listdir(out)} == before  # untouched
+    assert {
+        name: sorted(os.listdir(out / name)) if os.path.isdir(out / name) else open(out / name).read()
+        for name in os.listdir(out)
+    } == before  # untouched
     (first_run, _), _ = encoder_origin(out, "step-4")
 
-    train_dpr.main(argv(setup, out, max_train_steps=2, eval_steps=1, dev_file=None, log_steps=1,
-                        overwrite_output_dir="true"))
+    train_dpr.main(
+        argv(
+            setup,
+            out,
+            max_train_steps=2,
+            eval_steps=1,
+            dev_file=None,
+            log_steps=1,
+            overwrite_output_dir="true",
+        )
+    )
     assert sorted(d for d in os.listdir(out) if d.startswith("step-")) == ["step-1", "step-2"]  # new run's
     assert [r["step"] for r in read_log(out)] == [1, 2]
     (q, p) = encoder_origin(out, "step-2")
@@ -496,11 +653,21 @@ def test_processes_that_see_different_dirs_fail_fast(setup, tmp_path):
     """Two processes whose output dirs differ (two nodes without a shared filesystem; simulated by a wrapper
     that gives each rank its own dir) stop at once with one line, before the data cache is built."""
     wrapper = tmp_path / "per_rank_dir.py"
-    wrapper.write_text("import os, sys\nimport train_dpr\nargv = sys.argv[1:]\n"
-                       "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\ntrain_dpr.main(argv)\n")
+    wrapper.write_text(
+        "import os, sys\nimport train_dpr\nargv = sys.argv[1:]\n"
+        "argv[argv.index('--output_dir') + 1] += os.environ['RANK']\ntrain_dpr.main(argv)\n"
+    )
     env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-           str(wrapper)] + argv(setup, tmp_path / "out", max_train_steps=2, train_batch_size=8)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        free_port(),
+        str(wrapper),
+    ] + argv(setup, tmp_path / "out", max_train_steps=2, train_batch_size=8)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

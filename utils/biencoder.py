@@ -6,6 +6,7 @@ DPR's validation (NLL and average rank).
 Shapes, for B questions per batch, h hard and o other negatives per question, d the vector size:
 q [B, d] question vectors, p [B·(1+h+o), d] passage vectors, scores = q @ p.T [B, B·(1+h+o)].
 """
+
 import contextlib
 import os
 
@@ -16,8 +17,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ConfigError, EncoderError
-from utils.models import (NORM, autocast_dtype, embed, embedding_dim, encode_batches, load_encoder, padded_batches,
-                          tokenize_passages, tokenize_questions)
+from utils.models import (
+    NORM,
+    autocast_dtype,
+    embed,
+    embedding_dim,
+    encode_batches,
+    load_encoder,
+    padded_batches,
+    tokenize_passages,
+    tokenize_questions,
+)
 from utils.rng import rng_state, set_rng_state
 from utils.towers import TOWER_DIRS
 
@@ -45,13 +55,19 @@ def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
     towers, tokenizers, poolings = {}, {}, set()
     for role, name in TOWER_DIRS.items():
         sub = os.path.join(path, name)
-        with torch.random.fork_rng(devices=[]):  # a base without pooler weights gets a random one: keep the seed's draws
-            model, tokenizers[role], own = load_encoder(sub if os.path.isdir(sub) else path, role,
-                                                        pooler=True, pooling=pooling, similarity=similarity)
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # a base without pooler weights gets a random one: keep the seed's draws
+            model, tokenizers[role], own = load_encoder(
+                sub if os.path.isdir(sub) else path, role, pooler=True, pooling=pooling, similarity=similarity
+            )
         poolings.add(own)
         if getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)
-        for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob"):  # DPR sets both (hf_bert.yaml dropout)
+        for attr in (
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+        ):  # DPR sets both (hf_bert.yaml dropout)
             if hasattr(model.config, attr):
                 setattr(model.config, attr, dropout)
         for module in model.modules():
@@ -59,8 +75,10 @@ def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
                 module.p = dropout
         towers[role] = model.train()
     if len(poolings) > 1 or min(poolings).startswith("pooler_output"):  # HF DPR models: no [CLS] to train
-        raise EncoderError(f"{path}: training needs BERT-style towers pooled alike (a BertModel dir, one of "
-                           f"our checkpoints or a DPR .cp file); these pool {sorted(poolings)}")
+        raise EncoderError(
+            f"{path}: training needs BERT-style towers pooled alike (a BertModel dir, one of "
+            f"our checkpoints or a DPR .cp file); these pool {sorted(poolings)}"
+        )
     return BiEncoder(towers["question"], towers["passage"], poolings.pop(), scale), tokenizers
 
 
@@ -68,16 +86,21 @@ def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
     """(AdamW, DPR's schedule). Biases and LayerNorm weights are never decayed (DPR's get_hf_model_param_grouping)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = [any(k in n for k in ("bias", "LayerNorm.weight")) for n, _ in named]
-    groups = [{"params": [p for (_, p), skip in zip(named, no_decay) if not skip], "weight_decay": weight_decay},
-              {"params": [p for (_, p), skip in zip(named, no_decay) if skip], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for (_, p), skip in zip(named, no_decay) if not skip], "weight_decay": weight_decay},
+        {"params": [p for (_, p), skip in zip(named, no_decay) if skip], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW(groups, lr=lr, eps=eps, fused=next(model.parameters()).is_cuda)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, dpr_schedule(warmup_steps, total_steps))
 
 
 def dpr_schedule(warmup_steps, total_steps):
     """DPR's get_schedule_linear, as a LambdaLR factor: linear warm-up, then linear decay (floored at 1e-7)."""
-    return lambda step: (step / max(1, warmup_steps) if step < warmup_steps
-                         else max(1e-7, (total_steps - step) / max(1, total_steps - warmup_steps)))
+    return lambda step: (
+        step / max(1, warmup_steps)
+        if step < warmup_steps
+        else max(1e-7, (total_steps - step) / max(1, total_steps - warmup_steps))
+    )
 
 
 def training_precision(precision, device):
@@ -138,7 +161,9 @@ def global_nll_loss(questions, passages, positives, scale=None):
     all_passages, passage_counts = gather_rows(passages)
     all_positives, _ = gather_rows(positives)
     if len(passage_counts) > 1:  # positives index each process's passages: shift them into the concatenation
-        offsets = np.repeat(np.cumsum([0] + passage_counts[:-1]), len(positives))  # same question count everywhere
+        offsets = np.repeat(
+            np.cumsum([0] + passage_counts[:-1]), len(positives)
+        )  # same question count everywhere
         all_positives = all_positives + torch.as_tensor(offsets, device=all_positives.device)
     return nll_loss(all_questions, all_passages, all_positives, scale)
 
@@ -204,12 +229,20 @@ def encode(tower, pooling, tokenizer, read, ids, cfg, dtype, device):
 
     def tokenize_window(start):
         texts = [read(int(i)) for i in ids[start : start + window]]
-        tokens = (tokenize_questions(tokenizer, texts, cfg.max_length) if isinstance(texts[0], str) else
-                  tokenize_passages(tokenizer, [t for t, _ in texts], [x for _, x in texts], cfg.max_length))
+        tokens = (
+            tokenize_questions(tokenizer, texts, cfg.max_length)
+            if isinstance(texts[0], str)
+            else tokenize_passages(tokenizer, [t for t, _ in texts], [x for _, x in texts], cfg.max_length)
+        )
         return start, len(texts), padded_batches(tokens, tokenizer.pad_token_id, cfg.eval_batch_size)
 
-    loader = torch.utils.data.DataLoader(range(0, len(ids), window), batch_size=None, collate_fn=tokenize_window,
-                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        range(0, len(ids), window),
+        batch_size=None,
+        collate_fn=tokenize_window,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
     out = torch.empty((len(ids), embedding_dim(tower)), device=device)
     for start, n, batches in loader:
         out[start : start + n] = encode_batches(tower, pooling, batches, n, device, dtype, host=False)
@@ -229,15 +262,40 @@ def validate(model, tokenizers, dev, cfg, with_rank, dtype, device):
     model.eval()
     n = len(dev)
     nll_lists = [dev.ctxs(i, cfg.num_hard_negatives, cfg.num_other_negatives) for i in range(n)]
-    rank_lists = [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)] if with_rank else []
+    rank_lists = (
+        [dev.ctxs(i, cfg.val_av_rank_hard_neg, cfg.val_av_rank_other_neg) for i in range(n)]
+        if with_rank
+        else []
+    )
     unique = np.unique(np.concatenate(nll_lists + rank_lists))  # each distinct passage encoded once
-    question_vectors, _ = gather_rows(encode(model.question_model, model.pooling, tokenizers["question"],
-                                             dev.question_text, np.array_split(np.arange(n), world)[rank],
-                                             cfg, dtype, device))
-    passage_vectors, _ = gather_rows(encode(model.passage_model, model.pooling, tokenizers["passage"],
-                                            dev.passage, np.array_split(unique, world)[rank], cfg, dtype, device))
+    question_vectors, _ = gather_rows(
+        encode(
+            model.question_model,
+            model.pooling,
+            tokenizers["question"],
+            dev.question_text,
+            np.array_split(np.arange(n), world)[rank],
+            cfg,
+            dtype,
+            device,
+        )
+    )
+    passage_vectors, _ = gather_rows(
+        encode(
+            model.passage_model,
+            model.pooling,
+            tokenizers["passage"],
+            dev.passage,
+            np.array_split(unique, world)[rank],
+            cfg,
+            dtype,
+            device,
+        )
+    )
 
-    def pooled(lists):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
+    def pooled(
+        lists,
+    ):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
         rows = np.searchsorted(unique, np.concatenate(lists))
         starts = np.cumsum([0] + [len(x) for x in lists[:-1]])
         return torch.as_tensor(rows, device=device), torch.as_tensor(starts, device=device)
@@ -253,8 +311,12 @@ def validate(model, tokenizers, dev, cfg, with_rank, dtype, device):
         rows, positives = pooled(rank_lists)
         higher = 0
         for start in range(0, n, 64):  # questions x pooled passages
-            pooled_scores = scores(question_vectors[start : start + 64], passage_vectors, model.scale)[:, rows]
-            higher += (pooled_scores > pooled_scores.gather(1, positives[start : start + 64, None])).sum().item()
+            pooled_scores = scores(question_vectors[start : start + 64], passage_vectors, model.scale)[
+                :, rows
+            ]
+            higher += (
+                (pooled_scores > pooled_scores.gather(1, positives[start : start + 64, None])).sum().item()
+            )
         metrics["dev_avg_rank"] = higher / n
     model.train()
     return metrics

@@ -10,6 +10,7 @@ top-ranked passages without an answer; other negatives: random passages without 
 With --train_file the given positives are kept and BM25 supplies only the negatives. BM25: Lucene's,
 from bm25s, over "title text"; the index is built in memory in one streaming pass (docs/own_data.md).
 """
+
 import argparse
 import array
 import multiprocessing
@@ -30,8 +31,16 @@ if __package__ in (None, ""):  # `python utils/bm25_train_data.py`: make the `ut
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.errors import DataError, HelpFormatter, NanoDPRError
-from utils.formats import (PassageStore, check_answers, iter_labelled_records, iter_passages, passage_key, read_qas,
-                           same_passage_file, write_json_list)
+from utils.formats import (
+    PassageStore,
+    check_answers,
+    iter_labelled_records,
+    iter_passages,
+    passage_key,
+    read_qas,
+    same_passage_file,
+    write_json_list,
+)
 from utils.qa import has_answer
 
 K1, B = 0.9, 0.4  # the settings DPR reports for its Lucene BM25 baseline (as pyserini's DPR reproduction)
@@ -47,12 +56,18 @@ def parse_args(argv=None):
     src.add_argument("--qa_file", help="questions and answers, DPR's qas CSV: BM25 finds the positives")
     src.add_argument("--train_file", help="biencoder JSON with positives: BM25 adds the negatives")
     p.add_argument("--output_file", required=True, help="biencoder JSON")
-    p.add_argument("--top_k", type=int, default=100, help="BM25 passages searched for the positive and hard negatives")
+    p.add_argument(
+        "--top_k", type=int, default=100, help="BM25 passages searched for the positive and hard negatives"
+    )
     p.add_argument("--num_hard_negatives", type=int, default=30, help="BM25 passages without an answer")
     p.add_argument("--num_other_negatives", type=int, default=30, help="random passages without an answer")
     p.add_argument("--seed", type=int, default=12345, help="for the random negatives")
-    p.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
-                   help="processes retrieving and labelling questions (forked: they share the index); default: all cores")
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes retrieving and labelling questions (forked: they share the index); default: all cores",
+    )
     args = p.parse_args(argv)
     if args.top_k < 1 or args.num_hard_negatives < 0 or args.num_other_negatives < 0 or args.num_workers < 1:
         p.error("--top_k and --num_workers must be >= 1, the negative counts >= 0")
@@ -66,7 +81,9 @@ def split_words(text):
 
 def make_tokenizer():
     """Lower case, Lucene's 33 English stopwords (bm25s 'en' is that list), Porter stemming: Anserini's default."""
-    return bm25s.tokenization.Tokenizer(lower=True, splitter=split_words, stopwords="en", stemmer=Stemmer.Stemmer("porter"))
+    return bm25s.tokenization.Tokenizer(
+        lower=True, splitter=split_words, stopwords="en", stemmer=Stemmer.Stemmer("porter")
+    )
 
 
 def build_index(path, tokenizer):
@@ -74,15 +91,21 @@ def build_index(path, tokenizer):
     pids = array.array("q")
 
     def texts():
-        for _, pid, text, title in tqdm(iter_passages(path), desc="tokenize passages", unit=" passages", mininterval=5):
+        for _, pid, text, title in tqdm(
+            iter_passages(path), desc="tokenize passages", unit=" passages", mininterval=5
+        ):
             pids.append(pid)
             yield f"{title} {text}"
 
     token_ids = list(tokenizer.streaming_tokenize(texts()))
     if not token_ids:
         raise DataError(f"{path}: no passages")
-    retriever = bm25s.BM25(k1=K1, b=B, method="lucene", backend="auto")  # bm25s's compiled numba backend when installed
-    retriever.index(bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()), show_progress=True)
+    retriever = bm25s.BM25(
+        k1=K1, b=B, method="lucene", backend="auto"
+    )  # bm25s's compiled numba backend when installed
+    retriever.index(
+        bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()), show_progress=True
+    )
     return retriever, np.frombuffer(pids, dtype=np.int64)
 
 
@@ -90,8 +113,12 @@ def search(retriever, tokenizer, questions, k):
     """[(rows, scores)] per question: its top-k passage rows by BM25, best first; rows scoring 0 match no
     question word and are left out."""
     query_ids = list(tokenizer.streaming_tokenize(questions, update_vocab=False))
-    rows, scores = retriever.retrieve(query_ids, k=min(k, retriever.scores["num_docs"]), show_progress=False,
-                                      n_threads=-1 if retriever.backend == "numba" else 0)  # numpy: threads don't help
+    rows, scores = retriever.retrieve(
+        query_ids,
+        k=min(k, retriever.scores["num_docs"]),
+        show_progress=False,
+        n_threads=-1 if retriever.backend == "numba" else 0,
+    )  # numpy: threads don't help
     return [(r[s > 0], s[s > 0]) for r, s in zip(rows, scores)]
 
 
@@ -102,12 +129,20 @@ def load_questions(args):
         for i, (_, answers) in enumerate(qas):
             check_answers(answers, f"{args.qa_file}: question {i + 1}", usable=True)
         return [(q, answers, None) for q, answers in qas]
-    return [(rec["question"], rec["answers"], rec["positive_ctxs"]) for rec in iter_labelled_records(args.train_file)]
+    return [
+        (rec["question"], rec["answers"], rec["positive_ctxs"])
+        for rec in iter_labelled_records(args.train_file)
+    ]
 
 
 def ctx(passage, score=None):
     pid, text, title = passage
-    return {"title": title, "text": text, **({} if score is None else {"score": round(float(score), 4)}), "passage_id": str(pid)}
+    return {
+        "title": title,
+        "text": text,
+        **({} if score is None else {"score": round(float(score), 4)}),
+        "passage_id": str(pid),
+    }
 
 
 def random_negatives(answers, exclude, n, store, pids, rng):
@@ -155,14 +190,24 @@ def make_record(question, answers, positives, hits, store, pids, args, rng, stat
         return None
     positive, hard = label(ranked, answers, positives, args.num_hard_negatives)
     if positives is None and positive is None:
-        stats["dropped: no passage with an answer in the BM25 top k" if ranked else "dropped: no question word in the corpus"] += 1
+        stats[
+            "dropped: no passage with an answer in the BM25 top k"
+            if ranked
+            else "dropped: no question word in the corpus"
+        ] += 1
         return None
     positives = positives or [positive]
     exclude = {passage_key(p) for p in positives} | {c["passage_id"] for c in hard}
     other = random_negatives(answers, exclude, args.num_other_negatives, store, pids, rng)
     stats["questions with fewer hard negatives than asked"] += len(hard) < args.num_hard_negatives
     stats["questions with fewer other negatives than asked"] += len(other) < args.num_other_negatives
-    return {"question": question, "answers": answers, "positive_ctxs": positives, "negative_ctxs": other, "hard_negative_ctxs": hard}
+    return {
+        "question": question,
+        "answers": answers,
+        "positive_ctxs": positives,
+        "negative_ctxs": other,
+        "hard_negative_ctxs": hard,
+    }
 
 
 _SHARED = {}  # what the forked workers read: set before the pool starts, inherited, never pickled
@@ -177,7 +222,9 @@ def label_chunk(start):
     hits = search(retriever, tokenizer, [q for q, _, _ in chunk], args.top_k)
     for i, ((q, answers, positives), hit) in enumerate(zip(chunk, hits), start):
         rng = random.Random(f"{args.seed}/{i}")
-        out.append(make_record(q, answers, positives, hit, store, pids, args, rng, stats, f"{where}: record {i}"))
+        out.append(
+            make_record(q, answers, positives, hit, store, pids, args, rng, stats, f"{where}: record {i}")
+        )
     return out, stats
 
 
@@ -186,9 +233,11 @@ def records(questions, retriever, tokenizer, store, pids, args, stats):
     _SHARED["work"] = (questions, retriever, tokenizer, store, pids, args)
     starts = range(0, len(questions), CHUNK)
     workers = min(args.num_workers, len(starts))
-    with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext() as pool, \
-            tqdm(total=len(questions), desc="BM25 retrieve + label", unit=" questions") as bar:
-        for recs, chunk_stats in (pool.imap(label_chunk, starts) if pool else map(label_chunk, starts)):
+    with (
+        multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext() as pool,
+        tqdm(total=len(questions), desc="BM25 retrieve + label", unit=" questions") as bar,
+    ):
+        for recs, chunk_stats in pool.imap(label_chunk, starts) if pool else map(label_chunk, starts):
             stats.update(chunk_stats)
             yield from (rec for rec in recs if rec is not None)
             bar.update(len(recs))
@@ -199,17 +248,23 @@ def main(argv=None):
     stats = Counter()
     try:
         questions = load_questions(args)
-        print(f"{len(questions)} questions from {args.qa_file or args.train_file}; indexing {args.wikipedia_path}")
+        print(
+            f"{len(questions)} questions from {args.qa_file or args.train_file}; indexing {args.wikipedia_path}"
+        )
         tokenizer = make_tokenizer()
         retriever, pids = build_index(args.wikipedia_path, tokenizer)
         store = PassageStore(args.wikipedia_path)
-        n = write_json_list(args.output_file, records(questions, retriever, tokenizer, store, pids, args, stats))
+        n = write_json_list(
+            args.output_file, records(questions, retriever, tokenizer, store, pids, args, stats)
+        )
     except NanoDPRError as e:
         sys.exit(f"error: {e}")
     print(f"{len(pids)} passages, BM25 k1={K1} b={B}; {n} of {len(questions)} questions kept")
     for name, count in sorted(stats.items()):
         print(f"  {name}: {count}")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB; wrote {args.output_file}")
+    print(
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB; wrote {args.output_file}"
+    )
 
 
 if __name__ == "__main__":

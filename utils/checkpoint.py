@@ -4,6 +4,7 @@ and the checks that an output dir is this run's alone and the same dir for every
 
 Each is written under a temp name and renamed into place (utils.files.atomic_dir / atomic_write).
 """
+
 import contextlib
 import json
 import os
@@ -23,13 +24,26 @@ from utils.rng import rng_state, set_rng_state
 from utils.towers import TOWER_DIRS, unused_by_dpr
 
 # settings that make a resumed run a different run than the one interrupted
-RESUME_KEYS = ("train_file", "train_batch_size", "gradient_accumulation_steps", "seed", "num_hard_negatives",
-               "num_other_negatives", "max_length", "lr", "warmup_steps", "pooling", "similarity", "scale")
+RESUME_KEYS = (
+    "train_file",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "num_hard_negatives",
+    "num_other_negatives",
+    "max_length",
+    "lr",
+    "warmup_steps",
+    "pooling",
+    "similarity",
+    "scale",
+)
 
 
 @dataclass
 class Progress:
     """Where training stands: saved in last_state/ and all a resumed run needs besides the weights."""
+
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # global batches of this epoch already trained on
@@ -43,8 +57,15 @@ def save_encoders(model, tokenizers, out_dir, info):
     + trainer_state.json (info). Both towers share (run, step): test_dpr.py pairs them by it."""
     with atomic_dir(out_dir) as tmp:
         for role, name in TOWER_DIRS.items():
-            save_encoder(getattr(model, f"{role}_model"), tokenizers[role], os.path.join(tmp, name), role,
-                         model.pooling, run=info.get("run"), step=info["step"])
+            save_encoder(
+                getattr(model, f"{role}_model"),
+                tokenizers[role],
+                os.path.join(tmp, name),
+                role,
+                model.pooling,
+                run=info.get("run"),
+                step=info["step"],
+            )
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(info, f, indent=1)
 
@@ -76,9 +97,11 @@ def check_output_dir(output_dir, resume_from, overwrite):
         raise ConfigError("resume_from_checkpoint continues the run that overwrite_output_dir would delete")
     found = run_files(output_dir)
     if found and not (resume or overwrite):
-        raise ConfigError(f"{output_dir} holds another training run ({', '.join(found)}); continue it with "
-                          "--resume_from_checkpoint last, replace it with --overwrite_output_dir true, "
-                          "or pick another output_dir")
+        raise ConfigError(
+            f"{output_dir} holds another training run ({', '.join(found)}); continue it with "
+            "--resume_from_checkpoint last, replace it with --overwrite_output_dir true, "
+            "or pick another output_dir"
+        )
 
 
 def claim_output_dir(output_dir, overwrite, state):
@@ -107,8 +130,10 @@ def check_shared_dir(path, state):
     if state.is_main_process:
         os.remove(token_file)
     if blind:
-        raise ConfigError(f"{path}: process(es) {blind} of {state.num_processes} do not see the files that "
-                          "process 0 writes there; all processes (all nodes) need it on a shared filesystem")
+        raise ConfigError(
+            f"{path}: process(es) {blind} of {state.num_processes} do not see the files that "
+            "process 0 writes there; all processes (all nodes) need it on a shared filesystem"
+        )
 
 
 def last_state_dir(resume_from, output_dir):
@@ -124,14 +149,24 @@ def last_state_dir(resume_from, output_dir):
 def save_state(path, model, optimizer, scheduler, scaler, progress, config, accelerator):
     """last_state/: everything on the main process, plus one RNG file per process (each draws its own dropout)."""
     main, tmp = accelerator.is_main_process, path + ".tmp"
-    with atomic_dir(path, tmp) if main else contextlib.nullcontext():  # the main process creates and renames it
+    with (
+        atomic_dir(path, tmp) if main else contextlib.nullcontext()
+    ):  # the main process creates and renames it
         accelerator.wait_for_everyone()
         torch.save(rng_state(accelerator.device), os.path.join(tmp, f"rng_{accelerator.process_index}.pt"))
         if main:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": asdict(progress),
-                        "config": asdict(config), "world_size": accelerator.num_processes},
-                       os.path.join(tmp, "state.pt"))
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "state": asdict(progress),
+                    "config": asdict(config),
+                    "world_size": accelerator.num_processes,
+                },
+                os.path.join(tmp, "state.pt"),
+            )
         accelerator.wait_for_everyone()
     accelerator.wait_for_everyone()
 
@@ -145,14 +180,18 @@ def load_state(path, model, optimizer, scheduler, scaler, config, accelerator, l
         log(f"warning: resuming with changed {', '.join(changed)}: not the run that was interrupted")
     missing, unexpected = model.load_state_dict(saved["model"], strict=False)
     if unexpected or not all(unused_by_dpr(k) for k in missing):
-        raise RuntimeError(f"{path}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(
+            f"{path}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
     rng_file = os.path.join(path, f"rng_{accelerator.process_index}.pt")
     if saved["world_size"] != accelerator.num_processes or not os.path.isfile(rng_file):
-        log(f"warning: {path} was saved by {saved['world_size']} processes, now {accelerator.num_processes}: "
-            "data order is the same, dropout draws are not")
+        log(
+            f"warning: {path} was saved by {saved['world_size']} processes, now {accelerator.num_processes}: "
+            "data order is the same, dropout draws are not"
+        )
     else:
         set_rng_state(torch.load(rng_file, weights_only=True), accelerator.device)
     progress = Progress(**saved["state"])

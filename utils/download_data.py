@@ -11,6 +11,7 @@ retry) continues with an HTTP Range request; the size is checked against Content
 as a stream into its own `.part` (gzip's CRC and length trailer catch corrupt data); a file gets its final
 name only when complete, so an existing final file is complete and skipped. DPR publishes no checksums.
 """
+
 import argparse
 import gzip
 import http.client
@@ -37,61 +38,104 @@ def _res(url, ext, desc, license_files=None):
 # DPR's resource names and URLs (dpr/data/download_data.py), retriever part only; the reader's are left out.
 RESOURCES = {
     "data.wikipedia_split.psgs_w100": _res(
-        f"{DPR}/wikipedia_split/psgs_w100.tsv.gz", ".tsv",
-        "21M 100-word passages of the 2018-12-20 English Wikipedia (id, text, title), the retrieval corpus"),
+        f"{DPR}/wikipedia_split/psgs_w100.tsv.gz",
+        ".tsv",
+        "21M 100-word passages of the 2018-12-20 English Wikipedia (id, text, title), the retrieval corpus",
+    ),
     "data.retriever.nq-train": _res(
-        f"{RETRIEVER}/biencoder-nq-train.json.gz", ".json",
-        "NQ train questions with positive, negative and BM25 hard-negative passages", NQ_LICENSE),
+        f"{RETRIEVER}/biencoder-nq-train.json.gz",
+        ".json",
+        "NQ train questions with positive, negative and BM25 hard-negative passages",
+        NQ_LICENSE,
+    ),
     "data.retriever.nq-dev": _res(
-        f"{RETRIEVER}/biencoder-nq-dev.json.gz", ".json",
-        "NQ dev questions with positive, negative and BM25 hard-negative passages", NQ_LICENSE),
+        f"{RETRIEVER}/biencoder-nq-dev.json.gz",
+        ".json",
+        "NQ dev questions with positive, negative and BM25 hard-negative passages",
+        NQ_LICENSE,
+    ),
     "data.retriever.nq-adv-hn-train": _res(
-        f"{RETRIEVER}/biencoder-nq-adv-hn-train.json.gz", ".json",
-        "NQ train with hard negatives mined by DPR's own NQ model (trains the single-adv-hn checkpoint)", NQ_LICENSE),
+        f"{RETRIEVER}/biencoder-nq-adv-hn-train.json.gz",
+        ".json",
+        "NQ train with hard negatives mined by DPR's own NQ model (trains the single-adv-hn checkpoint)",
+        NQ_LICENSE,
+    ),
     "data.retriever.trivia-train": _res(
-        f"{RETRIEVER}/biencoder-trivia-train.json.gz", ".json", "TriviaQA train questions with passages"),
+        f"{RETRIEVER}/biencoder-trivia-train.json.gz", ".json", "TriviaQA train questions with passages"
+    ),
     "data.retriever.trivia-dev": _res(
-        f"{RETRIEVER}/biencoder-trivia-dev.json.gz", ".json", "TriviaQA dev questions with passages"),
+        f"{RETRIEVER}/biencoder-trivia-dev.json.gz", ".json", "TriviaQA dev questions with passages"
+    ),
     "data.retriever.squad1-train": _res(
-        f"{RETRIEVER}/biencoder-squad1-train.json.gz", ".json", "SQuAD 1.1 train questions with passages"),
+        f"{RETRIEVER}/biencoder-squad1-train.json.gz", ".json", "SQuAD 1.1 train questions with passages"
+    ),
     "data.retriever.squad1-dev": _res(
-        f"{RETRIEVER}/biencoder-squad1-dev.json.gz", ".json", "SQuAD 1.1 dev questions with passages"),
+        f"{RETRIEVER}/biencoder-squad1-dev.json.gz", ".json", "SQuAD 1.1 dev questions with passages"
+    ),
     "data.retriever.webq-train": _res(
-        f"{RETRIEVER}/biencoder-webquestions-train.json.gz", ".json", "WebQuestions train questions with passages"),
+        f"{RETRIEVER}/biencoder-webquestions-train.json.gz",
+        ".json",
+        "WebQuestions train questions with passages",
+    ),
     "data.retriever.webq-dev": _res(
-        f"{RETRIEVER}/biencoder-webquestions-dev.json.gz", ".json", "WebQuestions dev questions with passages"),
+        f"{RETRIEVER}/biencoder-webquestions-dev.json.gz", ".json", "WebQuestions dev questions with passages"
+    ),
     "data.retriever.curatedtrec-train": _res(
-        f"{RETRIEVER}/biencoder-curatedtrec-train.json.gz", ".json", "CuratedTREC train questions with passages"),
+        f"{RETRIEVER}/biencoder-curatedtrec-train.json.gz",
+        ".json",
+        "CuratedTREC train questions with passages",
+    ),
     "data.retriever.curatedtrec-dev": _res(
-        f"{RETRIEVER}/biencoder-curatedtrec-dev.json.gz", ".json", "CuratedTREC dev questions with passages"),
+        f"{RETRIEVER}/biencoder-curatedtrec-dev.json.gz", ".json", "CuratedTREC dev questions with passages"
+    ),
     "data.retriever.qas.nq-train": _res(
-        f"{RETRIEVER}/nq-train.qa.csv", ".csv", "NQ train questions and answers (qas CSV)", NQ_LICENSE),
+        f"{RETRIEVER}/nq-train.qa.csv", ".csv", "NQ train questions and answers (qas CSV)", NQ_LICENSE
+    ),
     "data.retriever.qas.nq-dev": _res(
-        f"{RETRIEVER}/nq-dev.qa.csv", ".csv", "NQ dev questions and answers (qas CSV)", NQ_LICENSE),
+        f"{RETRIEVER}/nq-dev.qa.csv", ".csv", "NQ dev questions and answers (qas CSV)", NQ_LICENSE
+    ),
     "data.retriever.qas.nq-test": _res(
-        f"{RETRIEVER}/nq-test.qa.csv", ".csv", "NQ test questions and answers (qas CSV), the paper's NQ numbers", NQ_LICENSE),
+        f"{RETRIEVER}/nq-test.qa.csv",
+        ".csv",
+        "NQ test questions and answers (qas CSV), the paper's NQ numbers",
+        NQ_LICENSE,
+    ),
     "data.retriever.qas.trivia-train": _res(
-        f"{RETRIEVER}/trivia-train.qa.csv.gz", ".csv", "TriviaQA train questions and answers"),
+        f"{RETRIEVER}/trivia-train.qa.csv.gz", ".csv", "TriviaQA train questions and answers"
+    ),
     "data.retriever.qas.trivia-dev": _res(
-        f"{RETRIEVER}/trivia-dev.qa.csv.gz", ".csv", "TriviaQA dev questions and answers"),
+        f"{RETRIEVER}/trivia-dev.qa.csv.gz", ".csv", "TriviaQA dev questions and answers"
+    ),
     "data.retriever.qas.trivia-test": _res(
-        f"{RETRIEVER}/trivia-test.qa.csv.gz", ".csv", "TriviaQA test questions and answers"),
+        f"{RETRIEVER}/trivia-test.qa.csv.gz", ".csv", "TriviaQA test questions and answers"
+    ),
     "data.retriever.qas.squad1-test": _res(
-        f"{RETRIEVER}/squad1-test.qa.csv", ".csv", "SQuAD 1.1 test questions and answers"),
+        f"{RETRIEVER}/squad1-test.qa.csv", ".csv", "SQuAD 1.1 test questions and answers"
+    ),
     "data.retriever.qas.webq-test": _res(
-        f"{RETRIEVER}/webquestions-test.qa.csv", ".csv", "WebQuestions test questions and answers"),
+        f"{RETRIEVER}/webquestions-test.qa.csv", ".csv", "WebQuestions test questions and answers"
+    ),
     "data.retriever.qas.curatedtrec-test": _res(
-        f"{RETRIEVER}/curatedtrec-test.qa.csv", ".csv", "CuratedTREC test questions and answers (regex answers)"),
+        f"{RETRIEVER}/curatedtrec-test.qa.csv",
+        ".csv",
+        "CuratedTREC test questions and answers (regex answers)",
+    ),
     "checkpoint.retriever.single.nq.bert-base-encoder": _res(
-        f"{DPR}/checkpoint/retriever/single/nq/hf_bert_base.cp", ".cp",
-        "DPR bi-encoder (two bert-base-uncased) trained on NQ"),
+        f"{DPR}/checkpoint/retriever/single/nq/hf_bert_base.cp",
+        ".cp",
+        "DPR bi-encoder (two bert-base-uncased) trained on NQ",
+    ),
     # sic: DPR's bucket spells this path `retriver`
     "checkpoint.retriever.single-adv-hn.nq.bert-base-encoder": _res(
-        f"{DPR}/checkpoint/retriver/single-adv-hn/nq/hf_bert_base.cp", ".cp",
-        "DPR bi-encoder trained on NQ plus model-mined hard negatives (data.retriever.nq-adv-hn-train)"),
+        f"{DPR}/checkpoint/retriver/single-adv-hn/nq/hf_bert_base.cp",
+        ".cp",
+        "DPR bi-encoder trained on NQ plus model-mined hard negatives (data.retriever.nq-adv-hn-train)",
+    ),
     "checkpoint.retriever.multiset.bert-base-encoder": _res(
-        f"{DPR}/checkpoint/retriver/multiset/hf_bert_base.cp", ".cp",
-        "DPR bi-encoder trained on NQ + TriviaQA + WebQuestions + CuratedTREC"),
+        f"{DPR}/checkpoint/retriver/multiset/hf_bert_base.cp",
+        ".cp",
+        "DPR bi-encoder trained on NQ + TriviaQA + WebQuestions + CuratedTREC",
+    ),
 }
 
 CHUNK = 1 << 20
@@ -139,10 +183,18 @@ def _fetch_once(url, part):
             have = 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=os.path.basename(part), leave=False,
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as f,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=os.path.basename(part),
+                leave=False,
+            ) as bar,
+        ):
             while chunk := resp.read(CHUNK):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -172,15 +224,28 @@ def gunzip(src, dst, url):
     `src` is deleted too: it had its full Content-Length, so only a fresh download can fix it."""
     part = dst + ".part"
     try:
-        with open(src, "rb") as raw, tqdm.wrapattr(
-            raw, "read", total=os.path.getsize(src), unit="B", unit_scale=True, unit_divisor=1024,
-            desc=f"unpack {os.path.basename(src)}", leave=False,
-        ) as counted, gzip.GzipFile(fileobj=counted) as z, open(part, "wb") as out:
+        with (
+            open(src, "rb") as raw,
+            tqdm.wrapattr(
+                raw,
+                "read",
+                total=os.path.getsize(src),
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"unpack {os.path.basename(src)}",
+                leave=False,
+            ) as counted,
+            gzip.GzipFile(fileobj=counted) as z,
+            open(part, "wb") as out,
+        ):
             shutil.copyfileobj(z, out, CHUNK)
         os.replace(part, dst)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         os.remove(src)
-        raise DownloadError(f"{url}: {src}: corrupt gzip ({e}); deleted it, rerun to download again") from None
+        raise DownloadError(
+            f"{url}: {src}: corrupt gzip ({e}); deleted it, rerun to download again"
+        ) from None
     finally:
         if os.path.exists(part):
             os.remove(part)
@@ -217,7 +282,9 @@ def parse_args(argv=None):
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--resource", help="resource name or prefix (see --list)")
-    parser.add_argument("--output_dir", default="downloads", help="resource a.b.c lands at OUTPUT_DIR/a/b/c.EXT")
+    parser.add_argument(
+        "--output_dir", default="downloads", help="resource a.b.c lands at OUTPUT_DIR/a/b/c.EXT"
+    )
     parser.add_argument("--list", action="store_true", help="print the resources and exit")
     args = parser.parse_args(argv)
     if not args.list and not args.resource:

@@ -11,6 +11,7 @@ omegaconf installed and runs whatever callables the pickle names. So we unpickle
 plain containers; omegaconf's classes become inert stand-ins, then plain dicts/lists). Any other global is
 refused before it is called: nothing from the file runs, and omegaconf/hydra are never imported.
 """
+
 import _compat_pickle
 import builtins
 import collections
@@ -41,19 +42,54 @@ class _Stub:
         self.state = state[0] if isinstance(state, tuple) else state
 
 
-_OMEGACONF = {"DictConfig", "ListConfig", "AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "EnumNode",
-              "PathNode", "BytesNode", "LiteralNode", "NoneNode", "InterpolationResultNode", "UnionNode", "ValueNode",
-              "Metadata", "ContainerMetadata"}
+_OMEGACONF = {
+    "DictConfig",
+    "ListConfig",
+    "AnyNode",
+    "StringNode",
+    "IntegerNode",
+    "FloatNode",
+    "BooleanNode",
+    "EnumNode",
+    "PathNode",
+    "BytesNode",
+    "LiteralNode",
+    "NoneNode",
+    "InterpolationResultNode",
+    "UnionNode",
+    "ValueNode",
+    "Metadata",
+    "ContainerMetadata",
+}
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     # omegaconf's resolver cache pickles as defaultdict(dict); a plain dict holds its items just as well
     ("collections", "defaultdict"): lambda *args: {},
-    **{("builtins", n): getattr(builtins, n)
-       for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool", "bytes", "complex")},
-    **{("torch._utils", n): getattr(torch._utils, n)
-       for n in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter")},
+    **{
+        ("builtins", n): getattr(builtins, n)
+        for n in (
+            "dict",
+            "list",
+            "tuple",
+            "set",
+            "frozenset",
+            "int",
+            "float",
+            "str",
+            "bool",
+            "bytes",
+            "complex",
+        )
+    },
+    **{
+        ("torch._utils", n): getattr(torch._utils, n)
+        for n in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter")
+    },
     # what a type annotation in omegaconf's metadata pickles to (typing.Dict[str, Any] = getitem(Dict, (str, Any)))
-    **{k: _Stub for k in [("enum", "Enum"), ("builtins", "type"), ("_operator", "getitem"), ("operator", "getitem")]},
+    **{
+        k: _Stub
+        for k in [("enum", "Enum"), ("builtins", "type"), ("_operator", "getitem"), ("operator", "getitem")]
+    },
 }
 
 
@@ -68,12 +104,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
             return _ALLOWED[module, name]
-        if module == "torch" and isinstance(torch.__dict__.get(name), torch.dtype):  # not getattr: no lazy imports
+        if module == "torch" and isinstance(
+            torch.__dict__.get(name), torch.dtype
+        ):  # not getattr: no lazy imports
             return torch.__dict__[name]
         if module == "typing" or (module.split(".")[0] == "omegaconf" and name in _OMEGACONF):
             return _Stub
-        raise RefusedGlobal(f"refusing to load '{module}.{name}': not a tensor, plain container or omegaconf config "
-                            "class (a DPR checkpoint needs nothing else)")
+        raise RefusedGlobal(
+            f"refusing to load '{module}.{name}': not a tensor, plain container or omegaconf config "
+            "class (a DPR checkpoint needs nothing else)"
+        )
 
 
 # torch.load(pickle_module=...) wants a module with Unpickler and load (the legacy format calls load)
@@ -113,8 +153,13 @@ def read_dpr_checkpoint(path):
     try:
         # mmap: the optimizer state (2x the model) is never read into memory; the legacy format can't mmap
         with open(path, "rb") as f:
-            state = torch.load(path if zipped else _SizedReader(f), map_location="cpu",
-                               pickle_module=restricted_pickle, weights_only=False, mmap=zipped)
+            state = torch.load(
+                path if zipped else _SizedReader(f),
+                map_location="cpu",
+                pickle_module=restricted_pickle,
+                weights_only=False,
+                mmap=zipped,
+            )
     except RefusedGlobal as e:
         raise EncoderError(f"{path}: {e}") from None
     except MemoryError:
@@ -145,13 +190,19 @@ def _bert_config(weights, params, path):
     vocab_size, hidden = weights["embeddings.word_embeddings.weight"].shape
     layers = {int(k.split(".")[2]) for k in weights if k.startswith("encoder.layer.")}
     arch = dict(
-        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=len(layers),
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=len(layers),
         num_attention_heads=config.get("num_attention_heads", max(1, hidden // 64)),
-        intermediate_size=weights["encoder.layer.0.intermediate.dense.weight"].shape[0] if layers else 4 * hidden,
+        intermediate_size=weights["encoder.layer.0.intermediate.dense.weight"].shape[0]
+        if layers
+        else 4 * hidden,
         max_position_embeddings=weights["embeddings.position_embeddings.weight"].shape[0],
         type_vocab_size=weights["embeddings.token_type_embeddings.weight"].shape[0],
-        hidden_act=config.get("hidden_act", "gelu"), layer_norm_eps=config.get("layer_norm_eps", 1e-12),
-        pad_token_id=config.get("pad_token_id", 0))
+        hidden_act=config.get("hidden_act", "gelu"),
+        layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+        pad_token_id=config.get("pad_token_id", 0),
+    )
     dropout = params.get("dropout")
     if isinstance(dropout, (int, float)) and dropout != 0:  # DPR's HFBertEncoder.init_encoder rule
         arch.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
@@ -162,10 +213,14 @@ def _load_weights(module, weights, path, prefix):
     try:
         missing, unexpected = module.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shape mismatch
-        raise EncoderError(f"{path}: {prefix}* weights do not fit a BERT of the inferred shape: {e}") from None
+        raise EncoderError(
+            f"{path}: {prefix}* weights do not fit a BERT of the inferred shape: {e}"
+        ) from None
     if missing or unexpected:
-        raise EncoderError(f"{path}: model_dict does not match a DPR BERT encoder: missing "
-                           f"{[prefix + k for k in missing][:5]}, unexpected {[prefix + k for k in unexpected][:5]}")
+        raise EncoderError(
+            f"{path}: model_dict does not match a DPR BERT encoder: missing "
+            f"{[prefix + k for k in missing][:5]}, unexpected {[prefix + k for k in unexpected][:5]}"
+        )
 
 
 def encoder_from_state(state, role, path, hf_dpr=False):
@@ -175,15 +230,22 @@ def encoder_from_state(state, role, path, hf_dpr=False):
     params = state["encoder_params"]
     model_type = params.get("encoder_model_type")
     if model_type not in (None, "hf_bert"):
-        raise EncoderError(f"{path}: encoder_model_type {model_type!r}; only DPR's hf_bert encoders are supported")
+        raise EncoderError(
+            f"{path}: encoder_model_type {model_type!r}; only DPR's hf_bert encoders are supported"
+        )
     prefix = DPR_PREFIXES[role]
-    weights = {k[len(prefix):]: v for k, v in state["model_dict"].items() if k.startswith(prefix)}
+    weights = {k[len(prefix) :]: v for k, v in state["model_dict"].items() if k.startswith(prefix)}
     if not weights:
         found = sorted({k.split(".")[0] for k in state["model_dict"]})
-        raise EncoderError(f"{path}: model_dict has no '{prefix}*' weights for the {role} encoder (found {found})")
-    proj = {k[len("encode_proj."):]: v for k, v in weights.items() if k.startswith("encode_proj.")}
-    bert = {k: v for k, v in weights.items()
-            if not k.startswith("encode_proj.") and not unused_by_dpr(k) and k != "embeddings.position_ids"}
+        raise EncoderError(
+            f"{path}: model_dict has no '{prefix}*' weights for the {role} encoder (found {found})"
+        )
+    proj = {k[len("encode_proj.") :]: v for k, v in weights.items() if k.startswith("encode_proj.")}
+    bert = {
+        k: v
+        for k, v in weights.items()
+        if not k.startswith("encode_proj.") and not unused_by_dpr(k) and k != "embeddings.position_ids"
+    }
     arch = _bert_config(bert, params, path)
     if not proj and not hf_dpr:
         model = BertModel(BertConfig(**arch), add_pooling_layer=False)
@@ -191,7 +253,9 @@ def encoder_from_state(state, role, path, hf_dpr=False):
         return model.eval(), "cls"
     projection_dim = next(iter(proj.values())).shape[0] if proj else 0  # weight (out, in), bias (out,)
     model = DPR_CLASSES[role](DPRConfig(**arch, projection_dim=projection_dim))
-    _load_weights(model.base_model.bert_model, bert, path, prefix)  # base_model: question_encoder / ctx_encoder
+    _load_weights(
+        model.base_model.bert_model, bert, path, prefix
+    )  # base_model: question_encoder / ctx_encoder
     if proj:
         _load_weights(model.base_model.encode_proj, proj, path, prefix + "encode_proj.")
     return model.eval(), "pooler_output"
@@ -206,14 +270,18 @@ def checkpoint_tokenizer(state, path, tokenizer=None):
     try:
         return AutoTokenizer.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
-        raise EncoderError(f"{path}: cannot load tokenizer {name!r} ({e}); pass a local tokenizer dir") from None
+        raise EncoderError(
+            f"{path}: cannot load tokenizer {name!r} ({e}); pass a local tokenizer dir"
+        ) from None
 
 
 def describe(state, path):
     params = state["encoder_params"]
-    return (f"{path}: DPR checkpoint, epoch {state.get('epoch')} offset {state.get('offset')}, "
-            f"pretrained_model_cfg {params.get('pretrained_model_cfg')!r}, "
-            f"projection_dim {params.get('projection_dim')!r}")
+    return (
+        f"{path}: DPR checkpoint, epoch {state.get('epoch')} offset {state.get('offset')}, "
+        f"pretrained_model_cfg {params.get('pretrained_model_cfg')!r}, "
+        f"projection_dim {params.get('projection_dim')!r}"
+    )
 
 
 def load_dpr_checkpoint_encoder(path, role, tokenizer=None):

@@ -11,6 +11,7 @@ While a run is going (chunks/ is removed once meta.json is written; run.json sta
   run.json                     the arguments the chunks depend on (run_signature)
   chunks/rank{r}_{k:06d}.npz   window k of rank r: ids, embeddings, next (byte offset, line number after it)
 """
+
 import glob
 import itertools
 import json
@@ -31,7 +32,10 @@ META, RUN_FILE, CHUNKS = "meta.json", "run.json", "chunks"
 
 
 def shard_paths(out_dir, rank):
-    return (os.path.join(out_dir, f"embeddings_shard_{rank}.npy"), os.path.join(out_dir, f"ids_shard_{rank}.npy"))
+    return (
+        os.path.join(out_dir, f"embeddings_shard_{rank}.npy"),
+        os.path.join(out_dir, f"ids_shard_{rank}.npy"),
+    )
 
 
 def write_meta(out_dir, meta):
@@ -42,7 +46,9 @@ def write_meta(out_dir, meta):
 def read_meta(out_dir):
     path = os.path.join(out_dir, META)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: not found; is {out_dir} an embedding dir written by doc2embedding.py (and did it finish)?")
+        raise DataError(
+            f"{path}: not found; is {out_dir} an embedding dir written by doc2embedding.py (and did it finish)?"
+        )
     with open(path) as f:
         return json.load(f)
 
@@ -55,8 +61,10 @@ def check_provenance(out_dir, meta, passages, question_model, question_path, tru
     (trust_pair): a stale or foreign passage encoder's vectors would give a wrong top-k table."""
     size = (meta.get("source") or {}).get("size")
     if size is not None and os.path.isfile(passages) and os.path.getsize(passages) != size:
-        print(f"warning: {passages} has {os.path.getsize(passages)} bytes, but the embeddings "
-              f"were made from a {size}-byte file ({meta['source'].get('path')})")
+        print(
+            f"warning: {passages} has {os.path.getsize(passages)} bytes, but the embeddings "
+            f"were made from a {size}-byte file ({meta['source'].get('path')})"
+        )
     if trust_pair:
         return
     question, passage = encoder_identity(question_model, question_path), meta.get("encoder")
@@ -70,17 +78,21 @@ def check_provenance(out_dir, meta, passages, question_model, question_path, tru
         return f"run {e['run']} step {e['step']}" if e["run"] else f"no run, digest {e['digest'][:12]}"
 
     why = f"{made(question)} vs {made(passage)}" if passage else f"{out_dir}/{META} names no passage encoder"
-    raise ConfigError(f"question encoder {question_path} does not belong with passage encoder "
-                      f"{meta.get('model')}, which made {out_dir} ({why}); re-encode with the matching "
-                      "passage encoder, or pass --trust_encoder_pair")
+    raise ConfigError(
+        f"question encoder {question_path} does not belong with passage encoder "
+        f"{meta.get('model')}, which made {out_dir} ({why}); re-encode with the matching "
+        "passage encoder, or pass --trust_encoder_pair"
+    )
 
 
 def check_pooling(out_dir, meta, pooling):
     """Questions must be pooled as the passages were (cosine questions against inner-product passages rank
     wrongly); `pooling` as utils.models.load_encoder returns it."""
     if pooling != meta.get("pooling", pooling):
-        raise DataError(f"{out_dir}: passages pooled {meta['pooling']}, question encoder {pooling}: "
-                        "pool both alike (--pooling/--similarity on both scripts)")
+        raise DataError(
+            f"{out_dir}: passages pooled {meta['pooling']}, question encoder {pooling}: "
+            "pool both alike (--pooling/--similarity on both scripts)"
+        )
 
 
 def load_embeddings(out_dir, mmap=False):
@@ -96,7 +108,11 @@ def load_embeddings(out_dir, mmap=False):
         for p in (emb_path, ids_path):
             if not os.path.isfile(p):
                 raise DataError(f"{p}: shard missing (meta.json says {meta['num_shards']} shards)")
-        emb, ids, want = np.load(emb_path, mmap_mode="r" if mmap else None), np.load(ids_path), meta["shard_counts"][rank]
+        emb, ids, want = (
+            np.load(emb_path, mmap_mode="r" if mmap else None),
+            np.load(ids_path),
+            meta["shard_counts"][rank],
+        )
         if emb.ndim != 2 or emb.shape[1] != meta["dim"]:
             raise DataError(f"{emb_path}: shape {emb.shape}, meta.json says dim {meta['dim']}")
         if str(emb.dtype) != meta["dtype"]:
@@ -129,7 +145,9 @@ class ShardRows:
             parts = [s[max(start - lo, 0) : max(stop - lo, 0)] for s, lo in zip(self.shards, self.starts)]
         else:
             key = np.asarray(key)
-            parts = [s[key[(key >= lo) & (key < lo + len(s))] - lo] for s, lo in zip(self.shards, self.starts)]
+            parts = [
+                s[key[(key >= lo) & (key < lo + len(s))] - lo] for s, lo in zip(self.shards, self.starts)
+            ]
         return np.concatenate(parts)
 
 
@@ -150,11 +168,29 @@ class PassageWindows(torch.utils.data.IterableDataset):
     and only reads past the others' lines, so the DataLoader's round robin delivers them in file order.
     """
 
-    def __init__(self, path, start, end, line_no, count, first_window, window, tokenizer, max_length,
-                 batch_size=None, max_tokens=None, always_mask=False):
+    def __init__(
+        self,
+        path,
+        start,
+        end,
+        line_no,
+        count,
+        first_window,
+        window,
+        tokenizer,
+        max_length,
+        batch_size=None,
+        max_tokens=None,
+        always_mask=False,
+    ):
         super().__init__()
         self.path, self.start, self.end, self.line_no, self.count = path, start, end, line_no, count
-        self.first_window, self.window, self.tokenizer, self.max_length = first_window, window, tokenizer, max_length
+        self.first_window, self.window, self.tokenizer, self.max_length = (
+            first_window,
+            window,
+            tokenizer,
+            max_length,
+        )
         self.batch_size, self.max_tokens, self.always_mask = batch_size, max_tokens, always_mask
 
     def __iter__(self):
@@ -164,8 +200,12 @@ class PassageWindows(torch.utils.data.IterableDataset):
             for k, lines, next_offset, next_line in self.read_windows():
                 if (k - self.first_window) % num_workers == worker:
                     started = time.perf_counter()
-                    yield {"window": k, **self.prepare(lines), "next": torch.tensor([next_offset, next_line]),
-                           "prepare_s": time.perf_counter() - started}
+                    yield {
+                        "window": k,
+                        **self.prepare(lines),
+                        "next": torch.tensor([next_offset, next_line]),
+                        "prepare_s": time.perf_counter() - started,
+                    }
         except DataError as e:  # a message, not a traceback wrapped by the DataLoader
             yield {"error": str(e)}
 
@@ -180,12 +220,22 @@ class PassageWindows(torch.utils.data.IterableDataset):
 
     def prepare(self, lines):
         rows = [parse_passage_line(raw, self.path, n) for n, raw in lines]
-        tokens = tokenize_passages(self.tokenizer, [r[2] for r in rows], [r[1] for r in rows], self.max_length)
+        tokens = tokenize_passages(
+            self.tokenizer, [r[2] for r in rows], [r[1] for r in rows], self.max_length
+        )
         lengths = np.array([len(t) for t in tokens], dtype=np.int64)
-        return {"ids": torch.tensor([r[0] for r in rows], dtype=torch.int64), "tokens": int(lengths.sum()),
-                "tokens_sq": int((lengths**2).sum()),
-                "batches": padded_batches(tokens, self.tokenizer.pad_token_id, self.batch_size,
-                                          self.max_tokens, always_mask=self.always_mask)}
+        return {
+            "ids": torch.tensor([r[0] for r in rows], dtype=torch.int64),
+            "tokens": int(lengths.sum()),
+            "tokens_sq": int((lengths**2).sum()),
+            "batches": padded_batches(
+                tokens,
+                self.tokenizer.pad_token_id,
+                self.batch_size,
+                self.max_tokens,
+                always_mask=self.always_mask,
+            ),
+        }
 
 
 # GPU token budget: the fastest measured on one H200 (262,144; docs/benchmarks.md), or less where the free
@@ -204,14 +254,22 @@ def encode_defaults(device):
     on every batch. NANODPR_ALWAYS_MASK=0|1 overrides the mask choice (the benchmarks compare both)."""
     mask = os.environ.get("NANODPR_ALWAYS_MASK")
     if device.type != "cuda":
-        return {"compute_dtype": "float32", "max_tokens_per_batch": min(65536, 4096 * torch.get_num_threads()),
-                "num_workers": 1, "always_mask": mask == "1"}
+        return {
+            "compute_dtype": "float32",
+            "max_tokens_per_batch": min(65536, 4096 * torch.get_num_threads()),
+            "num_workers": 1,
+            "always_mask": mask == "1",
+        }
     cores_per_process = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     tokens = GPU_MAX_TOKENS
     while tokens > 4096 and tokens * GPU_BYTES_PER_TOKEN > torch.cuda.mem_get_info(device)[0]:
         tokens //= 2
-    return {"compute_dtype": str(autocast_dtype(device)).removeprefix("torch."), "max_tokens_per_batch": tokens,
-            "num_workers": max(1, min(16, cores_per_process - 2)), "always_mask": mask != "0"}
+    return {
+        "compute_dtype": str(autocast_dtype(device)).removeprefix("torch."),
+        "max_tokens_per_batch": tokens,
+        "num_workers": max(1, min(16, cores_per_process - 2)),
+        "always_mask": mask != "0",
+    }
 
 
 # The output dir while a run is going: run signature, committed chunks, shards
@@ -235,7 +293,9 @@ def changes(before, now, where=""):
 
 def check_run(out_dir, signature, overwrite, is_main):
     """True when out_dir already holds this run's finished embeddings. Refuses another run's files."""
-    ours = [os.path.join(out_dir, name) for name in (META, RUN_FILE, CHUNKS)] + glob.glob(os.path.join(out_dir, "*_shard_*.npy"))
+    ours = [os.path.join(out_dir, name) for name in (META, RUN_FILE, CHUNKS)] + glob.glob(
+        os.path.join(out_dir, "*_shard_*.npy")
+    )
     present = [path for path in ours if os.path.exists(path)]
     run_path = os.path.join(out_dir, RUN_FILE)
     if overwrite:
@@ -246,13 +306,17 @@ def check_run(out_dir, signature, overwrite, is_main):
     if not os.path.isfile(run_path):
         if present:
             names = ", ".join(os.path.basename(p) for p in present)
-            raise DataError(f"{out_dir} holds embedding files ({names}) of an unknown run; pass --overwrite to replace them")
+            raise DataError(
+                f"{out_dir} holds embedding files ({names}) of an unknown run; pass --overwrite to replace them"
+            )
         return False
     with open(run_path) as f:
         before = json.load(f)
     if before != signature:
         diff = ", ".join(changes(before, signature))
-        raise DataError(f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace them")
+        raise DataError(
+            f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace them"
+        )
     finished = os.path.isfile(os.path.join(out_dir, META))
     if finished and is_main:  # a run killed while removing its chunks
         shutil.rmtree(os.path.join(out_dir, CHUNKS), ignore_errors=True)
@@ -286,7 +350,9 @@ def chunk_path(out_dir, rank, k):
 
 def committed_chunks(out_dir, rank):
     """(paths of this rank's committed chunks, passages in them, [byte offset, line number] after the last or None)."""
-    paths = list(itertools.takewhile(os.path.isfile, (chunk_path(out_dir, rank, k) for k in itertools.count())))
+    paths = list(
+        itertools.takewhile(os.path.isfile, (chunk_path(out_dir, rank, k) for k in itertools.count()))
+    )
     if not paths:
         return paths, 0, None
     with np.load(paths[-1]) as last:
@@ -306,7 +372,11 @@ def write_shard(out_dir, rank, chunks, dim, dtype):
     emb_path, ids_path = shard_paths(out_dir, rank)
     with atomic_write(emb_path, "wb") as emb_f, atomic_write(ids_path, "wb") as ids_f:
         for f, dt, shape in ((emb_f, dtype, (n, dim)), (ids_f, np.int64, (n,))):
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dt)), "fortran_order": False, "shape": shape}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(dt)),
+                "fortran_order": False,
+                "shape": shape,
+            }
             np.lib.format.write_array_header_1_0(f, header)
         for p in chunks:
             with np.load(p) as z:

@@ -2,6 +2,7 @@
 
 Scripts catch NanoDPRError and exit with one line instead of a traceback. HelpFormatter: their --help.
 """
+
 import argparse
 
 

@@ -3,6 +3,7 @@
 Everything streams: the 21M-row passage file and the multi-GB training JSON are never held whole.
 Malformed input raises DataError naming the file and the line (TSV/CSV) or record (JSON).
 """
+
 import ast
 import csv
 import itertools
@@ -23,10 +24,13 @@ csv.field_size_limit(sys.maxsize)
 # the command that makes each, named when one is missing
 _GET = "download it with: python utils/download_data.py --resource data."
 _TRAIN = "train it with: accelerate launch train_dpr.py"
-MADE_BY = {"downloads/data/wikipedia_split/psgs_w100.tsv": _GET + "wikipedia_split.psgs_w100",
-           "downloads/data/retriever/qas/nq-test.csv": _GET + "retriever.qas.nq-test",
-           "outputs/dpr_nq/best/query_encoder": _TRAIN, "outputs/dpr_nq/best/doc_encoder": _TRAIN,
-           "outputs/dpr_nq/embeddings": "make them with: accelerate launch doc2embedding.py"}
+MADE_BY = {
+    "downloads/data/wikipedia_split/psgs_w100.tsv": _GET + "wikipedia_split.psgs_w100",
+    "downloads/data/retriever/qas/nq-test.csv": _GET + "retriever.qas.nq-test",
+    "outputs/dpr_nq/best/query_encoder": _TRAIN,
+    "outputs/dpr_nq/best/doc_encoder": _TRAIN,
+    "outputs/dpr_nq/embeddings": "make them with: accelerate launch doc2embedding.py",
+}
 RECIPE = dict(zip(("passages", "questions", "query_encoder", "doc_encoder", "embeddings"), MADE_BY))
 
 
@@ -55,7 +59,9 @@ def parse_passage_line(line, path, line_no):
         raise DataError(f"{path}:{line_no}: not UTF-8 ({e.reason} at byte {e.start})") from None
     row = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"), [])
     if len(row) != 3:
-        raise DataError(f"{path}:{line_no}: expected 3 tab-separated columns (id, text, title), got {len(row)}")
+        raise DataError(
+            f"{path}:{line_no}: expected 3 tab-separated columns (id, text, title), got {len(row)}"
+        )
     try:
         pid = int(row[0])
     except ValueError:
@@ -175,7 +181,10 @@ class PassageStore:
 
     def _build(self, stamp):
         rows = np.fromiter(self._scan(), dtype=[("id", np.int64), ("offset", np.int64)])
-        ids, offsets = rows["id"].copy(), rows["offset"].copy()  # contiguous: argsort would copy a strided column
+        ids, offsets = (
+            rows["id"].copy(),
+            rows["offset"].copy(),
+        )  # contiguous: argsort would copy a strided column
         del rows
         n = len(ids)
         # strictly increasing integers spanning n values are exactly first, first+1, ...
@@ -197,11 +206,15 @@ class PassageStore:
         for line_no, raw, after in iter_passage_lines(self.path, line_no=2):
             tab = raw.find(b"\t")
             if tab < 0:
-                raise DataError(f"{self.path}:{line_no}: expected 3 tab-separated columns (id, text, title), got 1")
+                raise DataError(
+                    f"{self.path}:{line_no}: expected 3 tab-separated columns (id, text, title), got 1"
+                )
             try:
                 yield int(raw[:tab]), after - len(raw)
             except ValueError:
-                raise DataError(f"{self.path}:{line_no}: passage id {raw[:tab][:40]!r} is not an integer") from None
+                raise DataError(
+                    f"{self.path}:{line_no}: passage id {raw[:tab][:40]!r} is not an integer"
+                ) from None
 
     def __len__(self):
         return len(self.offsets)
@@ -216,7 +229,9 @@ class PassageStore:
             rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
             found = self.ids[rows] == ids
         if not found.all():
-            raise DataError(f"{self.path}: passage id(s) {ids[~found][:5].tolist()} not found ({(~found).sum()} missing)")
+            raise DataError(
+                f"{self.path}: passage id(s) {ids[~found][:5].tolist()} not found ({(~found).sum()} missing)"
+            )
         offsets = self.offsets[rows]
         out = [None] * len(rows)
         with open(self.path, "rb") as f:
@@ -224,8 +239,10 @@ class PassageStore:
                 f.seek(int(offsets[i]))
                 out[i] = parse_passage_line(f.readline(), self.path, f"byte {int(offsets[i])}")
                 if out[i][0] != ids[i]:  # the file changed under an index with a matching stamp
-                    raise DataError(f"{self.path}: index {self.index_path} is stale (id {int(ids[i])} "
-                                    f"points at a row with id {out[i][0]}); delete the index to rebuild it")
+                    raise DataError(
+                        f"{self.path}: index {self.index_path} is stale (id {int(ids[i])} "
+                        f"points at a row with id {out[i][0]}); delete the index to rebuild it"
+                    )
         return out
 
 
@@ -247,7 +264,9 @@ def iter_json_list(path, block_size=1 << 16):
         while first.isspace():
             first = f.read(1)
         if first != b"[":  # ijson.items would yield nothing from an object or a string
-            raise DataError(f"{path}: expected a JSON list, found {repr(chr(first[0])) if first else 'end of file'}")
+            raise DataError(
+                f"{path}: expected a JSON list, found {repr(chr(first[0])) if first else 'end of file'}"
+            )
         f.seek(0)
         try:
             for item in ijson.items(f, "item", buf_size=block_size, use_float=True):
@@ -263,7 +282,9 @@ CTX_LISTS = ("positive_ctxs", "negative_ctxs", "hard_negative_ctxs")
 
 def check_record(rec, where):
     """A biencoder record: a 'question' string, a 'positive_ctxs' list, each ctx a dict with a 'text' string."""
-    question, positives = (rec.get("question"), rec.get("positive_ctxs")) if isinstance(rec, dict) else (None, None)
+    question, positives = (
+        (rec.get("question"), rec.get("positive_ctxs")) if isinstance(rec, dict) else (None, None)
+    )
     if not (isinstance(question, str) and isinstance(positives, list)):
         raise DataError(f"{where}: needs 'question' (a string) and 'positive_ctxs' (a list)")
     for key in CTX_LISTS:
@@ -277,7 +298,9 @@ def check_answers(answers, where, usable=False):
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise DataError(f"{where}: answers must be a list of strings, got {str(answers)[:60]}")
     if usable and not (answers and all(a.strip() for a in answers)):
-        raise DataError(f"{where}: answers must be a non-empty list of non-empty strings, got {str(answers)[:60]}")
+        raise DataError(
+            f"{where}: answers must be a non-empty list of non-empty strings, got {str(answers)[:60]}"
+        )
 
 
 def iter_biencoder(path, stats=None):
@@ -291,8 +314,10 @@ def iter_biencoder(path, stats=None):
         if not rec["positive_ctxs"]:
             stats["skipped"] += 1
             continue
-        ctxs = {key: [{"title": c.get("title") or "", "text": c["text"]} for c in rec.get(key) or []]
-                for key in CTX_LISTS}
+        ctxs = {
+            key: [{"title": c.get("title") or "", "text": c["text"]} for c in rec.get(key) or []]
+            for key in CTX_LISTS
+        }
         yield {"question": normalize_question(rec["question"]), "answers": rec.get("answers", []), **ctxs}
 
 
@@ -327,8 +352,10 @@ def same_passage_file(ctx, positive, where):
     Texts are compared up to whitespace and the '"' at their ends: test_dpr.py reads passages as DPR's
     CsvCtxSrc does (text.strip('"')), while a biencoder JSON may hold the csv field as is (mini-NQ's does)."""
     if " ".join(ctx["text"].split()).strip('" ') != " ".join(positive["text"].split()).strip('" '):
-        raise DataError(f"{where}: passage id {passage_key(positive)} has another text than the train file's positive "
-                        f"({ctx['text'][:40]!r} vs {positive['text'][:40]!r}): made over another passage file?")
+        raise DataError(
+            f"{where}: passage id {passage_key(positive)} has another text than the train file's positive "
+            f"({ctx['text'][:40]!r} vs {positive['text'][:40]!r}): made over another passage file?"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +380,9 @@ def read_qas(path):
 
 def _json_qa(rec, path, index):
     if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
-        raise DataError(f"{path}: record {index}: needs 'question' (a string) and 'answers' (a list of strings)")
+        raise DataError(
+            f"{path}: record {index}: needs 'question' (a string) and 'answers' (a list of strings)"
+        )
     check_answers(rec.get("answers"), f"{path}: record {index}")
     return rec["question"], rec["answers"]
 
@@ -401,7 +430,10 @@ def write_run(path, ids, scores, tag):
     in the qa file, docid the passage id, rank from 1, score as in the results JSON."""
     with atomic_write(path) as f:
         for qid, (row_ids, row_scores) in enumerate(zip(ids, scores)):
-            f.writelines(f"{qid} Q0 {pid} {rank} {score!s} {tag}\n" for rank, (pid, score) in enumerate(zip(row_ids, row_scores), 1))
+            f.writelines(
+                f"{qid} Q0 {pid} {rank} {score!s} {tag}\n"
+                for rank, (pid, score) in enumerate(zip(row_ids, row_scores), 1)
+            )
 
 
 def iter_results(path):
@@ -415,7 +447,9 @@ def iter_results(path):
         if not isinstance(rec["question"], str) or not isinstance(rec["ctxs"], list):
             raise DataError(f"{path}: record {index}: needs 'question' (a string) and 'ctxs' (a list)")
         for ctx in rec["ctxs"]:
-            missing = {"id", "title", "text", "score", "has_answer"} - set(ctx if isinstance(ctx, dict) else ())
+            missing = {"id", "title", "text", "score", "has_answer"} - set(
+                ctx if isinstance(ctx, dict) else ()
+            )
             if missing:
                 raise DataError(f"{path}: record {index}: ctx missing {sorted(missing)}")
         yield rec

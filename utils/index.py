@@ -7,6 +7,7 @@ in `emb`, best first. Exact ("flat") backends return the same rows as CPU faiss 
 Factory indexes ("HNSW32", "SQfp16", "IVF4096,PQ64", ...) are trained on a seeded random sample and
 saved to / reused from an index file whose JSON sidecar names the embeddings it holds.
 """
+
 import functools
 import hashlib
 import json
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.files import atomic_write
 from utils.errors import ConfigError, DataError
+from utils.files import atomic_write
 
 COPY_ROWS = 1 << 18  # rows converted/copied at a time while building: never a full-size temporary
 # Training sample of trained indexes (IVF, PQ, SQ8, OPQ): 64 vectors per IVF list (faiss's k-means wants
@@ -67,9 +68,11 @@ def exact_search_device(n, d, free):
     if all(need / len(free) < 0.8 * f for f in free):
         return "gpu", None
     free_gib = " + ".join(f"{f / gib:.1f}" for f in free)
-    return "cpu", (f"index: {n:,} x {d} vectors take {need / gib:.1f} GiB in float16, more than 80% of the "
-                   f"{free_gib} GiB free on the GPU(s): exact search on CPU (faiss, float32, "
-                   f"{2 * need / gib:.1f} GiB of RAM); --index_device gpu forces the GPU")
+    return "cpu", (
+        f"index: {n:,} x {d} vectors take {need / gib:.1f} GiB in float16, more than 80% of the "
+        f"{free_gib} GiB free on the GPU(s): exact search on CPU (faiss, float32, "
+        f"{2 * need / gib:.1f} GiB of RAM); --index_device gpu forces the GPU"
+    )
 
 
 class FaissIndex:
@@ -125,23 +128,33 @@ class TorchIndex:
         n, d = emb.shape
         self.devices, self.chunk_rows = [torch.device(x) for x in devices], chunk_rows
         self.search_dtype = getattr(torch, search_dtype)
-        if dtype is None:  # the embeddings' own dtype (float16 is lossless for float16 files), while float32 fits
+        if (
+            dtype is None
+        ):  # the embeddings' own dtype (float16 is lossless for float16 files), while float32 fits
             fits = self.devices[0].type != "cuda" or _float32_fits(n, d, self.devices)
             dtype = torch.float32 if str(emb.dtype).endswith("float32") and fits else torch.float16
         self.shards, self.starts = [], []
         for g, dev in enumerate(self.devices):
             lo, hi = n * g // len(self.devices), n * (g + 1) // len(self.devices)
             if torch.is_tensor(emb) and self.devices == [emb.device] and emb.dtype == dtype:
-                shard = emb  # already resident on the one device (bench_search generates the corpus on the GPU)
+                shard = (
+                    emb  # already resident on the one device (bench_search generates the corpus on the GPU)
+                )
             else:
                 shard = torch.empty((hi - lo, d), dtype=dtype, device=dev)
                 for i in range(lo, hi, COPY_ROWS):
-                    rows = emb[i : min(i + COPY_ROWS, hi)]  # numpy rows through a copy: memmapped shards are read-only
-                    shard[i - lo : i - lo + len(rows)] = torch.as_tensor(rows if torch.is_tensor(rows) else np.array(rows)).to(dev)
+                    rows = emb[
+                        i : min(i + COPY_ROWS, hi)
+                    ]  # numpy rows through a copy: memmapped shards are read-only
+                    shard[i - lo : i - lo + len(rows)] = torch.as_tensor(
+                        rows if torch.is_tensor(rows) else np.array(rows)
+                    ).to(dev)
             self.shards.append(shard)
             self.starts.append(lo)
         kinds = ", ".join(sorted({str(dev) for dev in self.devices}))
-        self.name = f"torch matmul+topk, {len(self.devices)} shard(s) on {kinds}, {str(dtype).split('.')[-1]} storage"
+        self.name = (
+            f"torch matmul+topk, {len(self.devices)} shard(s) on {kinds}, {str(dtype).split('.')[-1]} storage"
+        )
         if search_dtype != "float32":
             self.name += f", {search_dtype} scores re-scored in float32"
 
@@ -188,7 +201,9 @@ class TorchIndex:
         """float32 scores of shard g's candidate rows (global ids, per query), and the top k of them."""
         at_once = range(0, len(q), queries_at_once)
         vectors = (self.shards[g][rows[i : i + queries_at_once] - self.starts[g]].float() for i in at_once)
-        scores = torch.cat([torch.einsum("qd,qcd->qc", q[i : i + queries_at_once], v) for i, v in zip(at_once, vectors)])
+        scores = torch.cat(
+            [torch.einsum("qd,qcd->qc", q[i : i + queries_at_once], v) for i, v in zip(at_once, vectors)]
+        )
         top = scores.topk(min(k, scores.shape[1]), dim=1)
         return top.values, rows.gather(1, top.indices)
 
@@ -229,14 +244,18 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
         device = "gpu" if faiss_gpu_count() > 0 else "cpu"
     if flat:
         if path:
-            raise ConfigError(f"--index_path saves a faiss index_factory index; --index {spec} searches the "
-                              "embeddings as they are")
+            raise ConfigError(
+                f"--index_path saves a faiss index_factory index; --index {spec} searches the "
+                "embeddings as they are"
+            )
         index = build_index(emb, device, spec.partition(":")[2] or "float32")
         return index, index.name
     faiss = _import_faiss()
     if device == "gpu" and not faiss_gpu_count():
-        raise ConfigError(f"--index {spec} on --index_device gpu needs faiss with GPU support (faiss-gpu); this faiss has "
-                          "none: use --index_device cpu, or --index flat (exact search on GPU through torch)")
+        raise ConfigError(
+            f"--index {spec} on --index_device gpu needs faiss with GPU support (faiss-gpu); this faiss has "
+            "none: use --index_device cpu, or --index flat (exact search on GPU through torch)"
+        )
     record = {"spec": spec, **_source(embedding_dir, meta, emb)}
     if path and os.path.exists(path):
         index, how = _load(path, record), f"loaded from {path}"
@@ -248,12 +267,16 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
     if device == "gpu":
         options = faiss.GpuMultipleClonerOptions()
         options.shard = True  # each GPU holds 1/n of the index: the point is to fit
-        options.useFloat16 = True  # IVF-PQ lookup tables in float16: GPU IVF-PQ needs it beyond 48 bytes per code
+        options.useFloat16 = (
+            True  # IVF-PQ lookup tables in float16: GPU IVF-PQ needs it beyond 48 bytes per code
+        )
         try:
             index = faiss.index_cpu_to_all_gpus(index, options)
         except RuntimeError as e:
-            raise ConfigError(f"--index {spec}: faiss has no GPU version of it ({_faiss_message(e)}); "
-                              "use --index_device cpu") from None
+            raise ConfigError(
+                f"--index {spec}: faiss has no GPU version of it ({_faiss_message(e)}); "
+                "use --index_device cpu"
+            ) from None
     space, params = faiss.GpuParameterSpace() if device == "gpu" else faiss.ParameterSpace(), []
     for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
         try:
@@ -261,7 +284,10 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
             params.append(f"{name} {value}")
         except (RuntimeError, TypeError):
             pass  # not a parameter of this index (nprobe of HNSW, efSearch of IVF over a flat quantizer), or None
-    return index, f"faiss {spec}, inner product, on {device} ({', '.join(params) or 'no search parameters'}), {how}"
+    return (
+        index,
+        f"faiss {spec}, inner product, on {device} ({', '.join(params) or 'no search parameters'}), {how}",
+    )
 
 
 def build_factory_index(emb, spec, seed=TRAIN_SEED):
@@ -272,8 +298,12 @@ def build_factory_index(emb, spec, seed=TRAIN_SEED):
         index = faiss.index_factory(emb.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.try_extract_index_ivf(index)
         inner = faiss.downcast_index(ivf or index)
-        if hasattr(inner, "do_polysemous_training"):  # faiss's default for PQ: it only serves Hamming-filtered
-            inner.do_polysemous_training = False  # search, never used here, and takes minutes; same results without
+        if hasattr(
+            inner, "do_polysemous_training"
+        ):  # faiss's default for PQ: it only serves Hamming-filtered
+            inner.do_polysemous_training = (
+                False  # search, never used here, and takes minutes; same results without
+            )
         wanted = max(TRAIN_MIN, TRAIN_PER_LIST * (ivf.nlist if ivf else 0))
         size = 0 if index.is_trained else min(len(emb), TRAIN_MAX, wanted)
         if size:
@@ -287,7 +317,11 @@ def build_factory_index(emb, spec, seed=TRAIN_SEED):
         for i in range(0, len(emb), COPY_ROWS):
             index.add(np.ascontiguousarray(emb[i : i + COPY_ROWS], dtype=np.float32))
             bar.update(min(COPY_ROWS, len(emb) - i))
-    return index, {"train_rows": size, "train_s": round(trained - start, 1), "build_s": round(time.perf_counter() - start, 1)}
+    return index, {
+        "train_rows": size,
+        "train_s": round(trained - start, 1),
+        "build_s": round(time.perf_counter() - start, 1),
+    }
 
 
 def _faiss_message(e):
@@ -299,9 +333,14 @@ def _source(embedding_dir, meta, emb):
     """What a saved index must match: the embedding dir, model, count, dim, dtype, and a hash of 16 of
     the vectors (embeddings re-made in the same dir by a retrained encoder differ there)."""
     probe = np.unique(np.linspace(0, len(emb) - 1, 16).astype(np.int64))
-    return {"embedding_dir": os.path.abspath(embedding_dir), "model": meta.get("model"), "num_passages": len(emb),
-            "dim": int(emb.shape[1]), "dtype": str(emb.dtype),
-            "vectors_sha1": hashlib.sha1(np.asarray(emb[probe]).tobytes()).hexdigest()}
+    return {
+        "embedding_dir": os.path.abspath(embedding_dir),
+        "model": meta.get("model"),
+        "num_passages": len(emb),
+        "dim": int(emb.shape[1]),
+        "dtype": str(emb.dtype),
+        "vectors_sha1": hashlib.sha1(np.asarray(emb[probe]).tobytes()).hexdigest(),
+    }
 
 
 def _load(path, record):
@@ -309,16 +348,22 @@ def _load(path, record):
         with open(path + ".json") as f:
             saved = json.load(f)
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read {path}.json, which says what the index was built from ({e}); "
-                        f"delete {path} to rebuild it") from None
+        raise DataError(
+            f"{path}: cannot read {path}.json, which says what the index was built from ({e}); "
+            f"delete {path} to rebuild it"
+        ) from None
     differ = [f"{k} {saved.get(k)!r}, now {v!r}" for k, v in record.items() if saved.get(k) != v]
     if differ:
-        raise DataError(f"{path} was built from other embeddings or with another --index ({'; '.join(differ)}): "
-                        "delete it or give another --index_path")
+        raise DataError(
+            f"{path} was built from other embeddings or with another --index ({'; '.join(differ)}): "
+            "delete it or give another --index_path"
+        )
     try:
         return _import_faiss().read_index(path)
     except RuntimeError as e:
-        raise DataError(f"{path}: not a readable faiss index ({_faiss_message(e)}); delete it to rebuild it") from None
+        raise DataError(
+            f"{path}: not a readable faiss index ({_faiss_message(e)}); delete it to rebuild it"
+        ) from None
 
 
 def _save(index, path, record):

@@ -8,6 +8,7 @@ model). OUT keeps IN's questions, answers, positives and other negatives; its ha
 the model's top-ranked passages that hold no answer (DPR's has_answer, text only) and are not a
 positive. Train round 2 on both: train_dpr.py --train_file IN OUT (docs/own_data.md).
 """
+
 import argparse
 import os
 import sys
@@ -17,18 +18,30 @@ if __package__ in (None, ""):  # `python utils/mine_negatives.py`: make the `uti
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.errors import DataError, HelpFormatter, NanoDPRError
-from utils.formats import (iter_labelled_records, iter_results, normalize_question, passage_key, same_passage_file,
-                           write_json_list)
+from utils.formats import (
+    iter_labelled_records,
+    iter_results,
+    normalize_question,
+    passage_key,
+    same_passage_file,
+    write_json_list,
+)
 from utils.qa import has_answer
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--train_file", required=True, help="biencoder JSON with positives (round 1's training data)")
-    p.add_argument("--results_file", required=True, help="test_dpr.py --output_file over the train file's questions")
+    p.add_argument(
+        "--train_file", required=True, help="biencoder JSON with positives (round 1's training data)"
+    )
+    p.add_argument(
+        "--results_file", required=True, help="test_dpr.py --output_file over the train file's questions"
+    )
     p.add_argument("--output_file", required=True, help="biencoder JSON with the mined hard negatives")
     p.add_argument("--num_hard_negatives", type=int, default=30, help="hard negatives kept per question")
-    p.add_argument("--skip_top", type=int, default=0, help="ranks skipped first (unlabelled positives sit there)")
+    p.add_argument(
+        "--skip_top", type=int, default=0, help="ranks skipped first (unlabelled positives sit there)"
+    )
     args = p.parse_args(argv)
     if args.num_hard_negatives < 1 or args.skip_top < 0:
         p.error("--num_hard_negatives must be >= 1 and --skip_top >= 0")
@@ -52,7 +65,9 @@ def mine(rec, result, args, stats, where):
         elif has_answer(rec["answers"], ctx["text"]):
             stats["filtered: holds an answer"] += 1
         else:
-            mined.append({"title": ctx["title"], "text": ctx["text"], "score": float(ctx["score"]), "passage_id": key})
+            mined.append(
+                {"title": ctx["title"], "text": ctx["text"], "score": float(ctx["score"]), "passage_id": key}
+            )
     stats["questions with fewer hard negatives than asked"] += len(mined) < args.num_hard_negatives
     return mined
 
@@ -63,10 +78,14 @@ def mined_records(args, stats):
     for i, rec in enumerate(train):
         result = next(results, None)
         if result is None:
-            raise DataError(f"{args.results_file}: {i} questions, {args.train_file} has more: retrieve for its questions")
+            raise DataError(
+                f"{args.results_file}: {i} questions, {args.train_file} has more: retrieve for its questions"
+            )
         if normalize_question(result["question"]) != normalize_question(rec["question"]):
-            raise DataError(f"{args.results_file}: record {i}: question {result['question'][:60]!r} is not the train "
-                            f"file's {rec['question'][:60]!r}: retrieve for {args.train_file}'s questions, in its order")
+            raise DataError(
+                f"{args.results_file}: record {i}: question {result['question'][:60]!r} is not the train "
+                f"file's {rec['question'][:60]!r}: retrieve for {args.train_file}'s questions, in its order"
+            )
         mined = mine(rec, result, args, stats, f"{args.results_file}: record {i}")
         stats["hard negatives written"] += len(mined)
         yield {**rec, "hard_negative_ctxs": mined}
@@ -83,7 +102,9 @@ def main(argv=None):
         n = write_json_list(args.output_file, mined_records(args, stats))
     except NanoDPRError as e:
         sys.exit(f"error: {e}")
-    print(f"{n} questions: positives kept from {args.train_file}, hard negatives mined from {args.results_file}")
+    print(
+        f"{n} questions: positives kept from {args.train_file}, hard negatives mined from {args.results_file}"
+    )
     for name, count in sorted(stats.items()):
         print(f"  {name}: {count}")
     print(f"wrote {args.output_file}")

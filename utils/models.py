@@ -4,6 +4,7 @@ Loading accepts our checkpoint dirs (query_encoder/, doc_encoder/), any HF BERT 
 Hugging Face DPR encoders (facebook/dpr-*, any config with model_type "dpr"), and raw DPR
 training checkpoints (*.cp, see utils/dpr_checkpoint.py).
 """
+
 import contextlib
 import hashlib
 import json
@@ -62,13 +63,18 @@ def load_encoder(path, role, tokenizer=None, pooler=False, pooling=None, similar
     if config.model_type == "dpr":
         arch, wanted = (config.architectures or [""])[0], DPR_CLASSES[role]
         if arch != wanted.__name__:
-            raise EncoderError(f"{path} is a {arch or 'DPR model of unknown kind'}, "
-                               f"but the {role} role needs a {wanted.__name__}")
+            raise EncoderError(
+                f"{path} is a {arch or 'DPR model of unknown kind'}, "
+                f"but the {role} role needs a {wanted.__name__}"
+            )
         model, own = _from_pretrained(wanted, path, attn_implementation="sdpa"), ("pooler_output", "dot")
     else:
         model = _from_pretrained(AutoModel, path, add_pooling_layer=pooler, attn_implementation="sdpa")
-        own = _sentence_transformers(path) if saved is None else (saved.get("pooling", "cls"),
-                                                                   saved.get("similarity", "dot"))
+        own = (
+            _sentence_transformers(path)
+            if saved is None
+            else (saved.get("pooling", "cls"), saved.get("similarity", "dot"))
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or path)
     except (OSError, ValueError) as e:
@@ -119,8 +125,10 @@ def _from_pretrained(cls, path, **kwargs):
         raise EncoderError(f"{path}: cannot load {cls.__name__} weights ({type(e).__name__}: {e})") from None
     missing = sorted(k for k in info["missing_keys"] if not unused_by_dpr(k))
     if missing or info.get("mismatched_keys"):
-        raise EncoderError(f"{path}: weights do not match the {type(model).__name__} config: missing {missing[:5]}, "
-                           f"wrong shape {sorted(info.get('mismatched_keys') or [])[:5]}")
+        raise EncoderError(
+            f"{path}: weights do not match the {type(model).__name__} config: missing {missing[:5]}, "
+            f"wrong shape {sorted(info.get('mismatched_keys') or [])[:5]}"
+        )
     return model
 
 
@@ -157,9 +165,16 @@ def tokenize_passages(tokenizer, titles, texts, max_length):
         rows = [i for i, t in enumerate(titles) if bool(t) == titled]
         if not rows:  # the tokenizer fails on an empty list
             continue
-        args = ([titles[i] for i in rows], [texts[i] for i in rows]) if titled else ([texts[i] for i in rows],)
-        enc = tokenizer(*args, truncation=True, max_length=max_length,
-                        return_attention_mask=False, return_token_type_ids=False)
+        args = (
+            ([titles[i] for i in rows], [texts[i] for i in rows]) if titled else ([texts[i] for i in rows],)
+        )
+        enc = tokenizer(
+            *args,
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
         for i, x in zip(rows, enc["input_ids"]):
             ids[i] = x
     return ids
@@ -180,7 +195,11 @@ def pad_batch(ids, pad_token_id, multiple=1):
     if input_ids.shape[1] % multiple:
         extra = (0, -input_ids.shape[1] % multiple)
         input_ids, attention_mask = F.pad(input_ids, extra, value=pad_token_id), F.pad(attention_mask, extra)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+    }
 
 
 def embed(model, pooling, batch):
@@ -229,8 +248,9 @@ def length_batches(lengths, batch_size=None, max_tokens=None, exact_length=False
     return batches
 
 
-def padded_batches(tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False,
-                   always_mask=False, multiple=1):
+def padded_batches(
+    tokens, pad_token_id, batch_size=None, max_tokens=None, exact_length=False, always_mask=False, multiple=1
+):
     """[(row indices, padded batch)] for token id lists, batched by length_batches, each padded to a multiple
     of `multiple` (pad_batch; fewer distinct shapes).
 
@@ -279,14 +299,27 @@ def encode_batches(model, pooling, batches, n, device, dtype=None, host=True):
     return out.cpu().numpy() if host else out
 
 
-def encode_questions(model, pooling, tokenizer, questions, batch_size, device, dtype=None, max_length=256,
-                     host=True, progress=False):
+def encode_questions(
+    model,
+    pooling,
+    tokenizer,
+    questions,
+    batch_size,
+    device,
+    dtype=None,
+    max_length=256,
+    host=True,
+    progress=False,
+):
     """(len(questions), dim) float32 question vectors (encode_batches). The batches are cut from the shortest
     question up and run longest first: the batch composition decides the last float digits of the scores, so
     it stays fixed (results files compare byte for byte)."""
     tokens = tokenize_questions(tokenizer, questions, max_length) if questions else []  # it fails on []
     order = np.argsort([len(x) for x in tokens], kind="stable")
     cuts = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
-    batches = [(torch.from_numpy(rows), pad_batch([tokens[i] for i in rows], tokenizer.pad_token_id)) for rows in cuts]
+    batches = [
+        (torch.from_numpy(rows), pad_batch([tokens[i] for i in rows], tokenizer.pad_token_id))
+        for rows in cuts
+    ]
     batches = tqdm(batches[::-1], desc="encode questions", disable=not progress)
     return encode_batches(model, pooling, batches, len(tokens), device, dtype, host)

@@ -5,6 +5,7 @@ token sequence. Tokens come from DPR's SimpleTokenizer: NFD-normalized text, run
 letters/digits/marks are one token, every other non-space, non-control character is its own
 token, compared lower-cased. Only the passage text is searched, never the title.
 """
+
 import multiprocessing
 import unicodedata
 

@@ -46,7 +46,9 @@ class Retriever:
         self.model_path, self.embedding_dir, self.spec, self.nprobe = model_path, embedding_dir, index, nprobe
         self.batch_size, meta = batch_size, read_meta(embedding_dir)
         # pooling and similarity: the encoder's own (nanodpr.json, a sentence-transformers dir) unless given
-        self.model, self.tokenizer, self.pooling = load_encoder(model_path, "question", None, False, pooling, similarity)
+        self.model, self.tokenizer, self.pooling = load_encoder(
+            model_path, "question", None, False, pooling, similarity
+        )
         check_pooling(embedding_dir, meta, self.pooling)
         # the question encoder must belong with the passage encoder that made the embeddings (docs/evaluation.md)
         check_provenance(embedding_dir, meta, passages_path, self.model, model_path, trust_encoder_pair)
@@ -71,8 +73,16 @@ class Retriever:
 
     def encode(self, questions, progress=False):
         """(len(questions), dim) float32 vectors of questions already normalized (normalize_question)."""
-        q = encode_questions(self.model, self.pooling, self.tokenizer, questions, self.batch_size, self.device,
-                             autocast_dtype(self.device), progress=progress)
+        q = encode_questions(
+            self.model,
+            self.pooling,
+            self.tokenizer,
+            questions,
+            self.batch_size,
+            self.device,
+            autocast_dtype(self.device),
+            progress=progress,
+        )
         if q.shape[1] != self.dim:
             raise DataError(
                 f"{self.embedding_dir}: passage embeddings are {self.dim}-d, but the question encoder "

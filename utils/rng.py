@@ -8,8 +8,11 @@ import torch
 
 def rng_state(device):
     """Every generator training draws from: torch's (dropout on CPU), the GPU's (dropout there), Python's."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
 
 
 def set_rng_state(state, device):

@@ -3,6 +3,7 @@ memory-mapped, so DataLoader workers and the processes of one machine share one 
 Python objects (which fork's copy-on-write would duplicate). Each epoch's batches and each question's negatives
 are functions of (seed, epoch, question): they do not depend on workers, processes or where a run resumed.
 """
+
 import json
 import os
 import random
@@ -16,8 +17,18 @@ from utils.files import atomic_dir
 from utils.formats import iter_biencoder
 from utils.models import pad_batch, tokenize_passages, tokenize_questions
 
-ARRAYS = ("offsets", "question", "source", "positive", "hard_ptr", "hard", "other_ptr", "other",
-          "passage_title", "passage_text")
+ARRAYS = (
+    "offsets",
+    "question",
+    "source",
+    "positive",
+    "hard_ptr",
+    "hard",
+    "other_ptr",
+    "other",
+    "passage_title",
+    "passage_text",
+)
 
 
 class BiencoderData:
@@ -31,13 +42,15 @@ class BiencoderData:
         for name in ARRAYS:
             setattr(self, name, np.load(os.path.join(cache_dir, name + ".npy"), mmap_mode="r"))
         blob = os.path.join(cache_dir, "strings.bin")
-        self.blob = np.memmap(blob, dtype=np.uint8, mode="r") if os.path.getsize(blob) else np.zeros(0, np.uint8)
+        self.blob = (
+            np.memmap(blob, dtype=np.uint8, mode="r") if os.path.getsize(blob) else np.zeros(0, np.uint8)
+        )
 
     def __len__(self):
         return len(self.question)
 
     def string(self, s):
-        return bytes(self.blob[self.offsets[s]: self.offsets[s + 1]]).decode("utf-8")
+        return bytes(self.blob[self.offsets[s] : self.offsets[s + 1]]).decode("utf-8")
 
     def question_text(self, i):
         return self.string(self.question[i])
@@ -50,8 +63,8 @@ class BiencoderData:
         """Passage ids for question i laid out as DPR's create_biencoder_input does:
         [positive, other negatives..., hard negatives...]. With `rng` both pools are shuffled first
         (training); a question without hard negatives takes other negatives instead (hard_neg_fallback)."""
-        other = self.other[self.other_ptr[i]: self.other_ptr[i + 1]].tolist()
-        hard = self.hard[self.hard_ptr[i]: self.hard_ptr[i + 1]].tolist()
+        other = self.other[self.other_ptr[i] : self.other_ptr[i + 1]].tolist()
+        hard = self.hard[self.hard_ptr[i] : self.hard_ptr[i + 1]].tolist()
         if rng is not None:
             rng.shuffle(other)
             rng.shuffle(hard)
@@ -68,7 +81,9 @@ def build_cache(files, out_dir, max_hard, max_other, other_only_without_hard):
     With other_only_without_hard, other negatives are kept only for questions with no hard negative
     (the fallback pool). Identical passages are stored once (keyed by a 64-bit hash of title and text)."""
     os.makedirs(out_dir, exist_ok=True)
-    columns = {name: array("q", [0] if name in ("offsets", "hard_ptr", "other_ptr") else []) for name in ARRAYS}
+    columns = {
+        name: array("q", [0] if name in ("offsets", "hard_ptr", "other_ptr") else []) for name in ARRAYS
+    }
     passage_ids, title_ids, stats = {}, {}, {"skipped": 0}
     with open(os.path.join(out_dir, "strings.bin"), "wb") as blob:
 
@@ -100,10 +115,20 @@ def build_cache(files, out_dir, max_hard, max_other, other_only_without_hard):
                 columns["hard_ptr"].append(len(columns["hard"]))
                 columns["other_ptr"].append(len(columns["other"]))
     for name, values in columns.items():
-        np.save(os.path.join(out_dir, name + ".npy"), np.frombuffer(values, np.int64) if len(values) else np.zeros(0, np.int64))
+        np.save(
+            os.path.join(out_dir, name + ".npy"),
+            np.frombuffer(values, np.int64) if len(values) else np.zeros(0, np.int64),
+        )
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump({"files": files, "questions": len(columns["question"]), "skipped": stats["skipped"],
-                   "passages": len(columns["passage_text"])}, f)
+        json.dump(
+            {
+                "files": files,
+                "questions": len(columns["question"]),
+                "skipped": stats["skipped"],
+                "passages": len(columns["passage_text"]),
+            },
+            f,
+        )
     return out_dir
 
 
@@ -121,7 +146,9 @@ def load_cache(files, cache_dir, keep, accelerator, log):
                     with open(os.path.join(build_cache(files, tmp, **keep), "key.json"), "w") as f:
                         json.dump(key, f)
             except OSError:
-                if not has_key(key_file, key):  # else another machine sharing output_dir renamed its copy first
+                if not has_key(
+                    key_file, key
+                ):  # else another machine sharing output_dir renamed its copy first
                     raise
         return BiencoderData(cache_dir)
 
@@ -142,7 +169,7 @@ def epoch_batches(data, epoch, seed, batch_size):
     for source in range(len(data.meta["files"])):
         idx = np.flatnonzero(np.asarray(data.source) == source)
         idx = idx[rng.permutation(len(idx))]
-        batches += [idx[s: s + batch_size] for s in range(0, len(idx) - batch_size + 1, batch_size)]
+        batches += [idx[s : s + batch_size] for s in range(0, len(idx) - batch_size + 1, batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))] if len(batches) > 1 else batches
 
 
@@ -160,7 +187,7 @@ def process_slices(batches, epoch, accumulation, rank, world):
         local = micro // world
         for a in range(accumulation):
             start = a * micro + rank * local
-            slices.append([(epoch, int(i)) for i in batch[start: start + local]])
+            slices.append([(epoch, int(i)) for i in batch[start : start + local]])
     return slices
 
 
@@ -190,10 +217,14 @@ def make_chunk(question_ids, passage_ids, question_pad, passage_pad, groups, pad
     order = np.argsort([len(x) for x in passage_ids], kind="stable")
     restore = torch.empty(len(order), dtype=torch.long)
     restore[torch.as_tensor(order)] = torch.arange(len(order))
-    return {"question": pad_batch(question_ids, question_pad, pad_multiple),
-            "passages": [pad_batch([passage_ids[k] for k in group], passage_pad, pad_multiple)
-                         for group in np.array_split(order, min(groups, len(order)))],
-            "passage_order": restore}
+    return {
+        "question": pad_batch(question_ids, question_pad, pad_multiple),
+        "passages": [
+            pad_batch([passage_ids[k] for k in group], passage_pad, pad_multiple)
+            for group in np.array_split(order, min(groups, len(order)))
+        ],
+        "passage_order": restore,
+    }
 
 
 class Collate:
@@ -202,21 +233,35 @@ class Collate:
     micro-batch's passage list."""
 
     def __init__(self, tokenizers, max_length, chunk_size, groups, pad_multiple=1):
-        self.tokenizers, self.max_length, self.chunk_size, self.groups = tokenizers, max_length, chunk_size, groups
+        self.tokenizers, self.max_length, self.chunk_size, self.groups = (
+            tokenizers,
+            max_length,
+            chunk_size,
+            groups,
+        )
         self.pad_multiple = pad_multiple
 
     def __call__(self, items):
         question_tok, passage_tok = self.tokenizers["question"], self.tokenizers["passage"]
         chunks, positives, n = [], [], 0
         for s in range(0, len(items), self.chunk_size):
-            group = items[s: s + self.chunk_size]
+            group = items[s : s + self.chunk_size]
             question_ids = tokenize_questions(question_tok, [q for q, _ in group], self.max_length)
             ctxs = [c for _, cs in group for c in cs]
-            passage_ids = tokenize_passages(passage_tok, [t for t, _ in ctxs], [x for _, x in ctxs], self.max_length)
+            passage_ids = tokenize_passages(
+                passage_tok, [t for t, _ in ctxs], [x for _, x in ctxs], self.max_length
+            )
             for _, cs in group:
                 positives.append(n)
                 n += len(cs)
-            chunks.append(make_chunk(question_ids, passage_ids, question_tok.pad_token_id, passage_tok.pad_token_id,
-                                     self.groups, self.pad_multiple))
+            chunks.append(
+                make_chunk(
+                    question_ids,
+                    passage_ids,
+                    question_tok.pad_token_id,
+                    passage_tok.pad_token_id,
+                    self.groups,
+                    self.pad_multiple,
+                )
+            )
         return {"chunks": chunks, "positives": torch.tensor(positives)}
-
