@@ -70,10 +70,10 @@ own-data-loop: install
 	set -e; $(OWN_RUN); run round2 "$(OWN)/train_bm25.json $(OWN)/train_mined.json" --max_train_steps 56
 	$(PY) scripts/compare_results.py $(OWN)/untrained.json $(OWN)/shipped.json $(OWN)/round1.json $(OWN)/round2.json
 
-test: install
+# the formatter's and the linter's verdict first (pyproject.toml; `ruff format .` fixes the first), then the tests
+test: lint
 	$(PY) -m pytest tests -q
 
-# the formatter's and the linter's verdict (pyproject.toml); CI runs it before the tests. `ruff format .` fixes the first
 lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .

@@ -17,8 +17,9 @@ import test_dpr
 import train_dpr
 from conftest import make_tiny_bert, write_json, write_passages_tsv
 from utils.biencoder import global_nll_loss, load_biencoder, nll_loss
-from utils.data import read_qas
 from utils.embeddings import load_embeddings, read_meta
+from utils.errors import ConfigError
+from utils.formats import read_qas
 from utils.models import embed, load_encoder, pad_batch, save_encoder, tokenize_questions
 
 torch.set_num_threads(1)
@@ -244,5 +245,5 @@ def test_config_options_are_checked(tmp_path):
     parsed = train_dpr.parse_args(["--config_file", cfg])
     assert (parsed.pooling, parsed.similarity, parsed.scale) == ("mean", "cos", 30.0)
     assert train_dpr.parse_args([]).pooling == "auto"
-    with pytest.raises(Exception, match="pooling must be one of"):
+    with pytest.raises(ConfigError, match="argument --pooling: invalid choice"):
         train_dpr.parse_args(["--pooling", "max"])
