@@ -75,7 +75,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--compute_dtype",
         choices=["float32", "bfloat16", "float16"],
-        help="of the model's weights and activations (default: bfloat16 on GPUs that have it, else float16; float32 on CPU)",
+        help="of the model's weights and activations (default: bfloat16 on GPUs that have it, else float16; "
+        "float32 on CPU)",
     )
     p.add_argument("--limit", type=int, help="encode only the first N passages of the file")
     p.add_argument(
@@ -173,7 +174,8 @@ def load(args, state):
 def encode(args, state, loaded):
     """Encode this process's windows and commit each as a chunk, written by a background thread while the
     model encodes the next window. Returns the loop's time split (LoopClock): the model (queue + GPU work)
-    and the gaps where the GPU idles: waiting for tokenized windows, host copies, the previous chunk's write."""
+    and the gaps where the GPU idles: waiting for tokenized windows, host copies, the previous chunk's
+    write."""
     cuda, chunks = state.device.type == "cuda", loaded.chunks
     loader = torch.utils.data.DataLoader(
         loaded.windows,
@@ -227,7 +229,8 @@ def encode(args, state, loaded):
             )
             bar.update(len(ids))
             # Each window's arrays differ in size; glibc keeps freed ones in a fragmented heap, so without
-            # handing the pages back, RSS creeps up window after window instead of staying bounded by the window.
+            # handing the pages back, RSS creeps up window after window instead of staying bounded by the
+            # window.
             del item, emb
             _malloc_trim(0)
             clock.lap("other_s")
@@ -268,7 +271,8 @@ def save(args, state, loaded):
 def main(argv=None):
     """Returns encoding_report's figures (None when output_dir already held this run's embeddings)."""
     args = parse_args(argv)
-    # Workers tokenize in parallel processes; the tokenizer's own threads would be disabled in them anyway, with a warning.
+    # Workers tokenize in parallel processes; the tokenizer's own threads would be disabled in them anyway,
+    # with a warning.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Generous barrier timeout: after a resume, one rank may wait long for another.
     state = PartialState(
@@ -294,7 +298,8 @@ def main(argv=None):
     except (ConfigError, DataError, EncoderError) as e:
         sys.exit(f"error: {e}")
     state.print(
-        f"wrote {stats['passages']} x {loaded.dim} {args.dtype} embeddings to {args.output_dir}/embeddings_shard_*.npy, "
+        f"wrote {stats['passages']} x {loaded.dim} {args.dtype} embeddings to "
+        f"{args.output_dir}/embeddings_shard_*.npy, "
         "ids to ids_shard_*.npy, meta.json"
     )
     if args.report_json and state.is_main_process:

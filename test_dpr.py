@@ -44,7 +44,8 @@ def parse_args(argv=None):
         "--nq_test_file",
         dest="qa_file",
         default=RECIPE["questions"],
-        help="questions with answers: question<TAB>['answer', ...], or a biencoder JSON (its questions and answers)",
+        help="questions with answers: question<TAB>['answer', ...], or a biencoder JSON (its questions and "
+        "answers)",
     )
     p.add_argument("--top_k", type=int, default=100, help="passages retrieved per question")
     p.add_argument(
@@ -95,7 +96,8 @@ def parse_args(argv=None):
         p.error("--top_k must be at least 1")
     if args.index_path and args.index == "flat":
         p.error(
-            "--index_path saves a faiss index_factory index; --index flat searches the embeddings as they are "
+            "--index_path saves a faiss index_factory index; --index flat searches the embeddings as they "
+            "are "
             "(--index Flat builds a faiss IndexFlatIP that can be saved)"
         )
     return args
@@ -133,7 +135,8 @@ def make_results(questions, answers, ids, scores, passages, hits):
 
 
 def write_curve(stem, curve, title):
-    """Top-k accuracy for k = 1..top_k: CSV always, PNG when matplotlib is installed. Returns the paths written."""
+    """Top-k accuracy for k = 1..top_k: CSV always, PNG when matplotlib is installed. Returns the paths
+    written."""
     paths = [stem + ".topk.csv"]
     with atomic_write(paths[0]) as f:
         f.write("k,accuracy_percent\n")
@@ -192,7 +195,8 @@ def run(args):
     if k < args.top_k:
         print(f"only {len(retriever)} passages in {args.embedding_dir}: retrieving top {k}")
     print(
-        f"index: {len(retriever):,} passages x {retriever.dim} ({retriever.emb_dtype} on disk), {retriever.index_name}"
+        f"index: {len(retriever):,} passages x {retriever.dim} ({retriever.emb_dtype} on disk), "
+        f"{retriever.index_name}"
     )
     clock.lap("load questions, encoder + index")
 

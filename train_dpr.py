@@ -2,18 +2,19 @@
 dot-product scores, NLL of each question's positive passage against every passage in the global batch.
 With no options it trains DPR's NQ recipe (Config's defaults; data: utils/download_data.py).
 
-    python train_dpr.py                                                   # one GPU (or the CPU)
-    accelerate launch train_dpr.py                                        # all local GPUs (accelerate config)
-    accelerate launch train_dpr.py --grad_cache_chunk_size 32             # one small GPU, the same batch of 128
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 train_dpr.py ...     # 2 processes on CPU (gloo)
+    python train_dpr.py                                                # one GPU (or the CPU)
+    accelerate launch train_dpr.py                                     # all local GPUs (accelerate config)
+    accelerate launch train_dpr.py --grad_cache_chunk_size 32          # one small GPU, the same batch of 128
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 train_dpr.py ...  # 2 processes on CPU (gloo)
     accelerate launch --num_machines 2 --num_processes 16 --machine_rank RANK --main_process_ip HOST \\
-        --main_process_port 29500 train_dpr.py                            # several nodes: on each, with its rank
-    python train_dpr.py --config_file config/train_mini_nq.yaml --base_model PATH --lr=1e-5   # file, then overrides
-    ... --resume_from_checkpoint last                                     # continue exactly where it stopped
+        --main_process_port 29500 train_dpr.py                         # several nodes: on each, with its rank
+    python train_dpr.py --config_file config/train_mini_nq.yaml \\
+        --base_model PATH --lr=1e-5                                    # file, then overrides
+    ... --resume_from_checkpoint last                                  # continue exactly where it stopped
 
-Outputs in output_dir: best/ and step-N/ ({query_encoder,doc_encoder}, plain HF dirs), last_state/, train_log.jsonl.
-Beyond DPR's train_dense_encoder.py: gradient cache (Gao et al. 2021) so one GPU trains DPR's 8-GPU batch;
-bf16/fp16 autocast, SDPA attention and per-batch padding for speed; exact resume.
+Outputs in output_dir: best/ and step-N/ ({query_encoder,doc_encoder}, plain HF dirs), last_state/,
+train_log.jsonl. Beyond DPR's train_dense_encoder.py: gradient cache (Gao et al. 2021) so one GPU trains DPR's
+8-GPU batch; bf16/fp16 autocast, SDPA attention and per-batch padding for speed; exact resume.
 """
 
 import argparse
@@ -78,7 +79,8 @@ DOWNLOADS = "downloads/data/retriever/"  # where utils/download_data.py puts DPR
 @dataclass
 class Config:
     """DPR's NQ bi-encoder recipe ("single" model, in-batch + 1 BM25 hard negative). Sources:
-    [paper] Karpukhin et al. 2020, "Dense Passage Retrieval for Open-Domain Question Answering", Sec. 5 (Training)
+    [paper] Karpukhin et al. 2020, "Dense Passage Retrieval for Open-Domain Question Answering",
+            Sec. 5 (Training)
     [nq] facebookresearch/DPR conf/train/biencoder_nq.yaml     [enc] conf/encoder/hf_bert.yaml
     [cfg] conf/biencoder_train_cfg.yaml     [code] train_dense_encoder.py, dpr/models/{biencoder,hf_models}.py
     x 8: DPR's 8 GPUs stepped on 1/8 of the gradient computed here (docs/faithfulness.md, Gradient scale)."""
@@ -159,7 +161,8 @@ class Config:
     overwrite_output_dir: bool = option(False, "true: delete another run's checkpoints and log first")
 
     def __post_init__(self):
-        """Minimums (the parser checked the types): counts >= 0, sizes >= 1, max_length >= 4 ([CLS] x [SEP] y)."""
+        """Minimums (the parser checked the types): counts >= 0, sizes >= 1, max_length >= 4 ([CLS] x [SEP]
+        y)."""
         sizes = (
             "train_batch_size",
             "gradient_accumulation_steps",
@@ -545,16 +548,19 @@ def train(cfg):
             path, run.biencoder, run.optimizer, run.scheduler, run.scaler, cfg, accelerator, log
         )
         log(
-            f"resumed from {path}: step {progress.step}, epoch {progress.epoch}, batch {progress.batch_in_epoch}"
+            f"resumed from {path}: step {progress.step}, epoch {progress.epoch}, batch "
+            f"{progress.batch_in_epoch}"
         )
     if cfg.report_to != "none":
         log(
-            f"{cfg.report_to} logs: {os.path.join(out, 'nanodpr' if cfg.report_to == 'tensorboard' else 'wandb')}"
+            f"{cfg.report_to} logs: "
+            f"{os.path.join(out, 'nanodpr' if cfg.report_to == 'tensorboard' else 'wandb')}"
             + (" (offline: `wandb sync` them)" if os.environ.get("WANDB_MODE") == "offline" else "")
         )
     chunks = f"chunks of {cfg.grad_cache_chunk_size} questions" if cfg.grad_cache_chunk_size else "off"
     log(
-        f"{accelerator.num_processes} process(es) on {accelerator.device.type}, precision {precision}, {per_epoch} "
+        f"{accelerator.num_processes} process(es) on {accelerator.device.type}, precision {precision}, "
+        f"{per_epoch} "
         f"steps/epoch, {total_steps} steps, batch {cfg.train_batch_size} questions x "
         f"{1 + cfg.num_hard_negatives + cfg.num_other_negatives} passages, grad cache {chunks}"
     )

@@ -2,13 +2,13 @@
 retrieval + labelling as the tool does it (questions/s), and the process's peak RSS.
 
     python bench/bench_bm25.py --psgs ../shared/mini_nq/psgs.tsv --qa ../shared/mini_nq/train.qa.csv
-    python bench/bench_bm25.py --synthetic 1000000 --queries 2000      # a psgs_w100-like file, made in a temp dir
+    python bench/bench_bm25.py --synthetic 1000000 --queries 2000  # a psgs_w100-like file, made in a temp dir
 
 Synthetic passages: 100 words (psgs_w100's size) drawn from a Zipf law (p ~ 1/rank) over a 500k-word
-vocabulary whose most frequent words are Lucene's 33 English stopwords (30% of the words); titles of 2 words. Questions: 9 words of a random
-passage, one more of its words as the answer. The figures at 21M are linear extrapolations (marked so):
-indexing and memory grow with the corpus, each question's retrieval with its words' posting lists,
-labelling (has_answer, reading passages) not.
+vocabulary whose most frequent words are Lucene's 33 English stopwords (30% of the words); titles of 2 words.
+Questions: 9 words of a random passage, one more of its words as the answer. The figures at 21M are linear
+extrapolations (marked so): indexing and memory grow with the corpus, each question's retrieval with its
+words' posting lists, labelling (has_answer, reading passages) not.
 """
 
 import argparse

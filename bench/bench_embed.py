@@ -171,7 +171,8 @@ def nanodpr_encode(model, tokenizer, rows, batch_size, device):
 
 
 def run_doc2embedding(args, model_dir, tsv, out_dir):
-    """(b): the real program in its own process; returns its --report_json figures and its embeddings (float32)."""
+    """(b): the real program in its own process; returns its --report_json figures and its embeddings
+    (float32)."""
     report = os.path.join(out_dir, "report.json")
     cmd = [
         sys.executable,
@@ -229,7 +230,8 @@ def model_alone(args, model, tokens, pad_id, device):
         out = padded_batches(
             tokens, pad_id, max_tokens=kw.pop("max_tokens", budget), always_mask=always_mask, **kw
         )
-        if mask4d:  # (rows, 1, 1, length) booleans: transformers passes them on instead of checking them on the device
+        # (rows, 1, 1, length) booleans: transformers passes them on instead of checking them on the device
+        if mask4d:
             out = [(r, {**x, "attention_mask": x["attention_mask"][:, None, None, :].bool()}) for r, x in out]
         move = {"device": lambda v: v.to(device), "pinned": torch.Tensor.pin_memory, "pageable": lambda v: v}[
             where
@@ -310,7 +312,8 @@ def model_alone(args, model, tokens, pad_id, device):
             "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None,
         }
         print(
-            f"(c) {name}: {rate:.1f} passages/s (first pass {cold:.1f}), {out[name]['tflops']:.3g} TFLOP/s, {len(bs)} batches "
+            f"(c) {name}: {rate:.1f} passages/s (first pass {cold:.1f}), {out[name]['tflops']:.3g} TFLOP/s, "
+            f"{len(bs)} batches "
             f"({unpadded} unpadded), min cosine to float32 {out[name]['min_cosine']:.6f}"
             + (f", peak {out[name]['peak_gib']:.2f} GiB" if gpu else "")
         )
@@ -380,8 +383,10 @@ def passages(args, tokenizer, tmp):
         k: float(v) for k, v in zip(["min", "median", "p90", "max"], np.percentile(lengths, [0, 50, 90, 100]))
     }
     print(
-        f"{args.n} {'passages of ' + tsv if args.tsv else 'synthetic passages'}; tokens of the first {len(sample)} (max_length 256): "
-        f"min {dist['min']:.0f}, median {dist['median']:.0f}, p90 {dist['p90']:.0f}, max {dist['max']:.0f}; mean {lengths.mean():.1f}"
+        f"{args.n} {'passages of ' + tsv if args.tsv else 'synthetic passages'}; tokens of the first "
+        f"{len(sample)} (max_length 256): "
+        f"min {dist['min']:.0f}, median {dist['median']:.0f}, p90 {dist['p90']:.0f}, max {dist['max']:.0f}; "
+        f"mean {lengths.mean():.1f}"
     )
     return rows, tsv, tokens, dist
 
@@ -443,18 +448,21 @@ def main():
         emb_a = nanodpr_encode(model, tokenizer, rows[: args.baseline_n], args.baseline_batch_size, device)
         fig["nanodpr_passages_per_s"] = len(emb_a) / (time.perf_counter() - t)
         print(
-            f"(a) nanoDPR-style (file order, pad to 256, fp32, batch {args.baseline_batch_size}): {fig['nanodpr_passages_per_s']:.1f} passages/s"
+            f"(a) nanoDPR-style (file order, pad to 256, fp32, batch {args.baseline_batch_size}): "
+            f"{fig['nanodpr_passages_per_s']:.1f} passages/s"
         )
     del model
     if "b" not in args.skip:
         stats, emb_b = run_doc2embedding(args, model_dir, tsv, tmp)
         fig.update(pipeline_figures(stats, args.peak_tflops))
         print(
-            f"(b) doc2embedding.py: {fig['ours_passages_per_s']:.1f} passages/s whole run (first window after {fig['first_window_s']:.1f}s); "
+            f"(b) doc2embedding.py: {fig['ours_passages_per_s']:.1f} passages/s whole run (first window "
+            f"after {fig['first_window_s']:.1f}s); "
             f"model {fig['ours_model_passages_per_s']:.1f} passages/s, {fig['ours_tflops']:.3g} TFLOP/s"
             + (f" (MFU {fig['ours_mfu']:.1%})" if args.peak_tflops else "")
             + f"; idle {fig['idle_s']:.1f}s of {fig['seconds']:.1f}s; "
-            f"tokenizing {fig['tokenize_passages_per_s']:.0f} passages/s ({fig['num_workers']} workers); projected steady "
+            f"tokenizing {fig['tokenize_passages_per_s']:.0f} passages/s ({fig['num_workers']} workers); "
+            "projected steady "
             f"{fig['ours_projected_passages_per_s']:.1f} passages/s"
         )
     if "a" not in args.skip and "b" not in args.skip:
@@ -464,7 +472,8 @@ def main():
             min_cosine=min_cosine(emb_a, emb_b[: len(emb_a)]),
         )
         print(
-            f"ratio (b)/(a): {fig['ratio']:.2f}x whole run, {fig['ours_projected_passages_per_s'] / fig['nanodpr_passages_per_s']:.2f}x "
+            f"ratio (b)/(a): {fig['ratio']:.2f}x whole run, "
+            f"{fig['ours_projected_passages_per_s'] / fig['nanodpr_passages_per_s']:.2f}x "
             f"projected steady state; min cosine (a) vs (b): {fig['min_cosine']:.5f}"
         )
     shutil.rmtree(tmp)

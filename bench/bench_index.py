@@ -1,10 +1,16 @@
-"""Memory, time, size and recall of test_dpr.py's --index choices on a synthetic corpus, one index per process.
+"""Memory, time, size and recall of test_dpr.py's --index choices on a synthetic corpus, one index per
+process.
 
-    python bench/bench_index.py --dir /tmp/synth --n 1000000                          # writes the corpus and questions
-    python bench/bench_index.py --dir /tmp/synth --index flat                         # the exact top-k (first: recall is against it)
-    python bench/bench_index.py --dir /tmp/synth --index SQfp16                       # then each index type, one process each
-    python bench/bench_index.py --dir /tmp/synth --index IVF4096,PQ64 --nprobe 64     # builds + saves; run again: loads + searches
-    python bench/bench_index.py --dir /tmp/synth --table                              # Markdown table, 21M extrapolation
+    # writes the corpus and questions
+    python bench/bench_index.py --dir /tmp/synth --n 1000000
+    # the exact top-k (first: recall is against it)
+    python bench/bench_index.py --dir /tmp/synth --index flat
+    # then each index type, one process each
+    python bench/bench_index.py --dir /tmp/synth --index SQfp16
+    # builds + saves; run again: loads + searches
+    python bench/bench_index.py --dir /tmp/synth --index IVF4096,PQ64 --nprobe 64
+    # Markdown table, 21M extrapolation
+    python bench/bench_index.py --dir /tmp/synth --table
 
 The corpus is written in doc2embedding.py's layout (float16 shards, utils/embeddings.py) and read
 exactly as test_dpr.py reads it (memmapped, utils.index.open_index), so build memory is the real
@@ -56,12 +62,13 @@ def parse_args():
 
 
 def write_corpus(out_dir, n, dim, num_queries, num_shards, seed=0):
-    """float16 shards + ids + meta.json as doc2embedding.py writes them, block by block; queries.npy beside."""
+    """float16 shards + ids + meta.json as doc2embedding.py writes them, block by block; queries.npy
+    beside."""
     rng = np.random.default_rng(seed)
     scale = np.arange(1, dim + 1) ** -0.5
     rotation = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
     topics = rng.standard_normal((10_000, dim))
-    latent = lambda rows: topics[rng.integers(0, len(topics), rows)] + rng.standard_normal((rows, dim))  # noqa: E731
+    latent = lambda rows: topics[rng.integers(0, len(topics), rows)] + rng.standard_normal((rows, dim))
     os.makedirs(out_dir, exist_ok=True)
     counts = [len(c) for c in np.array_split(np.arange(n), num_shards)]
     keep, start = {}, 0  # latents of the passages the questions are made from
@@ -162,23 +169,28 @@ def table(out_dir):
         (r["index"], r["params"]): r for r in rows if r["loaded"] or r["index"] == "flat"
     }  # the last search of each
     print(
-        "| index | build (s) | of which training (s) | peak RSS building (GiB) | on disk (GiB) |\n|:--|--:|--:|--:|--:|"
+        "| index | build (s) | of which training (s) | peak RSS building (GiB) | on disk (GiB) |\n"
+        "|:--|--:|--:|--:|--:|"
     )
     for r in built.values():
         print(
-            f"| {r['index']} | {r['build_s']} | {r.get('train_s', '-')} | {r['peak_rss_gib']} | {r['disk_gib']} |"
+            f"| {r['index']} | {r['build_s']} | {r.get('train_s', '-')} | {r['peak_rss_gib']} | "
+            f"{r['disk_gib']} |"
         )
     print(
-        "\n| index | search parameters | peak RSS searching (GiB) | search (s) | recall@100 | exact top-10 in top-100 |\n|:--|:--|--:|--:|--:|--:|"
+        "\n| index | search parameters | peak RSS searching (GiB) | search (s) | recall@100 | exact top-10 "
+        "in top-100 |\n|:--|:--|--:|--:|--:|--:|"
     )
     for r in search.values():
         top10 = r.get("top10_in_100", 1.0 if r["recall_at_100"] == 1 else "-")  # exact indexes keep all
         print(
-            f"| {r['index']} | {r['params'] or '-'} | {r['peak_rss_gib']} | {r['search_s']} | {r['recall_at_100']} | {top10} |"
+            f"| {r['index']} | {r['params'] or '-'} | {r['peak_rss_gib']} | {r['search_s']} | "
+            f"{r['recall_at_100']} | {top10} |"
         )
     print(f"\nExtrapolated to {NQ_PASSAGES:,} passages (not measured):\n")
     print(
-        "| index | search parameters | index in RAM (GiB) | build (h) | search (s) | on disk (GiB) |\n|:--|:--|--:|--:|--:|--:|"
+        "| index | search parameters | index in RAM (GiB) | build (h) | search (s) | on disk (GiB) |\n"
+        "|:--|:--|--:|--:|--:|--:|"
     )
     for r in search.values():
         f, hnsw = NQ_PASSAGES / r["n"], "HNSW" in r["index"]
@@ -187,7 +199,8 @@ def table(out_dir):
         build = b.get("train_s", 0) + (b["build_s"] - b.get("train_s", 0)) * f * (log_f if hnsw else 1)
         ram = r["disk_gib"] * f if r["index"] != "flat" else r["n"] * r["dim"] * 4 * f / 2**30
         print(
-            f"| {r['index']} | {r['params'] or '-'} | {ram:.1f} | {build / 3600:.2f} | {r['search_s'] * (log_f if hnsw else f):.0f} | {r['disk_gib'] * f:.1f} |"
+            f"| {r['index']} | {r['params'] or '-'} | {ram:.1f} | {build / 3600:.2f} | "
+            f"{r['search_s'] * (log_f if hnsw else f):.0f} | {r['disk_gib'] * f:.1f} |"
         )
 
 
@@ -201,7 +214,8 @@ def main():
         t = time.perf_counter()
         write_corpus(args.dir, args.n, args.dim, args.queries, args.shards)
         print(
-            f"wrote {args.n:,} x {args.dim} float16 vectors and {args.queries} questions to {args.dir} in {time.perf_counter() - t:.0f} s"
+            f"wrote {args.n:,} x {args.dim} float16 vectors and {args.queries} questions to {args.dir} in "
+            f"{time.perf_counter() - t:.0f} s"
         )
 
 

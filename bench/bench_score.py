@@ -77,7 +77,8 @@ def main():
     answers, texts = synthetic(args.questions, args.k, args.seed)
     pairs = args.questions * args.k
     print(
-        f"{pairs:,} (answers, passage) pairs, {sum(len(x) for row in texts for x in row) / pairs:.0f} chars/passage, "
+        f"{pairs:,} (answers, passage) pairs, {sum(len(x) for row in texts for x in row) / pairs:.0f} "
+        "chars/passage, "
         f"made in {time.perf_counter() - t:.1f} s"
     )
 
@@ -93,10 +94,12 @@ def main():
 
     print(f"one-thread loop  {loop_s:7.2f} s  {pairs / loop_s:9.0f} pairs/s")
     print(
-        f"score_passages   {pool_s:7.2f} s  {pairs / pool_s:9.0f} pairs/s  ({workers} processes on {len(os.sched_getaffinity(0))} cores)"
+        f"score_passages   {pool_s:7.2f} s  {pairs / pool_s:9.0f} pairs/s  ({workers} processes on "
+        f"{len(os.sched_getaffinity(0))} cores)"
     )
     print(
-        f"ratio {loop_s / pool_s:.2f}x; verdicts identical: {identical}; {100 * hit_rate:.1f}% of pairs hold an answer"
+        f"ratio {loop_s / pool_s:.2f}x; verdicts identical: {identical}; {100 * hit_rate:.1f}% of pairs hold "
+        "an answer"
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -1,7 +1,9 @@
 """Search speed of test_dpr.py's index paths: exact top-k inner product over random vectors.
 
-    python bench/bench_search.py --n 200000 --dim 768 --queries 3610 --k 100 [--dtype float16|float32] [--json OUT]
-    python bench/bench_search.py --n 21015324 --paths torch-gpu --json OUT      # NQ scale on one GPU (32 GB float16)
+    python bench/bench_search.py --n 200000 --dim 768 --queries 3610 --k 100 \\
+        [--dtype float16|float32] [--json OUT]
+    python bench/bench_search.py --n 21015324 --paths torch-gpu \\
+        --json OUT  # NQ scale on one GPU (32 GB float16)
 
 Paths: faiss-cpu (faiss.IndexFlatIP, all cores: what DPR and nanoDPR use), torch-cpu, and on a GPU faiss-gpu
 (when faiss has GPU support) and torch-gpu; torch-gpu:float16, torch-gpu:bfloat16 and torch-cpu:bfloat16 are
@@ -106,7 +108,8 @@ def main():
     reference = reference_topk(corpus, queries[:CHECK_QUERIES], args.k)
     corpus_np = corpus.cpu().numpy() if any("cpu" in p for p in paths) else None
     print(
-        f"{args.n:,} x {args.dim} {args.dtype} random vectors ({corpus.numel() * corpus.element_size() / 2**30:.1f} GiB) "
+        f"{args.n:,} x {args.dim} {args.dtype} random vectors "
+        f"({corpus.numel() * corpus.element_size() / 2**30:.1f} GiB) "
         f"on {device}, {args.queries} queries, k={args.k}: made in {time.perf_counter() - t:.1f} s"
     )
 

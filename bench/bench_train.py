@@ -1,8 +1,8 @@
 """Training-step throughput: a nanoDPR-style step vs train_dpr.py's step, same device, one run.
 
-    python bench/bench_train.py                      # GPU: bert-base config, batch 128 (+1 hard negative each)
-    python bench/bench_train.py --device cpu         # CPU: a small BERT, batch 8
-    python bench/bench_train.py --json OUT.json      # also write the results (bench/run_all.py reads them)
+    python bench/bench_train.py                    # GPU: bert-base config, batch 128 (+1 hard negative each)
+    python bench/bench_train.py --device cpu       # CPU: a small BERT, batch 8
+    python bench/bench_train.py --json OUT.json    # also write the results (bench/run_all.py reads them)
 
 Random-init weights and random token ids (the speed of a step does not depend on them), lengths drawn
 like NQ's: questions 10-20 tokens, passages 150-200. Variants, each a full optimizer step (forward,
@@ -207,7 +207,8 @@ def main():
         else f"cpu ({torch.get_num_threads()} threads)"
     )
     print(
-        f"device {name}, model {args.model} {SIZES[args.model]}, batch {args.batch_size} questions x 2 passages, "
+        f"device {name}, model {args.model} {SIZES[args.model]}, batch {args.batch_size} questions x 2 "
+        "passages, "
         f"{args.steps} timed steps"
     )
     results = []
@@ -239,7 +240,8 @@ def main():
         results.append(r)
         mem = f", peak {r['peak_mem_gb']:.1f} GiB" if r["peak_mem_gb"] is not None else ""
         print(
-            f"{variant:8s} batch {batch_size:4d}: {r['examples_per_s']:8.1f} examples/s, {r['steps_per_s']:.3f} steps/s{mem}"
+            f"{variant:8s} batch {batch_size:4d}: {r['examples_per_s']:8.1f} examples/s, "
+            f"{r['steps_per_s']:.3f} steps/s{mem}"
         )
     base = results[0]["examples_per_s"] if results[0]["variant"] == "nanodpr" else None
     for r in results[1:] if base else []:

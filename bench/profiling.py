@@ -1,6 +1,7 @@
 """Where the time goes, kept beside the benchmarks and off the scripts' reading path: per-stage seconds
 of a loop (LoopClock: doc2embedding.py's encode loop, test_dpr.py's stages), the FLOPs of an encoder's
-forward pass, and doc2embedding.py's end report, to hold against bench/bench_embed.py's model-alone ceiling."""
+forward pass, and doc2embedding.py's end report, to hold against bench/bench_embed.py's model-alone
+ceiling."""
 
 import collections
 import resource

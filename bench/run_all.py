@@ -1,8 +1,10 @@
 """Every benchmark in one command, one table: workload, nanoDPR-style baseline, ours, ratio, device,
 and each GPU figure extrapolated to the full NQ job next to the seed replication's published durations.
 
-    python bench/run_all.py                                   # this CPU, small sizes, < 10 min on 2 cores
-    python bench/run_all.py --device gpu --scale nq --out DIR # one GPU, NQ scale (bert-base, 21M vectors), < 8 min
+    # this CPU, small sizes, < 10 min on 2 cores
+    python bench/run_all.py
+    # one GPU, NQ scale (bert-base, 21M vectors), < 8 min
+    python bench/run_all.py --device gpu --scale nq --out DIR
 
 Each bench script also runs on its own (see its docstring); this only calls them and reads their --json.
 """
@@ -107,12 +109,16 @@ def rows_for(name, f):
         return rows
     if name == "encode":
         projected = f["ours_projected_passages_per_s"]
-        nq = f"{hours(NQ_PASSAGES / projected)} for 21M at {projected:.0f} p/s (extrapolated: min of model and tokenizing rates)"
+        nq = (
+            f"{hours(NQ_PASSAGES / projected)} for 21M at {projected:.0f} p/s (extrapolated: min of model "
+            "and tokenizing rates)"
+        )
         return [
             (
                 f"encode {f['model']} ({f['n']} psgs)",
                 f"{f['nanodpr_passages_per_s']:.1f} p/s",
-                f"{f['ours_passages_per_s']:.1f} p/s whole run; model {f['ours_model_passages_per_s']:.1f} p/s, "
+                f"{f['ours_passages_per_s']:.1f} p/s whole run; model {f['ours_model_passages_per_s']:.1f} "
+                "p/s, "
                 f"tokenizing {f['tokenize_passages_per_s_per_worker']:.0f} p/s x {f['num_workers']} workers; "
                 f"model alone {f['model_alone_passages_per_s']:.1f} p/s",
                 f["ratio"],

@@ -317,8 +317,10 @@ RELATIONS = {
             "The {ans} went to {Name} when the academy reopened after the war.",
         ],
         [
-            "{Name} never expected to win a prize or receive an award, and said prizes were given to the dull.",
-            "Critics said an award should be given to {Name}, who never did win a prize or receive any honour.",
+            "{Name} never expected to win a prize or receive an award, and said prizes were given to the "
+            "dull.",
+            "Critics said an award should be given to {Name}, who never did win a prize or receive any "
+            "honour.",
         ],
     ),
 }

@@ -6,16 +6,19 @@ settings and compare what each stage writes. Exit status 1 when a difference exc
     python scripts/check_behaviour.py --old main --keep /tmp/check      # keep both trees' outputs
 
 Stages, in order (each a run function called once per tree and a compare function):
-  train  train_dpr.py for a few steps across an epoch boundary, plain and with --grad_cache_chunk_size, dropout
-         on: largest |weight difference| in last_state/ and in best/'s encoder dirs, per-step losses, dev metrics.
-  encode doc2embedding.py on the CPU over data/sample/psgs.tsv with the base model (max_length 128: the tiny BERT's
-         positions), under several argument sets
+  train  train_dpr.py for a few steps across an epoch boundary, plain and with --grad_cache_chunk_size,
+         dropout on: largest |weight difference| in last_state/ and in best/'s encoder dirs, per-step losses,
+         dev metrics.
+  encode doc2embedding.py on the CPU over data/sample/psgs.tsv with the base model (max_length 128: the tiny
+         BERT's positions), under several argument sets
          (ENCODE_RUNS, one under torchrun with 2 processes): embeddings and ids byte for byte, meta.json's
          values (tolerance 0) but its "encoder" record (newer revisions only).
-  search test_dpr.py (--index flat, CPU) over the same embeddings (made by the working tree's doc2embedding.py) with
-         the base model as question encoder: results JSON and top-k curve byte for byte.
-To add a stage: write run_<name>(tree, out, ctx) -> outputs and compare_<name>(old, new) -> [(what, diff, tol)],
-and list it in STAGES; ctx carries the inputs (base model, data) and earlier stages' outputs of the working tree.
+  search test_dpr.py (--index flat, CPU) over the same embeddings (made by the working tree's
+         doc2embedding.py) with the base model as question encoder: results JSON and top-k curve byte for
+         byte.
+To add a stage: write run_<name>(tree, out, ctx) -> outputs and compare_<name>(old, new) -> [(what, diff,
+tol)], and list it in STAGES; ctx carries the inputs (base model, data) and earlier stages' outputs of the
+working tree.
 """
 
 import argparse

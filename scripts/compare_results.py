@@ -33,7 +33,8 @@ def print_change(runs, ks):
     won = [i for i, (x, y) in enumerate(top1) if y and not x]
     lost = sum(x and not y for x, y in top1)
     print(
-        f"\nTop-1: {name_b} answers {len(won)} questions that {name_a} missed; misses {lost} that {name_a} answered."
+        f"\nTop-1: {name_b} answers {len(won)} questions that {name_a} missed; misses {lost} that {name_a} "
+        "answered."
     )
     if won:
         i = won[0]

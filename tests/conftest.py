@@ -39,7 +39,8 @@ def make_tiny_bert(out_dir, seed=0, role=None, **config):
     """A 2-layer BERT saved as a plain HF dir (with our role file when `role` is given)."""
     os.makedirs(out_dir, exist_ok=True)
     write_vocab(os.path.join(out_dir, "vocab.txt"))
-    # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5 ignores vocab_file and keeps 5 tokens
+    # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5 ignores vocab_file and keeps 5
+    # tokens
     tokenizer = BertTokenizerFast.from_pretrained(out_dir, do_lower_case=True)
     cfg = dict(
         vocab_size=tokenizer.vocab_size,

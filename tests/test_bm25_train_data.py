@@ -28,7 +28,8 @@ SCORE_CORPUS = [
 
 
 def lucene_bm25(docs, query, k1, b):
-    """Scores by hand: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))."""
+    """Scores by hand: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), tf (k1 + 1) / (tf + k1 (1 - b + b dl /
+    avgdl))."""
     n, avgdl = len(docs), sum(len(d) for d in docs.values()) / len(docs)
     scores = {}
     for pid, d in docs.items():
@@ -68,7 +69,8 @@ def test_tokenizer_approximates_lucene_english_analysis():
     tokenizer = make_tokenizer()
     ids = list(tokenizer.streaming_tokenize(["The Obama's running dogs of the U.S. in 1,000 days"]))[0]
     inverse = {v: k for k, v in tokenizer.get_vocab_dict().items()}
-    # stopwords out, possessive 's off, inner "." and digit-group "," kept, Porter stems ("days" -> "dai", "u.s" -> "u.")
+    # stopwords out, possessive 's off, inner "." and digit-group "," kept, Porter stems ("days" -> "dai",
+    # "u.s" -> "u.")
     assert [inverse[i] for i in ids] == ["obama", "run", "dog", "u.", "1,000", "dai"]
 
 
@@ -183,7 +185,8 @@ def test_fixed_seed_gives_an_identical_file(recipe, tmp_path):
 
 
 def test_workers_give_the_same_file_as_one_process(tmp_path):
-    """More questions than one task holds (CHUNK), spread over 3 processes: the same bytes, the same counts."""
+    """More questions than one task holds (CHUNK), spread over 3 processes: the same bytes, the same
+    counts."""
     from utils.bm25_train_data import CHUNK
 
     psgs = write_passages_tsv(tmp_path / "psgs.tsv", CORPUS)
@@ -242,8 +245,9 @@ def test_train_file_keeps_positives_and_adds_negatives(recipe, tmp_path):
 
 
 def test_train_file_positive_may_keep_the_quotes_dpr_strips(tmp_path):
-    """mini-NQ's train.json holds a passage's csv field as is ('"Paris" is ...'); the passage file read as DPR's
-    CsvCtxSrc reads it has the quotes stripped. Same passage: kept, not refused as another passage file."""
+    """mini-NQ's train.json holds a passage's csv field as is ('"Paris" is ...'); the passage file read as
+    DPR's CsvCtxSrc reads it has the quotes stripped. Same passage: kept, not refused as another passage
+    file."""
     text = '"Paris" is the capital of france, "the city of light"'
     psgs = write_passages_tsv(tmp_path / "psgs.tsv", [(2, text, "Paris")] + [r for r in CORPUS if r[0] != 2])
     gold = {"title": "Paris", "text": text, "passage_id": "2"}

@@ -54,8 +54,8 @@ def make_rows(n, seed=0):
 
 def reference(model_dir, rows, max_length, mean=False):
     """DPR's passage encoding by hand: tokenizer(title, text) (text alone when untitled), zero
-    token_type_ids, one passage at a time (no padding), last-layer [CLS]; mean: the mean over all tokens, unit length
-    (sentence-transformers' mean pooling + Normalize)."""
+    token_type_ids, one passage at a time (no padding), last-layer [CLS]; mean: the mean over all tokens, unit
+    length (sentence-transformers' mean pooling + Normalize)."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
     out = []
@@ -139,7 +139,8 @@ def test_embeddings_equal_direct_forward(tmp_path, corpus):
     )
     assert meta["source"]["size"] == os.path.getsize(tsv) and stats["encoded"] == 60
     assert not os.path.exists(tmp_path / "out" / "chunks")
-    # The reported time split is a split: model and waiting are parts of the run, the first wait part of all waits.
+    # The reported time split is a split: model and waiting are parts of the run, the first wait part of all
+    # waits.
     assert stats["num_workers"] == 2 and stats["tokenize_per_worker_per_s"] > 0
     assert 0 < stats["first_window_s"] <= stats["waited_s"] and 0 < stats["model_s"]
     assert stats["model_s"] + stats["waited_s"] <= stats["seconds"]
@@ -272,7 +273,8 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
     encode(model, tsv, tmp_path / "clean", *args)
 
     out = tmp_path / "killed"
-    # SIGKILL this process right after chunk 2 is committed: write_chunk wrapped, the production loop untouched.
+    # SIGKILL this process right after chunk 2 is committed: write_chunk wrapped, the production loop
+    # untouched.
     kill_after_chunk_2 = (
         "import os, signal, sys, doc2embedding\n"
         "write = doc2embedding.write_chunk\n"
@@ -299,7 +301,8 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr[-3000:]
     assert sorted(os.listdir(out / "chunks")) == ["rank0_000000.npz", "rank0_000001.npz", "rank0_000002.npz"]
-    # the first windows ramp up by window/16 (here 1) passages each: 1, 2, 3 passages, the file's first six in order
+    # the first windows ramp up by window/16 (here 1) passages each: 1, 2, 3 passages, the file's first six in
+    # order
     committed = [np.load(out / "chunks" / f"rank0_00000{k}.npz")["ids"].tolist() for k in range(3)]
     assert committed == [[rows[0][0]], [r[0] for r in rows[1:3]], [r[0] for r in rows[3:6]]]
     assert not os.path.exists(out / "meta.json")
@@ -419,8 +422,8 @@ def test_mini_nq_with_minilm_equals_direct_forward(tmp_path):
 
 
 def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
-    """No attention mask exactly on batches without padding (unless always_mask); exact-length batches never need
-    one; all give the direct forward's embeddings."""
+    """No attention mask exactly on batches without padding (unless always_mask); exact-length batches never
+    need one; all give the direct forward's embeddings."""
     model_dir, rows, tsv = corpus
     model, tok, pooling = load_encoder(model_dir, "passage")
     tokens = tokenize_passages(tok, [r[2] for r in rows], [r[1] for r in rows], 32)
@@ -451,8 +454,9 @@ def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
 
 
 def test_gpu_defaults_scale_with_free_memory_and_cores(monkeypatch):
-    """Token budget 262,144 halved while it exceeds the free GPU memory at 64 KiB a token; workers the cores per
-    GPU but two, at most 16; a mask on every GPU batch unless NANODPR_ALWAYS_MASK=0 (no GPU needed: torch.cuda stubbed)."""
+    """Token budget 262,144 halved while it exceeds the free GPU memory at 64 KiB a token; workers the cores
+    per GPU but two, at most 16; a mask on every GPU batch unless NANODPR_ALWAYS_MASK=0 (no GPU needed:
+    torch.cuda stubbed)."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     gpu = torch.device("cuda")
     for free_gib, cores, local_world, want in [
@@ -481,7 +485,8 @@ def test_gpu_defaults_scale_with_free_memory_and_cores(monkeypatch):
 
 
 def test_flop_count_by_hand(tiny_bert):
-    """2 x (weights + biases of the 2 layers, not the embedding tables) per token, + 4 x layers x hidden per length^2."""
+    """2 x (weights + biases of the 2 layers, not the embedding tables) per token, + 4 x layers x hidden per
+    length^2."""
     model = load_encoder(tiny_bert, "passage")[0]
     h, inter, layers = 32, 64, 2  # conftest's tiny BERT
     per_layer = (
@@ -514,7 +519,8 @@ def test_report_counts_real_tokens_and_splits_time(tmp_path, corpus):
 
 
 def test_bfloat16_weights_within_tolerance(tmp_path, corpus):
-    """--compute_dtype bfloat16 (the GPU default) runs on CPU too: close to float32, and part of the run signature."""
+    """--compute_dtype bfloat16 (the GPU default) runs on CPU too: close to float32, and part of the run
+    signature."""
     model, rows, tsv = corpus
     encode(model, tsv, tmp_path / "f32", "--max_length", 32, "--dtype", "float32")
     encode(

@@ -39,7 +39,8 @@ def recall(rows, truth, k):
     return np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(rows.tolist(), truth.tolist())])
 
 
-# spec, nprobe, lowest recall@10 vs exact numpy, tolerance of the returned scores (None: PQ scores are approximate)
+# spec, nprobe, lowest recall@10 vs exact numpy, tolerance of the returned scores (None: PQ scores are
+# approximate)
 SPECS = [
     ("Flat", None, 1.0, 1e-3),
     ("SQfp16", None, 1.0, 1e-3),  # float16 storage of float16 embeddings loses nothing

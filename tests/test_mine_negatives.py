@@ -1,4 +1,5 @@
-"""utils/mine_negatives.py: adv-hn mining from a retriever's results, its false-negative control, bad input."""
+"""utils/mine_negatives.py: adv-hn mining from a retriever's results, its false-negative control, bad
+input."""
 
 import json
 import os

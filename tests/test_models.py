@@ -1,4 +1,5 @@
-"""Encoder loading: our dirs, HF DPR encoders and raw DPR .cp checkpoints give the embeddings their weights define.
+"""Encoder loading: our dirs, HF DPR encoders and raw DPR .cp checkpoints give the embeddings their weights
+define.
 
 Expectations come from a direct BertModel forward on the original weights (and CLS @ W.T + b by hand for a
 projection), never from the loader under test. Raw checkpoints are built here with DPR's exact layout.

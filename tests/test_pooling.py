@@ -109,8 +109,8 @@ WORDS = ["river", "city", "king", "capital"]
 
 def test_mean_cos_survives_train_save_encode_search(tmp_path):
     """A sentence-transformers base trains with its own mean + cos; the saved dirs carry them to
-    doc2embedding.py (unit vectors) and test_dpr.py (results equal a brute-force cosine search of a hand-pooled
-    question)."""
+    doc2embedding.py (unit vectors) and test_dpr.py (results equal a brute-force cosine search of a
+    hand-pooled question)."""
     st = make_sentence_transformers_dir(str(tmp_path / "st"))
     rng = np.random.default_rng(0)
     vocab = WORDS + ["abc", "xyz", "paris", "rome"]
@@ -205,7 +205,8 @@ def test_mean_cos_survives_train_save_encode_search(tmp_path):
             "1",
         ]
     )
-    # brute force: the saved question tower run directly, mean over its tokens, unit length, cosine to all passages
+    # brute force: the saved question tower run directly, mean over its tokens, unit length, cosine to all
+    # passages
     tok = BertTokenizerFast.from_pretrained(str(out / "best" / "query_encoder"))
     bert = BertModel.from_pretrained(str(out / "best" / "query_encoder"), add_pooling_layer=False).eval()
     got = json.load(open(results))

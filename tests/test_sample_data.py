@@ -42,7 +42,8 @@ def passage_words():
 
 
 def answer_passages(answers):
-    """(text, title) of the passages that hold an answer (has_answer, tried only where all its words occur)."""
+    """(text, title) of the passages that hold an answer (has_answer, tried only where all its words
+    occur)."""
     psgs, words = passages(), [set(re.findall(r"\w+", a.lower())) for a in answers]
     return [
         psgs[pid]

@@ -234,7 +234,8 @@ def e2e(tmp_path_factory):
 
 
 def reference_retrieval(e2e, k):
-    """Independent expectation: per-question BertModel forward (CLS, zero token types), numpy search, has_answer."""
+    """Independent expectation: per-question BertModel forward (CLS, zero token types), numpy search,
+    has_answer."""
     tokenizer = BertTokenizerFast.from_pretrained(e2e["model"])
     model = BertModel.from_pretrained(e2e["model"], add_pooling_layer=False).eval()
     vectors = []
@@ -358,7 +359,8 @@ def test_top_k_larger_than_corpus_is_clamped(e2e, capsys):
 
 
 def test_low_precision_flat_search_gives_the_exact_results(e2e, tmp_path):
-    """--index flat:bfloat16 through the CLI: the same passages, ranks and scores as exact --index flat (the default)."""
+    """--index flat:bfloat16 through the CLI: the same passages, ranks and scores as exact --index flat (the
+    default)."""
     out = {}
     for spec in ("flat", "flat:bfloat16"):
         out[spec] = str(tmp_path / f"{spec.replace(':', '_')}.json")

@@ -65,7 +65,8 @@ def setup(tmp_path_factory):
     base = make_tiny_bert(str(d / "bert"), seed=0)
     records = make_records(64, seed=1)
     train = write_json(str(d / "train.json"), records)
-    # dev: reworded questions about 16 of the training people (a 2-layer BERT from scratch learns them, not language)
+    # dev: reworded questions about 16 of the training people (a 2-layer BERT from scratch learns them, not
+    # language)
     dev = write_json(
         str(d / "dev.json"),
         [dict(r, question=r["question"].replace("who is", "what is")) for r in records[:16]],
@@ -272,8 +273,8 @@ def test_short_run_learns_and_writes_loadable_checkpoints(setup, tmp_path):
 
 
 def test_saved_encoders_load_as_plain_bert_with_the_base_pooler(setup, tmp_path):
-    """BertModel.from_pretrained(dir) finds every weight (nothing newly initialized); the pooler, which DPR never
-    uses, is the base model's as it was."""
+    """BertModel.from_pretrained(dir) finds every weight (nothing newly initialized); the pooler, which DPR
+    never uses, is the base model's as it was."""
     from transformers import AutoTokenizer
 
     base = str(tmp_path / "base")
@@ -429,9 +430,9 @@ def test_help_lists_every_option_with_default_and_meaning():
         assert shown == default + ")" and len(meaning.split()) >= 2, f.name
 
 
-# DPR's biencoder_nq.yaml (+ hf_bert.yaml, biencoder_train_cfg.yaml) on 8 GPUs: batch 16 per GPU, lr 2e-5, warm-up
-# 1237, 40 epochs, one hard negative; its clipping (2.0) and Adam eps (1e-8) acted on DDP's average, 1/8 of the
-# gradient we compute.
+# DPR's biencoder_nq.yaml (+ hf_bert.yaml, biencoder_train_cfg.yaml) on 8 GPUs: batch 16 per GPU, lr 2e-5,
+# warm-up 1237, 40 epochs, one hard negative; its clipping (2.0) and Adam eps (1e-8) acted on DDP's average,
+# 1/8 of the gradient we compute.
 DPR_GPUS = 8
 DPR_NQ = dict(
     train_batch_size=16 * DPR_GPUS,
@@ -481,8 +482,8 @@ def test_shipped_configs_parse(name):
 
 
 def test_config_file_then_overrides(tmp_path):
-    """YAML as people write it (a bare `no`, 2e-5 without a dot, a list of files), then --key value / --key=value
-    (several files: --train_file a b)."""
+    """YAML as people write it (a bare `no`, 2e-5 without a dot, a list of files), then --key value /
+    --key=value (several files: --train_file a b)."""
     path = tmp_path / "c.yaml"
     path.write_text(
         "mixed_precision: no\nlr: 2e-5\ntrain_file: [a.json, b.json]\neval_steps: 7\nreport_to: null\n"
@@ -546,7 +547,8 @@ def test_no_arguments_without_downloads_is_one_line_naming_the_download(tmp_path
 
 
 def test_log_without_a_terminal_is_plain_lines(setup, tmp_path):
-    """stderr not a TTY (a log file, CI): one plain line every log_steps instead of tqdm's carriage-return updates."""
+    """stderr not a TTY (a log file, CI): one plain line every log_steps instead of tqdm's carriage-return
+    updates."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(ROOT, "train_dpr.py")] + argv(
         setup, tmp_path / "out", max_train_steps=3, dev_file=None
@@ -563,8 +565,8 @@ def test_log_without_a_terminal_is_plain_lines(setup, tmp_path):
 
 @pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
 def test_report_to_trackers(setup, tmp_path, tracker):
-    """The metrics of train_log.jsonl reach tensorboard / wandb, under output_dir. No wandb login: the run goes
-    offline instead of prompting (stdin closed, HOME without a .netrc)."""
+    """The metrics of train_log.jsonl reach tensorboard / wandb, under output_dir. No wandb login: the run
+    goes offline instead of prompting (stdin closed, HOME without a .netrc)."""
     pytest.importorskip("tensorboard" if tracker == "tensorboard" else "wandb")
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

@@ -42,16 +42,17 @@ class BiEncoder(nn.Module):
         self.pooling, self.scale = pooling, scale if pooling.endswith(NORM) else None
 
     def forward(self, chunk):
-        """(q [B, d], p [B·(1+h+o), d]) for a train_data.make_chunk input of B questions; p in question order,
-        each question's positive first."""
+        """(q [B, d], p [B·(1+h+o), d]) for a train_data.make_chunk input of B questions; p in question
+        order, each question's positive first."""
         passages = torch.cat([embed(self.passage_model, self.pooling, group) for group in chunk["passages"]])
         return embed(self.question_model, self.pooling, chunk["question"]), passages[chunk["passage_order"]]
 
 
 def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
-    """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our checkpoint
-    dirs, with DPR's dropout; pooling and similarity the base model's own unless given (load_encoder), `scale`
-    for cos. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR never uses it."""
+    """(BiEncoder, {role: tokenizer}): both towers from a BERT dir, hub name, DPR .cp file or one of our
+    checkpoint dirs, with DPR's dropout; pooling and similarity the base model's own unless given
+    (load_encoder), `scale` for cos. BERT's pooler is kept, frozen, only so the saved dirs are complete: DPR
+    never uses it."""
     towers, tokenizers, poolings = {}, {}, set()
     for role, name in TOWER_DIRS.items():
         sub = os.path.join(path, name)
@@ -83,7 +84,8 @@ def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
 
 
 def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
-    """(AdamW, DPR's schedule). Biases and LayerNorm weights are never decayed (DPR's get_hf_model_param_grouping)."""
+    """(AdamW, DPR's schedule). Biases and LayerNorm weights are never decayed (DPR's
+    get_hf_model_param_grouping)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = [any(k in n for k in ("bias", "LayerNorm.weight")) for n, _ in named]
     groups = [
@@ -95,7 +97,8 @@ def make_optimizer(model, lr, eps, weight_decay, warmup_steps, total_steps):
 
 
 def dpr_schedule(warmup_steps, total_steps):
-    """DPR's get_schedule_linear, as a LambdaLR factor: linear warm-up, then linear decay (floored at 1e-7)."""
+    """DPR's get_schedule_linear, as a LambdaLR factor: linear warm-up, then linear decay (floored at
+    1e-7)."""
     return lambda step: (
         step / max(1, warmup_steps)
         if step < warmup_steps
@@ -251,7 +254,8 @@ def encode(tower, pooling, tokenizer, read, ids, cfg, dtype, device):
 
 @torch.no_grad()
 def validate(model, tokenizers, dev, cfg, with_rank, dtype, device):
-    """DPR's two validations on the dev set (a train_data.BiencoderData), both independent of the number of processes.
+    """DPR's two validations on the dev set (a train_data.BiencoderData), both independent of the number of
+    processes.
 
     NLL (validate_nll): dev questions in file order, in batches of train_batch_size, each question with
     the training layout of negatives (unshuffled), loss and accuracy over each batch's passages.

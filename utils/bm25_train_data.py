@@ -1,8 +1,10 @@
 """Build DPR training data with BM25: DPR's recipe for questions without gold passages (paper, 4.1 and 5.1),
 whose BM25 pipeline DPR did not release.
 
-    python utils/bm25_train_data.py --wikipedia_path psgs_w100.tsv --qa_file train.qa.csv --output_file train.json
-    python utils/bm25_train_data.py --wikipedia_path psgs_w100.tsv --train_file gold.json --output_file train.json
+    python utils/bm25_train_data.py --wikipedia_path psgs_w100.tsv --qa_file train.qa.csv \\
+        --output_file train.json
+    python utils/bm25_train_data.py --wikipedia_path psgs_w100.tsv --train_file gold.json \\
+        --output_file train.json
 
 BM25 ranks the passages for each question. The positive is the highest-ranked passage holding an answer
 (DPR's has_answer, text only); a question with none in the top k is dropped. Hard negatives: the
@@ -44,7 +46,8 @@ from utils.formats import (
 from utils.qa import has_answer
 
 K1, B = 0.9, 0.4  # the settings DPR reports for its Lucene BM25 baseline (as pyserini's DPR reproduction)
-CHUNK = 256  # questions retrieved at a time (one task of a worker): results for all NQ questions at once are not needed
+# questions retrieved at a time (one task of a worker): results for all NQ questions at once are not needed
+CHUNK = 256
 # Lucene's StandardTokenizer keeps words with an inner ' or . ("o'neill", "u.s") and digit groups ("1,000")
 _WORD = re.compile(r"\w+(?:(?:['’.]|(?<=\d),(?=\d))\w+)*")
 
@@ -66,7 +69,8 @@ def parse_args(argv=None):
         "--num_workers",
         type=int,
         default=os.cpu_count() or 1,
-        help="processes retrieving and labelling questions (forked: they share the index); default: all cores",
+        help="processes retrieving and labelling questions (forked: they share the index); default: all "
+        "cores",
     )
     args = p.parse_args(argv)
     if args.top_k < 1 or args.num_hard_negatives < 0 or args.num_other_negatives < 0 or args.num_workers < 1:
@@ -80,7 +84,8 @@ def split_words(text):
 
 
 def make_tokenizer():
-    """Lower case, Lucene's 33 English stopwords (bm25s 'en' is that list), Porter stemming: Anserini's default."""
+    """Lower case, Lucene's 33 English stopwords (bm25s 'en' is that list), Porter stemming: Anserini's
+    default."""
     return bm25s.tokenization.Tokenizer(
         lower=True, splitter=split_words, stopwords="en", stemmer=Stemmer.Stemmer("porter")
     )
@@ -249,7 +254,8 @@ def main(argv=None):
     try:
         questions = load_questions(args)
         print(
-            f"{len(questions)} questions from {args.qa_file or args.train_file}; indexing {args.wikipedia_path}"
+            f"{len(questions)} questions from {args.qa_file or args.train_file}; indexing "
+            f"{args.wikipedia_path}"
         )
         tokenizer = make_tokenizer()
         retriever, pids = build_index(args.wikipedia_path, tokenizer)
@@ -263,7 +269,8 @@ def main(argv=None):
     for name, count in sorted(stats.items()):
         print(f"  {name}: {count}")
     print(
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB; wrote {args.output_file}"
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB; wrote "
+        f"{args.output_file}"
     )
 
 

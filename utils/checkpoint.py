@@ -53,8 +53,8 @@ class Progress:
 
 
 def save_encoders(model, tokenizers, out_dir, info):
-    """out_dir/{query_encoder,doc_encoder} (plain HF dirs with tokenizer, role, pooling, training run and step)
-    + trainer_state.json (info). Both towers share (run, step): test_dpr.py pairs them by it."""
+    """out_dir/{query_encoder,doc_encoder} (plain HF dirs with tokenizer, role, pooling, training run and
+    step) + trainer_state.json (info). Both towers share (run, step): test_dpr.py pairs them by it."""
     with atomic_dir(out_dir) as tmp:
         for role, name in TOWER_DIRS.items():
             save_encoder(
@@ -147,7 +147,8 @@ def last_state_dir(resume_from, output_dir):
 
 
 def save_state(path, model, optimizer, scheduler, scaler, progress, config, accelerator):
-    """last_state/: everything on the main process, plus one RNG file per process (each draws its own dropout)."""
+    """last_state/: everything on the main process, plus one RNG file per process (each draws its own
+    dropout)."""
     main, tmp = accelerator.is_main_process, path + ".tmp"
     with (
         atomic_dir(path, tmp) if main else contextlib.nullcontext()
@@ -173,7 +174,8 @@ def save_state(path, model, optimizer, scheduler, scaler, progress, config, acce
 
 def load_state(path, model, optimizer, scheduler, scaler, config, accelerator, log):
     """Restore what save_state wrote; returns the Progress. Warns when settings or process count changed.
-    Records the interrupted run logged after the checkpoint are dropped from train_log.jsonl: they run again."""
+    Records the interrupted run logged after the checkpoint are dropped from train_log.jsonl: they run
+    again."""
     saved = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
     changed = [k for k in RESUME_KEYS if saved["config"].get(k) != getattr(config, k)]
     if changed:

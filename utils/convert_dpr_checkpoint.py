@@ -1,6 +1,7 @@
 """Convert a raw DPR training checkpoint (*.cp) into our encoder dirs.
 
-    python -m utils.convert_dpr_checkpoint --checkpoint hf_bert_base.cp --output_dir OUT [--tokenizer T] [--hf_dpr]
+    python -m utils.convert_dpr_checkpoint --checkpoint hf_bert_base.cp --output_dir OUT \\
+        [--tokenizer T] [--hf_dpr]
 
 writes OUT/query_encoder and OUT/doc_encoder: plain HF BERT dirs (BertModel.from_pretrained works on them),
 or with --hf_dpr DPRQuestionEncoder / DPRContextEncoder dirs. Every script takes either kind, and the .cp
@@ -39,7 +40,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         print(
-            f"reading {args.checkpoint} (restricted unpickler: tensors, plain containers, omegaconf configs only)"
+            f"reading {args.checkpoint} (restricted unpickler: tensors, plain containers, omegaconf configs "
+            "only)"
         )
         state = read_dpr_checkpoint(args.checkpoint)
         print(describe(state, args.checkpoint))
@@ -49,7 +51,8 @@ def main(argv=None):
                 model, pooling = encoder_from_state(state, role, args.checkpoint, hf_dpr=args.hf_dpr)
             if pooling == "pooler_output" and not args.hf_dpr:
                 print(
-                    f"note: the {role} encoder has a projection (encode_proj), which a plain BertModel dir cannot "
+                    f"note: the {role} encoder has a projection (encode_proj), which a plain BertModel dir "
+                    "cannot "
                     f"hold: writing it as a transformers {type(model).__name__} dir"
                 )
             out = os.path.join(args.output_dir, name)

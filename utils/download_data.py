@@ -1,4 +1,5 @@
-"""Download DPR's data and checkpoints: `python utils/download_data.py --resource NAME [--output_dir downloads]`
+"""\
+Download DPR's data and checkpoints: `python utils/download_data.py --resource NAME [--output_dir downloads]`
 (or `python -m utils.download_data ...`).
 
 Resource `a.b.c` lands at `<output_dir>/a/b/c<ext>`, the layout DPR uses, so default paths work after a
@@ -220,8 +221,8 @@ def fetch(url, path, retries=3):
 
 
 def gunzip(src, dst, url):
-    """Stream-decompress `src` (downloaded from `url`) into `dst.part`, rename to `dst`, delete `src`. A corrupt
-    `src` is deleted too: it had its full Content-Length, so only a fresh download can fix it."""
+    """Stream-decompress `src` (downloaded from `url`) into `dst.part`, rename to `dst`, delete `src`. A
+    corrupt `src` is deleted too: it had its full Content-Length, so only a fresh download can fix it."""
     part = dst + ".part"
     try:
         with (
@@ -253,7 +254,8 @@ def gunzip(src, dst, url):
 
 
 def download(name, output_dir="downloads", resources=RESOURCES, retries=3):
-    """Download every resource `name` selects (and its license files) unless already there; returns their paths."""
+    """Download every resource `name` selects (and its license files) unless already there; returns their
+    paths."""
     paths = []
     for key in select(name, resources):
         path, url = target_path(key, resources[key], output_dir), resources[key]["url"]

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class _Stub:
-    """Inert stand-in for omegaconf's classes and typing annotations: takes any args, keeps the pickled state."""
+    """Inert stand-in for omegaconf's classes and typing annotations: takes any args, keeps the pickled
+    state."""
 
     state = None
 
@@ -85,7 +86,8 @@ _ALLOWED = {
         ("torch._utils", n): getattr(torch._utils, n)
         for n in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter")
     },
-    # what a type annotation in omegaconf's metadata pickles to (typing.Dict[str, Any] = getitem(Dict, (str, Any)))
+    # what a type annotation in omegaconf's metadata pickles to
+    # (typing.Dict[str, Any] = getitem(Dict, (str, Any)))
     **{
         k: _Stub
         for k in [("enum", "Enum"), ("builtins", "type"), ("_operator", "getitem"), ("operator", "getitem")]
@@ -137,7 +139,8 @@ class _SizedReader:
 
 def plain(x):
     """omegaconf stand-ins -> dicts/lists/values (DictConfig/ListConfig `_content`, nodes `_val`, metadata and
-    annotations None); the `_parent` link (a pickled child DictConfig drags its whole root config along) is dropped."""
+    annotations None); the `_parent` link (a pickled child DictConfig drags its whole root config along) is
+    dropped."""
     if isinstance(x, _Stub):
         return plain(x.state.get("_content", x.state.get("_val")) if isinstance(x.state, dict) else None)
     if isinstance(x, dict):

@@ -1,5 +1,6 @@
 """Passage-embedding shards written by doc2embedding.py and read by test_dpr.py, and the machinery
-that writes them: passage windows for the tokenizing workers, device defaults, run signature, resumable chunks.
+that writes them: passage windows for the tokenizing workers, device defaults, run signature, resumable
+chunks.
 
 Layout of an embedding dir D:
   meta.json                    model, role, pooling, dim, dtype, max_length, num_passages,
@@ -47,7 +48,8 @@ def read_meta(out_dir):
     path = os.path.join(out_dir, META)
     if not os.path.isfile(path):
         raise DataError(
-            f"{path}: not found; is {out_dir} an embedding dir written by doc2embedding.py (and did it finish)?"
+            f"{path}: not found; is {out_dir} an embedding dir written by doc2embedding.py (and did it "
+            "finish)?"
         )
     with open(path) as f:
         return json.load(f)
@@ -155,7 +157,8 @@ class ShardRows:
 def window_size(k, window):
     """Passages in window k: a linear ramp, window/16 more per window up to `window` (1,024, 2,048, ...
     16,384), so the first window is tokenized within a second and the model starts while the workers' bigger
-    windows are still in the making. A function of k and `window` alone: a resumed run cuts the same windows."""
+    windows are still in the making. A function of k and `window` alone: a resumed run cuts the same
+    windows."""
     return min(window, max(1, window // 16) * (k + 1))
 
 
@@ -246,12 +249,12 @@ GPU_MAX_TOKENS, GPU_BYTES_PER_TOKEN = 1 << 18, 1 << 16
 
 def encode_defaults(device):
     """doc2embedding.py's settings that depend on the device. CPU: float32 weights (most chips emulate half
-    precision slowly); 4096 tokens per batch and thread (bigger batches thrash the cache, smaller ones keep the
-    threads waiting on each other); one tokenizing worker, the model wants the cores. GPU: bfloat16 weights
-    (float16 on GPUs without it); GPU_MAX_TOKENS per batch, halved until it fits the free memory; the cores
-    per GPU but two as workers (two are left to the process itself: kernel launches, pinning, chunk writes),
-    at most 16 (twice what the model's measured peak rate needs; each holds ~1.3 GiB); an attention mask
-    on every batch. NANODPR_ALWAYS_MASK=0|1 overrides the mask choice (the benchmarks compare both)."""
+    precision slowly); 4096 tokens per batch and thread (bigger batches thrash the cache, smaller ones keep
+    the threads waiting on each other); one tokenizing worker, the model wants the cores. GPU: bfloat16
+    weights (float16 on GPUs without it); GPU_MAX_TOKENS per batch, halved until it fits the free memory; the
+    cores per GPU but two as workers (two are left to the process itself: kernel launches, pinning, chunk
+    writes), at most 16 (twice what the model's measured peak rate needs; each holds ~1.3 GiB); an attention
+    mask on every batch. NANODPR_ALWAYS_MASK=0|1 overrides the mask choice (the benchmarks compare both)."""
     mask = os.environ.get("NANODPR_ALWAYS_MASK")
     if device.type != "cuda":
         return {
@@ -307,7 +310,8 @@ def check_run(out_dir, signature, overwrite, is_main):
         if present:
             names = ", ".join(os.path.basename(p) for p in present)
             raise DataError(
-                f"{out_dir} holds embedding files ({names}) of an unknown run; pass --overwrite to replace them"
+                f"{out_dir} holds embedding files ({names}) of an unknown run; pass --overwrite to replace "
+                "them"
             )
         return False
     with open(run_path) as f:
@@ -315,7 +319,8 @@ def check_run(out_dir, signature, overwrite, is_main):
     if before != signature:
         diff = ", ".join(changes(before, signature))
         raise DataError(
-            f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace them"
+            f"{out_dir} holds embeddings of a run with other arguments ({diff}); pass --overwrite to replace "
+            "them"
         )
     finished = os.path.isfile(os.path.join(out_dir, META))
     if finished and is_main:  # a run killed while removing its chunks
@@ -349,7 +354,8 @@ def chunk_path(out_dir, rank, k):
 
 
 def committed_chunks(out_dir, rank):
-    """(paths of this rank's committed chunks, passages in them, [byte offset, line number] after the last or None)."""
+    """(paths of this rank's committed chunks, passages in them, [byte offset, line number] after the last or
+    None)."""
     paths = list(
         itertools.takewhile(os.path.isfile, (chunk_path(out_dir, rank, k) for k in itertools.count()))
     )
@@ -361,7 +367,8 @@ def committed_chunks(out_dir, rank):
 
 
 def write_chunk(path, ids, embeddings, next_row, dtype):
-    """Commit one window, embeddings stored as dtype: temp name, then rename, so a chunk file is always whole."""
+    """Commit one window, embeddings stored as dtype: temp name, then rename, so a chunk file is always
+    whole."""
     with atomic_write(path, "wb") as f:
         np.savez(f, ids=ids, embeddings=embeddings.astype(dtype), next=next_row)
 

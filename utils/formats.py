@@ -281,7 +281,8 @@ CTX_LISTS = ("positive_ctxs", "negative_ctxs", "hard_negative_ctxs")
 
 
 def check_record(rec, where):
-    """A biencoder record: a 'question' string, a 'positive_ctxs' list, each ctx a dict with a 'text' string."""
+    """A biencoder record: a 'question' string, a 'positive_ctxs' list, each ctx a dict with a 'text'
+    string."""
     question, positives = (
         (rec.get("question"), rec.get("positive_ctxs")) if isinstance(rec, dict) else (None, None)
     )

@@ -2,7 +2,8 @@
 index_factory index that needs less memory or time. search() returns (scores, rows), rows the positions
 in `emb`, best first. Exact ("flat") backends return the same rows as CPU faiss up to score ties:
   FaissIndex(emb)            faiss.IndexFlatIP on CPU, all cores, float32: DPR's index
-  FaissIndex(emb, gpu=True)  faiss's GPU flat index, sharded over all visible GPUs (faiss built with GPU support)
+  FaissIndex(emb, gpu=True)  faiss's GPU flat index, sharded over all visible GPUs (faiss built with GPU
+                             support)
   TorchIndex(emb, devices)   chunked matmul + top-k in torch: the GPU path when faiss has no GPU support
 Factory indexes ("HNSW32", "SQfp16", "IVF4096,PQ64", ...) are trained on a seeded random sample and
 saved to / reused from an index file whose JSON sidecar names the embeddings it holds.
@@ -46,7 +47,8 @@ def _import_faiss():
 
 
 def faiss_gpu_count():
-    """GPUs faiss can use: 0 for faiss-cpu builds and when faiss is not installed (the torch path needs no faiss)."""
+    """GPUs faiss can use: 0 for faiss-cpu builds and when faiss is not installed (the torch path needs no
+    faiss)."""
     try:
         return getattr(_import_faiss(), "get_num_gpus", lambda: 0)()
     except ImportError:
@@ -283,7 +285,8 @@ def open_index(spec, emb, device, embedding_dir, meta, path=None, nprobe=None, e
             space.set_index_parameter(index, name, value)
             params.append(f"{name} {value}")
         except (RuntimeError, TypeError):
-            pass  # not a parameter of this index (nprobe of HNSW, efSearch of IVF over a flat quantizer), or None
+            # not a parameter of this index (nprobe of HNSW, efSearch of IVF over a flat quantizer), or None
+            pass
     return (
         index,
         f"faiss {spec}, inner product, on {device} ({', '.join(params) or 'no search parameters'}), {how}",

@@ -181,7 +181,8 @@ def tokenize_passages(tokenizer, titles, texts, max_length):
 
 
 def tokenize_questions(tokenizer, questions, max_length):
-    """Token ids `[CLS] question [SEP]`, unpadded, of questions normalized as read (formats.normalize_question)."""
+    """Token ids `[CLS] question [SEP]`, unpadded, of questions normalized as read
+    (formats.normalize_question)."""
     return tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
 
 
@@ -217,8 +218,9 @@ def embed(model, pooling, batch):
 
 @quiet_transformers()
 def save_encoder(model, tokenizer, out_dir, role, pooling="cls", **extra):
-    """A plain HF dir (BertModel.from_pretrained works on it; DPRQuestionEncoder/DPRContextEncoder.from_pretrained
-    for HF DPR models) plus nanodpr.json naming role, pooling and similarity (`pooling` as load_encoder's)."""
+    """A plain HF dir (BertModel.from_pretrained works on it;
+    DPRQuestionEncoder/DPRContextEncoder.from_pretrained for HF DPR models) plus nanodpr.json naming role,
+    pooling and similarity (`pooling` as load_encoder's)."""
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -50,7 +50,8 @@ class Retriever:
             model_path, "question", None, False, pooling, similarity
         )
         check_pooling(embedding_dir, meta, self.pooling)
-        # the question encoder must belong with the passage encoder that made the embeddings (docs/evaluation.md)
+        # the question encoder must belong with the passage encoder that made the embeddings
+        # (docs/evaluation.md)
         check_provenance(embedding_dir, meta, passages_path, self.model, model_path, trust_encoder_pair)
         self.model.to(self.device)
         self.ids, emb = load_embeddings(embedding_dir, mmap=True)

@@ -13,5 +13,6 @@ DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
 
 
 def unused_by_dpr(weight_name):
-    """BERT's pooler layer: DPR pools the last layer's [CLS] state itself; the pooler may be missing or random."""
+    """BERT's pooler layer: DPR pools the last layer's [CLS] state itself; the pooler may be missing or
+    random."""
     return "pooler." in weight_name

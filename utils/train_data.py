@@ -1,7 +1,8 @@
-"""Training data: DPR's biencoder JSON reduced to flat numpy arrays, saved once under output_dir/data_cache/ and
-memory-mapped, so DataLoader workers and the processes of one machine share one copy instead of each holding
-Python objects (which fork's copy-on-write would duplicate). Each epoch's batches and each question's negatives
-are functions of (seed, epoch, question): they do not depend on workers, processes or where a run resumed.
+"""Training data: DPR's biencoder JSON reduced to flat numpy arrays, saved once under output_dir/data_cache/
+and memory-mapped, so DataLoader workers and the processes of one machine share one copy instead of each
+holding Python objects (which fork's copy-on-write would duplicate). Each epoch's batches and each question's
+negatives are functions of (seed, epoch, question): they do not depend on workers, processes or where a run
+resumed.
 """
 
 import json
@@ -34,7 +35,8 @@ ARRAYS = (
 class BiencoderData:
     """Questions, each with its first positive passage and the negative pools kept (see build_cache).
     Strings live in one blob: string s is blob[offsets[s]:offsets[s + 1]]; hard negatives of question i are
-    hard[hard_ptr[i]:hard_ptr[i + 1]] (other negatives alike); source: which train_file a question came from."""
+    hard[hard_ptr[i]:hard_ptr[i + 1]] (other negatives alike); source: which train_file a question came
+    from."""
 
     def __init__(self, cache_dir):
         with open(os.path.join(cache_dir, "meta.json")) as f:
