@@ -91,63 +91,56 @@ class Config:
     dev_file: Optional[str] = option(
         DOWNLOADS + "nq-dev.json", "biencoder JSON for validation; null: none, no best/"
     )
+    # [enc]
     base_model: str = option(
         "bert-base-uncased", "both towers start from it (BERT dir, hub name, DPR .cp, our checkpoint)"
-    )  # [enc]
-    pooling: Literal["auto", "cls", "mean"] = option(
-        "auto", "auto: base_model's own, else cls"
-    )  # as it trained
-    similarity: Literal["auto", "dot", "cos"] = option(
-        "auto", "auto: base_model's own, else dot"
-    )  # MiniLM: cos
+    )
+    # as it trained
+    pooling: Literal["auto", "cls", "mean"] = option("auto", "auto: base_model's own, else cls")
+    # MiniLM: cos
+    similarity: Literal["auto", "dot", "cos"] = option("auto", "auto: base_model's own, else dot")
     scale: float = option(20.0, "similarity cos: scores = scale x cosine")  # as sentence-transformers' MNRL
     output_dir: str = option("outputs/dpr_nq", "checkpoints, last_state/, train_log.jsonl, data_cache/")
-    train_batch_size: int = option(
-        128, "questions per optimizer step, all processes and micro-batches"
-    )  # [paper]; [nq] 16 x 8 GPUs
+    # [paper]; [nq] 16 x 8 GPUs
+    train_batch_size: int = option(128, "questions per optimizer step, all processes and micro-batches")
+    # [nq]
     gradient_accumulation_steps: int = option(
         1, "micro-batches per step; in-batch negatives within each (DPR's)"
-    )  # [nq]
-    max_train_epochs: int = option(
-        40, "passes over the training set"
-    )  # [paper] "up to 40 epochs" (NQ); [nq] num_train_epochs
+    )
+    # [paper] "up to 40 epochs" (NQ); [nq] num_train_epochs
+    max_train_epochs: int = option(40, "passes over the training set")
     max_train_steps: Optional[int] = option(
         None, "optional cap on steps; the learning-rate schedule then ends there"
     )
     lr: float = option(2e-5, "peak learning rate")  # [nq] learning_rate (the paper's text says 1e-5)
     adam_eps: float = option(8e-8, "AdamW epsilon; betas are torch's (0.9, 0.999)")  # [nq] adam_eps 1e-8 x 8
-    weight_decay: float = option(
-        0.0, "AdamW weight decay (never on biases and LayerNorm)"
-    )  # [nq]; [code] param grouping
-    warmup_steps: int = option(
-        1237, "linear warm-up steps, then linear decay"
-    )  # [nq]; [paper]; [code] get_schedule_linear
-    max_grad_norm: float = option(
-        16.0, "gradient clipping norm; 0: no clipping"
-    )  # [nq] max_grad_norm 2.0 x 8
-    dropout: float = option(
-        0.1, "BERT's hidden and attention dropout"
-    )  # [paper] "dropout rate 0.1"; [enc] dropout
+    # [nq]; [code] param grouping
+    weight_decay: float = option(0.0, "AdamW weight decay (never on biases and LayerNorm)")
+    # [nq]; [paper]; [code] get_schedule_linear
+    warmup_steps: int = option(1237, "linear warm-up steps, then linear decay")
+    # [nq] max_grad_norm 2.0 x 8
+    max_grad_norm: float = option(16.0, "gradient clipping norm; 0: no clipping")
+    # [paper] "dropout rate 0.1"; [enc] dropout
+    dropout: float = option(0.1, "BERT's hidden and attention dropout")
     max_length: int = option(256, "tokens per question and per passage")  # [enc] sequence_length
-    num_hard_negatives: int = option(
-        1, "hard (BM25) negatives per question"
-    )  # [paper] "one additional BM25 negative"; [nq]
+    # [paper] "one additional BM25 negative"; [nq]
+    num_hard_negatives: int = option(1, "hard (BM25) negatives per question")
     num_other_negatives: int = option(0, "other (random) negatives per question")  # [nq] other_negatives
-    val_av_rank_start_epoch: int = option(
-        30, "average-rank validation from this epoch on, NLL only before"
-    )  # [cfg]
+    # [cfg]
+    val_av_rank_start_epoch: int = option(30, "average-rank validation from this epoch on, NLL only before")
     val_av_rank_hard_neg: int = option(30, "hard negatives per dev question for the average rank")  # [nq]
     val_av_rank_other_neg: int = option(30, "other negatives per dev question for the average rank")  # [nq]
-    eval_steps: Optional[int] = option(
-        None, "validate and checkpoint every N steps; null: every epoch"
-    )  # [nq] eval_per_epoch 1
+    # [nq] eval_per_epoch 1
+    eval_steps: Optional[int] = option(None, "validate and checkpoint every N steps; null: every epoch")
+    # DPR: 128
     eval_batch_size: int = option(
         512, "sequences per forward pass encoding the dev set (no effect on results)"
-    )  # DPR: 128
+    )
     seed: int = option(12345, "seeds dropout, data order and negatives")  # [cfg]
+    # [cfg] fp32
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
         "auto", "auto: bf16 (else fp16) on GPU, fp32 on CPU"
-    )  # [cfg] fp32
+    )
     grad_cache_chunk_size: Optional[int] = option(
         None, "questions per re-encoded chunk (gradient cache); null: plain backward"
     )
