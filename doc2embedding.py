@@ -119,6 +119,7 @@ def load(args, state):
     encoder = encoder_identity(model, args.pretrained_model_path)  # by content: a retrained model is another
     defaults = encode_defaults(state.device)
     budget = args.max_tokens_per_batch or (None if args.batch_size else defaults["max_tokens_per_batch"])
+    # what the chunks depend on (run_signature), with the defaults
     settings = {
         "max_length": args.max_length,
         "dtype": args.dtype,
@@ -127,7 +128,7 @@ def load(args, state):
         "compute_dtype": args.compute_dtype or defaults["compute_dtype"],
         "batch_size": args.batch_size,
         "max_tokens_per_batch": budget,
-    }  # what the chunks depend on (run_signature), with the defaults
+    }
     num_workers = defaults["num_workers"] if args.num_workers is None else args.num_workers
     model.to(state.device, getattr(torch, settings["compute_dtype"]))
     dim = embedding_dim(model)
@@ -177,18 +178,17 @@ def encode(args, state, loaded):
     and the gaps where the GPU idles: waiting for tokenized windows, host copies, the previous chunk's
     write."""
     cuda, chunks = state.device.type == "cuda", loaded.chunks
+    # per worker: one window ready
     loader = torch.utils.data.DataLoader(
         loaded.windows,
         batch_size=None,
         num_workers=loaded.num_workers,
         pin_memory=cuda,
         prefetch_factor=1 if loaded.num_workers else None,
-    )  # per worker: one window ready
+    )
     sync = torch.cuda.synchronize if cuda else lambda: None
-    clock, pending = (
-        LoopClock(),
-        None,
-    )  # pending: the previous chunk's write; one at a time bounds memory by two windows
+    # pending: the previous chunk's write; one at a time bounds memory by two windows
+    clock, pending = (LoopClock(), None)
     with (
         concurrent.futures.ThreadPoolExecutor(1) as writer,
         tqdm(
@@ -206,9 +206,8 @@ def encode(args, state, loaded):
                 raise DataError(item["error"])
             k, ids = item["window"], item["ids"].numpy()
             assert k == len(chunks), f"window {k} arrived, {len(chunks)} expected"
-            clock["pinned"] = bool(
-                item["batches"][0][1]["input_ids"].is_pinned()
-            )  # pin_memory reached the batches
+            # pin_memory reached the batches
+            clock["pinned"] = bool(item["batches"][0][1]["input_ids"].is_pinned())
             emb = encode_batches(
                 loaded.model, loaded.pooling, item["batches"], len(ids), state.device, host=False
             )

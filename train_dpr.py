@@ -171,9 +171,8 @@ class Config:
 
 
 class ArgumentParser(HfArgumentParser):
-    def error(
-        self, message
-    ):  # one ConfigError line like every other bad setting, not argparse's usage + exit 2
+    # one ConfigError line like every other bad setting, not argparse's usage + exit 2
+    def error(self, message):
         raise ConfigError(message)
 
 
@@ -198,10 +197,8 @@ def make_parser():
                 )
             default = " ".join(action.default) if isinstance(action.default, list) else action.default
             action.help = f"{action.help} (default: {'null' if default is None else default})"
-            action.option_strings, action.metavar = (
-                action.option_strings[:1],
-                "VALUE",
-            )  # --help: no --key-name alias
+            # --help: no --key-name alias
+            action.option_strings, action.metavar = (action.option_strings[:1], "VALUE")
     return parser
 
 
@@ -245,9 +242,8 @@ def check_inputs(cfg, world_size):
     """Everything that can be checked before a process group, a model or a GPU is touched."""
     for path in cfg.train_file + ([cfg.dev_file] if cfg.dev_file else []):
         if not os.path.isfile(path):
-            resource = "data.retriever." + os.path.basename(path).removesuffix(
-                ".json"
-            )  # at downloads/data/retriever/
+            # at downloads/data/retriever/
+            resource = "data.retriever." + os.path.basename(path).removesuffix(".json")
             hint = (
                 f"; DPR's file: python utils/download_data.py --resource {resource}"
                 if path.startswith(DOWNLOADS)
@@ -283,9 +279,8 @@ def make_accelerator(cfg):
     )
     claim_output_dir(cfg.output_dir, cfg.overwrite_output_dir, accelerator)  # before the data cache
     precision, dtype = training_precision(cfg.mixed_precision, accelerator.device)
-    if (
-        cfg.report_to != "none"
-    ):  # both write under output_dir: tensorboard to nanodpr/, wandb (offline too) to wandb/
+    # both write under output_dir: tensorboard to nanodpr/, wandb (offline too) to wandb/
+    if cfg.report_to != "none":
         config = {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in asdict(cfg).items()}
         accelerator.init_trackers("nanodpr", config=config, init_kwargs={"wandb": {"dir": cfg.output_dir}})
     return accelerator, precision, dtype
@@ -313,9 +308,8 @@ def load_data(cfg, accelerator, log):
         )
     if not cfg.dev_file:
         return train_data, None
-    keep_hard = max(
-        cfg.val_av_rank_hard_neg, cfg.num_hard_negatives
-    )  # both validations' layouts; other: fallback
+    # both validations' layouts; other: fallback
+    keep_hard = max(cfg.val_av_rank_hard_neg, cfg.num_hard_negatives)
     keep_other = max(cfg.val_av_rank_other_neg, cfg.num_other_negatives, keep_hard)
     dev = load_cache(
         [cfg.dev_file],
@@ -373,9 +367,8 @@ def train_loop(run, train_data, progress, total_steps):
         run.tokenizers, cfg.max_length, cfg.grad_cache_chunk_size or local, passage_groups(device)
     )
     dataset = TrainSet(train_data, cfg.num_hard_negatives, cfg.num_other_negatives, cfg.seed)
-    loss_weight = (
-        world / accumulation
-    )  # DDP averages gradients over processes; the global loss needs their sum
+    # DDP averages gradients over processes; the global loss needs their sum
+    loss_weight = world / accumulation
     step = grad_cache_step if cfg.grad_cache_chunk_size else plain_step
     amp = torch.autocast(device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None)
     # a progress bar on a terminal; elsewhere (logs, pipes) the log lines alone
@@ -487,9 +480,8 @@ def evaluate_and_save(run, progress):
         info.update(metrics)
         write_log(run, dict(info))
         run.log(f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        name = (
-            "dev_avg_rank" if "dev_avg_rank" in metrics else "dev_nll"
-        )  # DPR: NLL until average rank starts
+        # DPR: NLL until average rank starts
+        name = "dev_avg_rank" if "dev_avg_rank" in metrics else "dev_nll"
         best = progress.best or {"metric": None}
         improved = best["metric"] != name or metrics[name] < best["value"]
         if improved:

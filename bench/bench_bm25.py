@@ -117,10 +117,8 @@ def main():
         "backend": retriever.backend,
         "load_average_1min": os.getloadavg()[0],
     }
-    for clock, i in (
-        ("wall", 0),
-        ("cpu", 1),
-    ):  # cpu: this process's CPU time, the figure a loaded machine keeps
+    # cpu: this process's CPU time, the figure a loaded machine keeps
+    for clock, i in (("wall", 0), ("cpu", 1)):
         fig[clock] = {
             "index_passages_per_s": n / index_s[i],
             "retrieve_questions_per_s": q / search_s[i],

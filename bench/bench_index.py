@@ -165,9 +165,8 @@ def table(out_dir):
     with open(os.path.join(out_dir, "results.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     built = {r["index"]: r for r in rows if not r["loaded"]}  # the last build of each index
-    search = {
-        (r["index"], r["params"]): r for r in rows if r["loaded"] or r["index"] == "flat"
-    }  # the last search of each
+    # the last search of each
+    search = {(r["index"], r["params"]): r for r in rows if r["loaded"] or r["index"] == "flat"}
     print(
         "| index | build (s) | of which training (s) | peak RSS building (GiB) | on disk (GiB) |\n"
         "|:--|--:|--:|--:|--:|"

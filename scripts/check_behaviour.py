@@ -38,6 +38,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
+# every option whose default may differ between revisions
 TRAIN_ARGS = [
     "--train_batch_size",
     "16",
@@ -79,7 +80,7 @@ TRAIN_ARGS = [
     "1e-8",
     "--max_grad_norm",
     "2.0",
-]  # every option whose default may differ between revisions
+]
 TRAIN_VARIANTS = {"plain": [], "grad_cache": ["--grad_cache_chunk_size", "4"]}
 
 
@@ -258,6 +259,7 @@ def compare_encode(old, new):
 
 def run_search(tree, out, ctx):
     emb = os.path.join(out, "embeddings")
+    # the working tree's: both trees search the same vectors
     run(
         [
             "doc2embedding.py",
@@ -272,7 +274,7 @@ def run_search(tree, out, ctx):
         ],
         ROOT,
         ACCELERATE_USE_CPU="1",
-    )  # the working tree's: both trees search the same vectors
+    )
     run(
         [
             "test_dpr.py",

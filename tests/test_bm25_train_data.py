@@ -148,9 +148,8 @@ def test_positive_is_the_best_ranked_passage_with_an_answer(recipe):
         assert all("score" in c for c in rec["positive_ctxs"] + rec["hard_negative_ctxs"])
     assert "dropped: no passage with an answer in the BM25 top k: 1" in proc.stdout
     assert "dropped: no question word in the corpus: 1" in proc.stdout
-    assert [r["question"] for r in iter_biencoder(str(out))] == [
-        r["question"] for r in records
-    ]  # train_dpr.py's reader
+    # train_dpr.py's reader
+    assert [r["question"] for r in iter_biencoder(str(out))] == [r["question"] for r in records]
 
 
 def test_a_question_without_an_answer_in_the_top_k_is_dropped(tmp_path):

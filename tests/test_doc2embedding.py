@@ -224,13 +224,11 @@ def test_process_shares_cover_the_file_once(tmp_path, limit):
             sizes = []
             for _, lines, _, _ in ds.read_windows():
                 got += [int(raw.split(b"\t")[0]) for n, raw in lines]
-                assert all(
-                    raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines
-                )  # line numbers right
+                # line numbers right
+                assert all(raw.startswith(f"{rows[n - 2][0]}\t".encode()) for n, raw in lines)
                 sizes.append(len(lines))
-            assert (
-                sizes[:-1] == [min(k, 4) for k in range(1, len(sizes))] and 0 < sizes[-1] <= 4
-            )  # 1, 2, 3, 4, 4, ...: the ramp
+            # 1, 2, 3, 4, 4, ...: the ramp
+            assert sizes[:-1] == [min(k, 4) for k in range(1, len(sizes))] and 0 < sizes[-1] <= 4
         assert got == want, world_size
 
 
@@ -310,9 +308,8 @@ def test_killed_run_resumes_to_identical_files(tmp_path, corpus):
         f.write(b"half a chunk")
 
     stats = encode(model, tsv, out, *args)
-    assert (
-        stats["encoded"] == 60 - (1 + 2 + 3) and stats["passages"] == 60
-    )  # committed chunks were not re-encoded
+    # committed chunks were not re-encoded
+    assert stats["encoded"] == 60 - (1 + 2 + 3) and stats["passages"] == 60
     assert files(out) == files(tmp_path / "clean")  # shards, meta.json, run.json; chunks removed
 
 
@@ -438,9 +435,10 @@ def test_unpadded_batches_go_without_mask_and_encode_the_same(corpus):
         np.testing.assert_allclose(
             encode_batches(model, pooling, batches, len(rows), torch.device("cpu")), want, atol=1e-5, rtol=0
         )
+    # the case occurs
     assert (
         sum("attention_mask" not in b for _, b in padded_batches(tokens, tok.pad_token_id, max_tokens=96)) > 0
-    )  # the case occurs
+    )
     # always_mask (the GPU default): an all-ones mask on the unpadded batches too, the same embeddings
     batches = padded_batches(tokens, tok.pad_token_id, max_tokens=96, always_mask=True)
     assert all(
@@ -489,9 +487,8 @@ def test_flop_count_by_hand(tiny_bert):
     length^2."""
     model = load_encoder(tiny_bert, "passage")[0]
     h, inter, layers = 32, 64, 2  # conftest's tiny BERT
-    per_layer = (
-        4 * (h * h + h) + (h * inter + inter) + (inter * h + h) + 2 * 2 * h
-    )  # q k v o, FFN in and out, two LayerNorms
+    # q k v o, FFN in and out, two LayerNorms
+    per_layer = 4 * (h * h + h) + (h * inter + inter) + (inter * h + h) + 2 * 2 * h
     assert flop_coefficients(model) == (2 * layers * per_layer, 4 * layers * h)
 
 

@@ -66,9 +66,8 @@ def results(train=TRAIN, ranking=RANKING, texts=TEXTS):
 
 def mine(tmp_path, res, *extra, train=TRAIN):
     out, res_path = tmp_path / "out.json", tmp_path / "results.json"
-    res_path.write_text(res) if isinstance(res, str) else write_json(
-        res_path, res
-    )  # str: raw (malformed) text
+    # str: raw (malformed) text
+    res_path.write_text(res) if isinstance(res, str) else write_json(res_path, res)
     proc = subprocess.run(
         [
             sys.executable,

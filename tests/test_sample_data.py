@@ -85,9 +85,8 @@ def test_passages_written_like_psgs_w100():
     assert lines[0] == "id\ttext\ttitle" and lines[-1] == ""
     for line in lines[1:-1]:
         pid, text, title = line.split("\t")
-        assert text.startswith('"') and text.endswith('"') and '"' not in text[1:-1], (
-            pid
-        )  # text quoted, as DPR's file
+        # text quoted, as DPR's file
+        assert text.startswith('"') and text.endswith('"') and '"' not in text[1:-1], pid
         assert not title.startswith('"'), pid
 
 

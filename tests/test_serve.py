@@ -160,9 +160,8 @@ def test_api_returns_test_dpr_ids_and_scores(corpus, index):
         assert [p["id"] for p in got] == [int(c["id"]) for c in rec["ctxs"]]
         assert [np.float32(p["score"]) for p in got] == [np.float32(c["score"]) for c in rec["ctxs"]]
         assert [(p["title"], p["text"]) for p in got] == [(c["title"], c["text"]) for c in rec["ctxs"]]
-    assert_top_k(
-        results, corpus, *reference(corpus, QUESTIONS, K), K
-    )  # 60 passages, efSearch 256: HNSW is exact here
+    # 60 passages, efSearch 256: HNSW is exact here
+    assert_top_k(results, corpus, *reference(corpus, QUESTIONS, K), K)
 
 
 def test_command_line_prints_top_k(corpus, retriever, capsys):
@@ -244,9 +243,8 @@ def test_batcher_answers_waiting_questions_as_one_batch():
     threads = [threading.Thread(target=ask, args=(f"t{i}", [f"a{i}", f"b{i}"], i + 1)) for i in range(5)]
     for t in threads:
         t.start()
-    while (
-        batcher.jobs.qsize() < 5 and time.monotonic() < deadline
-    ):  # all five wait behind the blocked first batch
+    # all five wait behind the blocked first batch
+    while batcher.jobs.qsize() < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
     fake.release.set()
     for t in [first] + threads:

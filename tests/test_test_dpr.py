@@ -31,12 +31,10 @@ def assert_same_topk(scores, rows, stored, queries, k, tol=1e-3):
     order = np.argsort(-ref, axis=1, kind="stable")
     ref_top = np.take_along_axis(ref, order[:, : k + 1], 1)
     assert rows.shape == (len(queries), k) and scores.shape == (len(queries), k)
-    np.testing.assert_allclose(
-        scores, np.take_along_axis(ref, rows, 1), rtol=1e-5, atol=1e-4
-    )  # true scores of those rows
-    np.testing.assert_allclose(
-        np.take_along_axis(ref, rows, 1), ref_top[:, :k], rtol=0, atol=1e-4
-    )  # and the k best
+    # true scores of those rows
+    np.testing.assert_allclose(scores, np.take_along_axis(ref, rows, 1), rtol=1e-5, atol=1e-4)
+    # and the k best
+    np.testing.assert_allclose(np.take_along_axis(ref, rows, 1), ref_top[:, :k], rtol=0, atol=1e-4)
     gaps = np.diff(ref_top, axis=1)  # <= 0
     clear = np.ones((len(queries), k), bool)
     clear[:, :] &= -gaps[:, :k] > tol  # separated from the next one
@@ -76,9 +74,8 @@ def test_search_equals_brute_force(backend, file_dtype, storage):
     else:
         devices = ["cpu", "cpu"] if backend.startswith("torch-2-shards") else ["cpu"]
         search_dtype = backend.split("-")[-1] if backend.endswith("16") else "float32"
-        index = TorchIndex(
-            emb, devices, dtype=storage, chunk_rows=300, search_dtype=search_dtype
-        )  # several chunks, a ragged last one
+        # several chunks, a ragged last one
+        index = TorchIndex(emb, devices, dtype=storage, chunk_rows=300, search_dtype=search_dtype)
         assert ("re-scored in float32" in index.name) == (search_dtype != "float32")
     assert index.name
     scores, rows = index.search(queries, 40)
@@ -326,12 +323,12 @@ def test_end_to_end_cli(e2e):
         assert os.path.isfile(stem + ".topk.png")
     except ImportError:
         assert not os.path.exists(stem + ".topk.png")
-    assert os.path.isfile(
-        os.path.join(e2e["emb_dir"], "passages.offsets.npz")
-    )  # offsets next to the embeddings
+    # offsets next to the embeddings
+    assert os.path.isfile(os.path.join(e2e["emb_dir"], "passages.offsets.npz"))
 
 
 def test_top_k_larger_than_corpus_is_clamped(e2e, capsys):
+    # --index_device auto: cpu here
     curve = test_dpr.main(
         [
             "--embedding_dir",
@@ -345,7 +342,7 @@ def test_top_k_larger_than_corpus_is_clamped(e2e, capsys):
             "--num_workers",
             "1",
         ]
-    )  # --index_device auto: cpu here
+    )
     out = capsys.readouterr().out
     assert len(curve) == 40 and curve[40] == 1.0 - sum(
         not any(has_answer(a, r[1]) for r in e2e["rows"]) for _, a in e2e["qas"]

@@ -139,9 +139,8 @@ def step_grads(model, batch, grad_cache, seed):
     loss = step(
         model, batch, torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False), 1.0
     )
-    return loss.item(), torch.cat(
-        [p.grad.flatten() for p in model.parameters() if p.requires_grad]
-    )  # not the unused pooler
+    # not the unused pooler
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -283,9 +282,8 @@ def test_saved_encoders_load_as_plain_bert_with_the_base_pooler(setup, tmp_path)
     with_pooler.save_pretrained(base)
     AutoTokenizer.from_pretrained(setup["base"]).save_pretrained(base)
     out = tmp_path / "run"
-    train_dpr.main(
-        argv(setup, out, base_model=base, max_train_steps=2, dev_file=None)
-    )  # step 1 has lr 0 (warm-up)
+    # step 1 has lr 0 (warm-up)
+    train_dpr.main(argv(setup, out, base_model=base, max_train_steps=2, dev_file=None))
     for tower in ("query_encoder", "doc_encoder"):
         model, info = BertModel.from_pretrained(os.path.join(out, "step-2", tower), output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -327,9 +325,8 @@ def test_resume_after_crash_equals_uninterrupted_run(setup, tmp_path, monkeypatc
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
-    assert [r["step"] for r in log_b] == [
-        r["step"] for r in log_a
-    ]  # step 4 logged once: the crashed run's entry dropped
+    # step 4 logged once: the crashed run's entry dropped
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a]
     assert [r["loss"] for r in log_b if "loss" in r] == pytest.approx(
         [r["loss"] for r in log_a if "loss" in r], abs=1e-6
     )
@@ -459,9 +456,8 @@ def test_defaults_are_dpr_nq_recipe():
     for key, value in DPR_NQ.items():
         assert getattr(cfg, key) == pytest.approx(value, rel=1e-12), key
     assert cfg.base_model == "bert-base-uncased" and cfg.eval_steps is None  # [enc]; validate once per epoch
-    assert cfg.train_file == [
-        "downloads/data/retriever/nq-train.json"
-    ]  # where utils/download_data.py puts DPR's files
+    # where utils/download_data.py puts DPR's files
+    assert cfg.train_file == ["downloads/data/retriever/nq-train.json"]
     assert cfg.dev_file == "downloads/data/retriever/nq-dev.json"
 
 

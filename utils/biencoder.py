@@ -56,19 +56,16 @@ def load_biencoder(path, dropout, pooling=None, similarity=None, scale=20.0):
     towers, tokenizers, poolings = {}, {}, set()
     for role, name in TOWER_DIRS.items():
         sub = os.path.join(path, name)
-        with torch.random.fork_rng(
-            devices=[]
-        ):  # a base without pooler weights gets a random one: keep the seed's draws
+        # a base without pooler weights gets a random one: keep the seed's draws
+        with torch.random.fork_rng(devices=[]):
             model, tokenizers[role], own = load_encoder(
                 sub if os.path.isdir(sub) else path, role, pooler=True, pooling=pooling, similarity=similarity
             )
         poolings.add(own)
         if getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)
-        for attr in (
-            "hidden_dropout_prob",
-            "attention_probs_dropout_prob",
-        ):  # DPR sets both (hf_bert.yaml dropout)
+        # DPR sets both (hf_bert.yaml dropout)
+        for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if hasattr(model.config, attr):
                 setattr(model.config, attr, dropout)
         for module in model.modules():
@@ -164,9 +161,8 @@ def global_nll_loss(questions, passages, positives, scale=None):
     all_passages, passage_counts = gather_rows(passages)
     all_positives, _ = gather_rows(positives)
     if len(passage_counts) > 1:  # positives index each process's passages: shift them into the concatenation
-        offsets = np.repeat(
-            np.cumsum([0] + passage_counts[:-1]), len(positives)
-        )  # same question count everywhere
+        # same question count everywhere
+        offsets = np.repeat(np.cumsum([0] + passage_counts[:-1]), len(positives))
         all_positives = all_positives + torch.as_tensor(offsets, device=all_positives.device)
     return nll_loss(all_questions, all_passages, all_positives, scale)
 
@@ -297,9 +293,8 @@ def validate(model, tokenizers, dev, cfg, with_rank, dtype, device):
         )
     )
 
-    def pooled(
-        lists,
-    ):  # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
+    # passage ids -> rows of passage_vectors, concatenated; where each question's list starts
+    def pooled(lists):
         rows = np.searchsorted(unique, np.concatenate(lists))
         starts = np.cumsum([0] + [len(x) for x in lists[:-1]])
         return torch.as_tensor(rows, device=device), torch.as_tensor(starts, device=device)

@@ -105,9 +105,8 @@ def build_index(path, tokenizer):
     token_ids = list(tokenizer.streaming_tokenize(texts()))
     if not token_ids:
         raise DataError(f"{path}: no passages")
-    retriever = bm25s.BM25(
-        k1=K1, b=B, method="lucene", backend="auto"
-    )  # bm25s's compiled numba backend when installed
+    # bm25s's compiled numba backend when installed
+    retriever = bm25s.BM25(k1=K1, b=B, method="lucene", backend="auto")
     retriever.index(
         bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()), show_progress=True
     )
@@ -118,12 +117,13 @@ def search(retriever, tokenizer, questions, k):
     """[(rows, scores)] per question: its top-k passage rows by BM25, best first; rows scoring 0 match no
     question word and are left out."""
     query_ids = list(tokenizer.streaming_tokenize(questions, update_vocab=False))
+    # numpy: threads don't help
     rows, scores = retriever.retrieve(
         query_ids,
         k=min(k, retriever.scores["num_docs"]),
         show_progress=False,
         n_threads=-1 if retriever.backend == "numba" else 0,
-    )  # numpy: threads don't help
+    )
     return [(r[s > 0], s[s > 0]) for r, s in zip(rows, scores)]
 
 

@@ -150,9 +150,8 @@ def save_state(path, model, optimizer, scheduler, scaler, progress, config, acce
     """last_state/: everything on the main process, plus one RNG file per process (each draws its own
     dropout)."""
     main, tmp = accelerator.is_main_process, path + ".tmp"
-    with (
-        atomic_dir(path, tmp) if main else contextlib.nullcontext()
-    ):  # the main process creates and renames it
+    # the main process creates and renames it
+    with atomic_dir(path, tmp) if main else contextlib.nullcontext():
         accelerator.wait_for_everyone()
         torch.save(rng_state(accelerator.device), os.path.join(tmp, f"rng_{accelerator.process_index}.pt"))
         if main:

@@ -106,9 +106,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
             return _ALLOWED[module, name]
-        if module == "torch" and isinstance(
-            torch.__dict__.get(name), torch.dtype
-        ):  # not getattr: no lazy imports
+        # not getattr: no lazy imports
+        if module == "torch" and isinstance(torch.__dict__.get(name), torch.dtype):
             return torch.__dict__[name]
         if module == "typing" or (module.split(".")[0] == "omegaconf" and name in _OMEGACONF):
             return _Stub
@@ -256,9 +255,8 @@ def encoder_from_state(state, role, path, hf_dpr=False):
         return model.eval(), "cls"
     projection_dim = next(iter(proj.values())).shape[0] if proj else 0  # weight (out, in), bias (out,)
     model = DPR_CLASSES[role](DPRConfig(**arch, projection_dim=projection_dim))
-    _load_weights(
-        model.base_model.bert_model, bert, path, prefix
-    )  # base_model: question_encoder / ctx_encoder
+    # base_model: question_encoder / ctx_encoder
+    _load_weights(model.base_model.bert_model, bert, path, prefix)
     if proj:
         _load_weights(model.base_model.encode_proj, proj, path, prefix + "encode_proj.")
     return model.eval(), "pooler_output"

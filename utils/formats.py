@@ -181,10 +181,8 @@ class PassageStore:
 
     def _build(self, stamp):
         rows = np.fromiter(self._scan(), dtype=[("id", np.int64), ("offset", np.int64)])
-        ids, offsets = (
-            rows["id"].copy(),
-            rows["offset"].copy(),
-        )  # contiguous: argsort would copy a strided column
+        # contiguous: argsort would copy a strided column
+        ids, offsets = (rows["id"].copy(), rows["offset"].copy())
         del rows
         n = len(ids)
         # strictly increasing integers spanning n values are exactly first, first+1, ...

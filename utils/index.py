@@ -130,9 +130,8 @@ class TorchIndex:
         n, d = emb.shape
         self.devices, self.chunk_rows = [torch.device(x) for x in devices], chunk_rows
         self.search_dtype = getattr(torch, search_dtype)
-        if (
-            dtype is None
-        ):  # the embeddings' own dtype (float16 is lossless for float16 files), while float32 fits
+        # the embeddings' own dtype (float16 is lossless for float16 files), while float32 fits
+        if dtype is None:
             fits = self.devices[0].type != "cuda" or _float32_fits(n, d, self.devices)
             dtype = torch.float32 if str(emb.dtype).endswith("float32") and fits else torch.float16
         self.shards, self.starts = [], []
@@ -145,9 +144,8 @@ class TorchIndex:
             else:
                 shard = torch.empty((hi - lo, d), dtype=dtype, device=dev)
                 for i in range(lo, hi, COPY_ROWS):
-                    rows = emb[
-                        i : min(i + COPY_ROWS, hi)
-                    ]  # numpy rows through a copy: memmapped shards are read-only
+                    # numpy rows through a copy: memmapped shards are read-only
+                    rows = emb[i : min(i + COPY_ROWS, hi)]
                     shard[i - lo : i - lo + len(rows)] = torch.as_tensor(
                         rows if torch.is_tensor(rows) else np.array(rows)
                     ).to(dev)
@@ -301,9 +299,8 @@ def build_factory_index(emb, spec, seed=TRAIN_SEED):
         index = faiss.index_factory(emb.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.try_extract_index_ivf(index)
         inner = faiss.downcast_index(ivf or index)
-        if hasattr(
-            inner, "do_polysemous_training"
-        ):  # faiss's default for PQ: it only serves Hamming-filtered
+        # faiss's default for PQ: it only serves Hamming-filtered
+        if hasattr(inner, "do_polysemous_training"):
             inner.do_polysemous_training = (
                 False  # search, never used here, and takes minutes; same results without
             )

@@ -13,8 +13,7 @@ import regex
 
 # DPR's SimpleTokenizer token classes: ALPHA_NUM then NON_WS, same flags.
 _TOKEN_RE = regex.compile(
-    r"([\p{L}\p{N}\p{M}]+)|([^\p{Z}\p{C}])",
-    flags=regex.IGNORECASE | regex.UNICODE | regex.MULTILINE,
+    r"([\p{L}\p{N}\p{M}]+)|([^\p{Z}\p{C}])", flags=regex.IGNORECASE | regex.UNICODE | regex.MULTILINE
 )
 
 

@@ -4,10 +4,8 @@ checkpoints, their transformers DPR classes, and which of their weights DPR uses
 from transformers import DPRContextEncoder, DPRQuestionEncoder
 
 ROLES = ("question", "passage")
-TOWER_DIRS = {
-    "question": "query_encoder",
-    "passage": "doc_encoder",
-}  # the dirs doc2embedding.py and test_dpr.py read
+# the dirs doc2embedding.py and test_dpr.py read
+TOWER_DIRS = {"question": "query_encoder", "passage": "doc_encoder"}
 DPR_PREFIXES = {"question": "question_model.", "passage": "ctx_model."}  # DPR's BiEncoder attribute names
 DPR_CLASSES = {"question": DPRQuestionEncoder, "passage": DPRContextEncoder}
 

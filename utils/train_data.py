@@ -148,9 +148,8 @@ def load_cache(files, cache_dir, keep, accelerator, log):
                     with open(os.path.join(build_cache(files, tmp, **keep), "key.json"), "w") as f:
                         json.dump(key, f)
             except OSError:
-                if not has_key(
-                    key_file, key
-                ):  # else another machine sharing output_dir renamed its copy first
+                # else another machine sharing output_dir renamed its copy first
+                if not has_key(key_file, key):
                     raise
         return BiencoderData(cache_dir)
 
