@@ -7,6 +7,7 @@ import socket
 import string
 import sys
 
+import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -15,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 MINI_NQ = os.path.join(ROOT, "..", "shared", "mini_nq")
 
+from utils.embeddings import shard_paths, write_meta  # noqa: E402
 from utils.models import save_encoder  # noqa: E402
 
 
@@ -88,3 +90,33 @@ def mini_nq_or_skip():
     if not os.path.isdir(MINI_NQ):
         pytest.skip(f"real-data check: {MINI_NQ} is absent (mini-NQ is not shipped with the repo)")
     return MINI_NQ
+
+
+def write_embedding_dir(out_dir, ids, emb, tsv, num_shards=2, encoder=None):
+    """An embedding dir in utils/embeddings.py's layout, written directly (independent of doc2embedding.py).
+    encoder: the passage encoder it records (utils.models.encoder_identity)."""
+    os.makedirs(out_dir, exist_ok=True)
+    counts = [len(part) for part in np.array_split(np.arange(len(ids)), num_shards)]
+    start = 0
+    for rank, n in enumerate(counts):
+        emb_path, ids_path = shard_paths(out_dir, rank)
+        np.save(emb_path, emb[start : start + n])
+        np.save(ids_path, np.asarray(ids[start : start + n], dtype=np.int64))
+        start += n
+    write_meta(
+        out_dir,
+        {
+            "model": "tiny",
+            "role": "passage",
+            "pooling": "cls",
+            "dim": emb.shape[1],
+            "dtype": str(emb.dtype),
+            "max_length": 256,
+            "num_passages": len(ids),
+            "num_shards": num_shards,
+            "shard_counts": counts,
+            "source": {"path": tsv, "size": os.path.getsize(tsv)},
+            "encoder": encoder,
+        },
+    )
+    return out_dir

@@ -21,8 +21,7 @@ from transformers import BertModel, BertTokenizerFast
 
 import search_dpr
 import test_dpr
-from conftest import ROOT, make_tiny_bert, write_passages_tsv
-from utils.embeddings import shard_paths, write_meta
+from conftest import ROOT, make_tiny_bert, write_embedding_dir, write_passages_tsv
 from utils.formats import read_results
 from utils.models import encoder_identity, load_encoder
 from utils.retriever import Batcher, Retriever
@@ -34,30 +33,10 @@ QUESTIONS = [
 K = 10
 
 
-def write_embedding_dir(out_dir, ids, emb, tsv, model):
-    """One shard in utils/embeddings.py's layout, written directly (independent of doc2embedding.py). The
-    vectors are random; meta.json names `model` as their encoder, so it serves as the question encoder."""
-    os.makedirs(out_dir, exist_ok=True)
-    emb_path, ids_path = shard_paths(out_dir, 0)
-    np.save(emb_path, emb)
-    np.save(ids_path, np.asarray(ids, dtype=np.int64))
-    write_meta(
-        out_dir,
-        {
-            "model": "tiny",
-            "role": "passage",
-            "pooling": "cls",
-            "dim": emb.shape[1],
-            "dtype": str(emb.dtype),
-            "max_length": 256,
-            "num_passages": len(ids),
-            "num_shards": 1,
-            "shard_counts": [len(ids)],
-            "source": {"path": tsv, "size": os.path.getsize(tsv)},
-            "encoder": encoder_identity(load_encoder(model, "question")[0], model),
-        },
-    )
-    return out_dir
+def recorded_encoder(model):
+    """meta.json's record naming `model` as the encoder of the (random) vectors: it serves as the question
+    encoder, as one model serving both towers."""
+    return encoder_identity(load_encoder(model, "question")[0], model)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +49,8 @@ def corpus(tmp_path_factory):
     qa_file.write_text("".join(f"{q}\t['paris']\n" for q in QUESTIONS))
     emb = rng.standard_normal((len(rows), 32)).astype(np.float16)
     model = make_tiny_bert(str(tmp / "question_encoder"), role="question")
-    emb_dir = write_embedding_dir(str(tmp / "emb"), [r[0] for r in rows], emb, tsv, model)
+    ids = [r[0] for r in rows]
+    emb_dir = write_embedding_dir(str(tmp / "emb"), ids, emb, tsv, 1, recorded_encoder(model))
     return dict(tmp=tmp, rows=rows, tsv=tsv, qa_file=str(qa_file), emb=emb, emb_dir=emb_dir, model=model)
 
 
@@ -419,7 +399,7 @@ def test_page_shows_the_top_passage_in_chromium(tmp_path):
         ids = [int(line.split("\t", 1)[0]) for line in list(f)[1:]]
     emb = np.random.default_rng(2).standard_normal((len(ids), 32)).astype(np.float16)
     model = make_tiny_bert(str(tmp_path / "question_encoder"), role="question")
-    emb_dir = write_embedding_dir(str(tmp_path / "emb"), ids, emb, tsv, model)
+    emb_dir = write_embedding_dir(str(tmp_path / "emb"), ids, emb, tsv, 1, recorded_encoder(model))
     retriever = Retriever(model, emb_dir, tsv, index_device="cpu")
     with open(os.path.join(ROOT, "data", "sample", "test.qa.csv"), encoding="utf-8") as f:
         question = f.readline().split("\t")[0]

@@ -13,8 +13,7 @@ import torch
 from transformers import BertModel, BertTokenizerFast
 
 import test_dpr
-from conftest import ROOT, make_tiny_bert, write_passages_tsv
-from utils.embeddings import shard_paths, write_meta
+from conftest import ROOT, make_tiny_bert, write_embedding_dir, write_passages_tsv
 from utils.formats import PassageStore, read_results
 from utils.index import FaissIndex, TorchIndex, build_index
 from utils.models import encoder_identity, load_encoder, save_encoder
@@ -161,36 +160,6 @@ def test_nq_test_file_is_an_alias_of_qa_file():
 
 WORDS = ["river", "city", "king", "the", "of", "and", "stone", "bridge", "tower", "field", "road", "hill"]
 ANSWERS = ["paris", "london", "rome", "berlin", "oslo", "lima"]
-
-
-def write_embedding_dir(out_dir, ids, emb, tsv, num_shards=2, encoder=None):
-    """An embedding dir in utils/embeddings.py's layout, written directly (independent of doc2embedding.py).
-    encoder: the passage encoder it records (utils.models.encoder_identity)."""
-    os.makedirs(out_dir, exist_ok=True)
-    counts = [len(part) for part in np.array_split(np.arange(len(ids)), num_shards)]
-    start = 0
-    for rank, n in enumerate(counts):
-        emb_path, ids_path = shard_paths(out_dir, rank)
-        np.save(emb_path, emb[start : start + n])
-        np.save(ids_path, np.asarray(ids[start : start + n], dtype=np.int64))
-        start += n
-    write_meta(
-        out_dir,
-        {
-            "model": "tiny",
-            "role": "passage",
-            "pooling": "cls",
-            "dim": emb.shape[1],
-            "dtype": str(emb.dtype),
-            "max_length": 256,
-            "num_passages": len(ids),
-            "num_shards": num_shards,
-            "shard_counts": counts,
-            "source": {"path": tsv, "size": os.path.getsize(tsv)},
-            "encoder": encoder,
-        },
-    )
-    return out_dir
 
 
 @pytest.fixture(scope="module")
