@@ -22,9 +22,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from utils.errors import HelpFormatter, NanoDPRError
-from utils.formats import RECIPE, check_made
-from utils.models import add_pooling_args
-from utils.retriever import Batcher, Retriever
+from utils.formats import check_made
+from utils.retriever import Batcher, Retriever, add_retriever_args
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "utils", "search_page.html")
 MAX_QUESTIONS, MAX_CHARS = 64, 1000  # per request; a question longer than 1,000 characters is not a question
@@ -36,21 +35,8 @@ DRAIN = 4 << 20
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("questions", nargs="*", help="questions to answer on the command line")
-    # the retriever: test_dpr.py's options, with its defaults
-    p.add_argument("--embedding_dir", default=RECIPE["embeddings"], help="doc2embedding.py's output")
-    p.add_argument("--pretrained_model_path", default=RECIPE["query_encoder"], help="question encoder")
-    p.add_argument("--trust_encoder_pair", action="store_true", help="vouch for the pair (e.g. official DPR)")
-    p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="the passages embedded there")
-    p.add_argument(
-        "--index", default="flat", help="flat (exact, DPR), flat:float16, or a faiss factory: HNSW32"
-    )
-    p.add_argument("--index_path", help="where a factory --index is saved and reused (docs/indexes.md)")
-    p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
-    p.add_argument("--ef_search", type=int, default=256, help="HNSW indexes: candidate list size")
-    p.add_argument("--index_device", choices=["auto", "cpu", "gpu"], default="auto")
-    p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
+    add_retriever_args(p)  # model, embeddings, passages, index: test_dpr.py's options and defaults
     p.add_argument("--top_k", type=int, default=10, help="passages per question (the server: default k)")
-    add_pooling_args(p)
     # the server
     p.add_argument("--serve", action="store_true", help="answer HTTP requests (and serve the search page)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 opens the server to the network")

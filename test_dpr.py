@@ -22,23 +22,15 @@ from bench.profiling import LoopClock
 from utils.errors import HelpFormatter, NanoDPRError
 from utils.files import atomic_write
 from utils.formats import RECIPE, check_made, normalize_question, read_qas, write_results, write_run
-from utils.models import add_pooling_args
 from utils.qa import score_passages, top_k_accuracy
-from utils.retriever import Retriever
+from utils.retriever import Retriever, add_retriever_args
 
 REPORT_KS = (1, 5, 10, 20, 50, 100)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    p.add_argument("--embedding_dir", default=RECIPE["embeddings"], help="doc2embedding.py's output")
-    p.add_argument(
-        "--pretrained_model_path",
-        default=RECIPE["query_encoder"],
-        help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint",
-    )
-    p.add_argument("--trust_encoder_pair", action="store_true", help="vouch for the pair (e.g. official DPR)")
-    p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="the passages embedded there")
+    add_retriever_args(p)  # model, embeddings, passages, index: utils/retriever.py
     p.add_argument(
         "--qa_file",
         "--nq_test_file",
@@ -55,23 +47,6 @@ def parse_args(argv=None):
         help="has_answer rule: DPR's token match, or answers as regular expressions (CuratedTREC)",
     )
     p.add_argument(
-        "--index",
-        default="flat",
-        help="flat: exact search (DPR); flat:float16, flat:bfloat16: "
-        "fast, re-scored in float32; else a faiss index_factory string, e.g. HNSW32, IVF4096,PQ64",
-    )
-    p.add_argument(
-        "--index_path",
-        help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs",
-    )
-    p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
-    p.add_argument(
-        "--ef_search",
-        type=int,
-        default=256,
-        help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size",
-    )
-    p.add_argument(
         "--output_file",
         help="write DPR's results JSON here, and the top-k curve next to it (.topk.csv, .topk.png)",
     )
@@ -80,25 +55,15 @@ def parse_args(argv=None):
         help="write a TREC run file here: qid Q0 passage_id rank score tag (qid: 0-based row in --qa_file)",
     )
     p.add_argument(
-        "--index_device",
-        choices=["auto", "cpu", "gpu"],
-        default="auto",
-        help="auto: exact search on the GPU(s) when the vectors fit in their free memory "
-        "(float16, 80%%), else CPU; a factory --index: gpu when faiss has GPU support",
-    )
-    p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
-    p.add_argument(
         "--num_workers", type=int, default=None, help="processes for answer matching (default: all cores)"
     )
-    add_pooling_args(p)
     args = p.parse_args(argv)
     if args.top_k < 1:
         p.error("--top_k must be at least 1")
     if args.index_path and args.index == "flat":
         p.error(
             "--index_path saves a faiss index_factory index; --index flat searches the embeddings as they "
-            "are "
-            "(--index Flat builds a faiss IndexFlatIP that can be saved)"
+            "are (--index Flat builds a faiss IndexFlatIP that can be saved)"
         )
     return args
 

@@ -14,13 +14,51 @@ import torch
 
 from utils.embeddings import check_pooling, check_provenance, load_embeddings, read_meta
 from utils.errors import ConfigError, DataError
-from utils.formats import PassageStore, normalize_question
+from utils.formats import RECIPE, PassageStore, normalize_question
 from utils.index import _import_faiss, open_index
-from utils.models import autocast_dtype, encode_questions, load_encoder
+from utils.models import add_pooling_args, autocast_dtype, encode_questions, load_encoder
 
-# Retriever's arguments in order, as test_dpr.py and search_dpr.py name their options
+# Retriever's arguments in order, as add_retriever_args names the options of test_dpr.py and search_dpr.py
 CLI_OPTIONS = "pretrained_model_path embedding_dir wikipedia_path index index_path index_device".split()
 CLI_OPTIONS += ["nprobe", "ef_search", "batch_size", "trust_encoder_pair", "pooling", "similarity"]
+
+
+def add_retriever_args(p):
+    """The options CLI_OPTIONS names, with the NQ recipe's paths as defaults (test_dpr.py, search_dpr.py)."""
+    p.add_argument("--embedding_dir", default=RECIPE["embeddings"], help="doc2embedding.py's output")
+    p.add_argument(
+        "--pretrained_model_path",
+        default=RECIPE["query_encoder"],
+        help="question encoder: our query_encoder dir, an HF DPR question encoder, or a raw DPR checkpoint",
+    )
+    p.add_argument("--trust_encoder_pair", action="store_true", help="vouch for the pair (e.g. official DPR)")
+    p.add_argument("--wikipedia_path", default=RECIPE["passages"], help="the passages embedded there")
+    p.add_argument(
+        "--index",
+        default="flat",
+        help="flat: exact search (DPR); flat:float16, flat:bfloat16: "
+        "fast, re-scored in float32; else a faiss index_factory string, e.g. HNSW32, IVF4096,PQ64",
+    )
+    p.add_argument(
+        "--index_path",
+        help="save the built --index here (faiss format + .json sidecar) and reuse it on later runs",
+    )
+    p.add_argument("--nprobe", type=int, default=64, help="IVF indexes: lists searched per question")
+    p.add_argument(
+        "--ef_search",
+        type=int,
+        default=256,
+        help="HNSW indexes (and IVF over an HNSW quantizer): candidate list size",
+    )
+    p.add_argument(
+        "--index_device",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="auto: exact search on the GPU(s) when the vectors fit in their free memory "
+        "(float16, 80%%), else CPU; a factory --index: gpu when faiss has GPU support",
+    )
+    p.add_argument("--batch_size", type=int, default=128, help="questions per encoder batch")
+    add_pooling_args(p)
 
 
 class Retriever:
